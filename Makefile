@@ -1,0 +1,38 @@
+# `make test` and `make demo` work on a fresh machine: both depend on `setup`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+STAMP   := $(VENV)/.seqattn-setup
+TORCH   := torch==2.13.0
+TORCHREC:= torchrec==1.8.0
+# A CUDA host gets the CUDA fbgemm-gpu; a CPU host must never get it (see DESIGN.md, "The engine").
+FBGEMM  := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo fbgemm-gpu==1.8.0 || echo fbgemm-gpu-cpu==1.8.0)
+
+.PHONY: setup test test-fast demo bench bench-quick clean
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency declarations change, so a second `make setup` is instant.
+$(STAMP): pyproject.toml deploy/constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH) $(FBGEMM)
+	$(PIP) install -q --disable-pip-version-check --no-deps $(TORCHREC)
+	$(PIP) install -q --disable-pip-version-check -c deploy/constraints.txt -e '.[dev]'
+	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, sklearn; print('seqattn setup ok: torch', torch.__version__, 'torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0')"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(VENV)/bin/seqattn demo
+
+bench: setup
+	$(PY) -m bench.run
+
+bench-quick: setup
+	$(PY) -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .seqattn
