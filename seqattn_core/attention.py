@@ -1,6 +1,7 @@
 """Sequential Attention: differentiable greedy forward selection (Yasuda et al., ICLR 2023).
 
-Every unselected candidate carries a trainable logit. Its gate is the softmax of the logits over the
+During a warm-up every gate is 1 (the whole model trains, as in the reference). After it, every
+unselected candidate carries a trainable logit. Its gate is the softmax of the logits over the
 unselected candidates; a selected candidate's gate is 1. The gate scales the candidate's whole output
 (a column, a block of columns, an embedding vector). Model weights and logits train together. After a
 warm-up, training is cut into ``ceil(k / per_step)`` phases; at the END of each phase the unselected
@@ -74,10 +75,14 @@ class SequentialAttention(nn.Module):
             if nothing fits, selection stops early.
         group_sizes: optional width of each candidate. When given, ``forward(x)`` expects
             ``x.shape[-1] == sum(group_sizes)`` and one gate scales each candidate's whole block.
+        prerequisites: optional index per candidate (-1 for none) that must already be selected
+            before it can be (used for embedding-dimension blocks, which are taken in prefix order).
 
     Selection is driven by :meth:`update` with the training progress in [0, 1], called by the
     training loop after each optimizer step. It never selects in eval mode. All selection state
-    (mask, order, scores, phase) lives in buffers, so it survives ``state_dict()``.
+    (mask, order, scores, phase, budget) lives in buffers, so it survives ``state_dict()``.
+    Once every phase has run, unselected candidates are switched off (gate 0): the model then
+    trains on exactly the selected set. :meth:`exclude` removes candidates from the race early.
 
     Example::
 
@@ -104,6 +109,7 @@ class SequentialAttention(nn.Module):
         costs: Sequence[float] | torch.Tensor | None = None,
         budget: float | None = None,
         group_sizes: Sequence[int] | None = None,
+        prerequisites: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if num_candidates < 1:
@@ -119,7 +125,6 @@ class SequentialAttention(nn.Module):
             raise ValueError("costs: need one positive cost per candidate")
         if budget is not None and budget <= 0:
             raise ValueError(f"budget: must be positive, got {budget}")
-        self.budget = budget
         self.logits = nn.Parameter(torch.zeros(num_candidates))
         self.register_buffer("costs", cost.to(torch.float64))
         self.register_buffer("selected", torch.zeros(num_candidates, dtype=torch.bool))
@@ -127,6 +132,13 @@ class SequentialAttention(nn.Module):
         self.register_buffer("scores", torch.full((num_candidates,), float("nan")))
         self.register_buffer("phases_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("exhausted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("eligible", torch.ones(num_candidates, dtype=torch.bool))
+        self.register_buffer("warming", torch.tensor(warmup > 0))
+        self.register_buffer("budget", torch.tensor(math.inf if budget is None else float(budget), dtype=torch.float64))
+        pre = torch.full((num_candidates,), -1, dtype=torch.long) if prerequisites is None else torch.as_tensor(prerequisites, dtype=torch.long)
+        if pre.shape != (num_candidates,) or bool((pre >= num_candidates).any()):
+            raise ValueError("prerequisites: need one index (or -1) per candidate")
+        self.register_buffer("prerequisites", pre)
         if group_sizes is not None:
             if len(group_sizes) != num_candidates or min(group_sizes) < 1:
                 raise ValueError("group_sizes: need one positive width per candidate")
@@ -137,11 +149,18 @@ class SequentialAttention(nn.Module):
 
     # -- gates -----------------------------------------------------------------------------------
     def gates(self) -> torch.Tensor:
-        """Gate per candidate: masked softmax over the unselected, 1 for the selected."""
-        masked = self.logits.masked_fill(self.selected, float("-inf"))
-        if bool(self.selected.all()):
-            return torch.ones_like(self.logits)
-        return torch.where(self.selected, torch.ones_like(self.logits), torch.softmax(masked, dim=0))
+        """Gate per candidate: masked softmax over the unselected, 1 for the selected, 0 for the
+        excluded (and for every unselected one once selection is done)."""
+        ones = torch.ones_like(self.logits)
+        if bool(self.warming):
+            # As in the reference: the warm-up trains the whole model on every candidate.
+            return ones + 0.0 * self.logits
+        racing = self.eligible & ~self.selected
+        if self.done or not bool(racing.any()):
+            # `0 * logits` keeps the logits in the graph, so DDP's static graph stays static.
+            return torch.where(self.selected, ones, torch.zeros_like(ones)) + 0.0 * self.logits
+        soft = torch.softmax(self.logits.masked_fill(~racing, float("-inf")), dim=0)
+        return torch.where(self.selected, ones, soft)
 
     def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``x`` scaled by the gates along its last dim, or the gates when ``x`` is None."""
@@ -166,10 +185,21 @@ class SequentialAttention(nn.Module):
         return [int(i) for i in self.order[: self.num_selected]]
 
     @torch.no_grad()
+    def exclude(self, indices: Sequence[int] | torch.Tensor) -> None:
+        """Take candidates out of the race for good (gate 0, never selected)."""
+        self.eligible[torch.as_tensor(indices, dtype=torch.long)] = False
+
+    def set_budget(self, budget: float | None) -> None:
+        """Set or clear the cost budget (kept in ``state_dict``)."""
+        self.budget.fill_(math.inf if budget is None else float(budget))
+
+    @torch.no_grad()
     def update(self, progress: float) -> list[int]:
         """Advance the schedule to ``progress``; select at every phase end passed. Returns new picks."""
         if not self.training:
             return []
+        if progress >= self.schedule.warmup:
+            self.warming.fill_(False)
         picks: list[int] = []
         boundaries = self.schedule.boundaries()
         while not self.done and progress >= boundaries[int(self.phases_done)] - 1e-9:
@@ -179,22 +209,33 @@ class SequentialAttention(nn.Module):
 
     def _select(self, n: int) -> list[int]:
         weights = self.gates().double()
-        free = ~self.selected
+        free = self.eligible & ~self.selected
         # Every unselected candidate's score is refreshed at each pick; a picked one keeps its own.
         self.scores[free] = weights[free].float()
-        ranking = weights / self.costs if self.budget is not None else weights
+        budget = float(self.budget)
+        # Greedy knapsack: with a budget, rank by score per unit of cost (gain per byte).
+        ranking = weights / self.costs if math.isfinite(budget) else weights
         picks: list[int] = []
         spent = float(self.costs[self.selected].sum())
-        for i in torch.argsort(ranking.masked_fill(~free, -1.0), descending=True).tolist():
-            if len(picks) == n or not bool(free[i]):
+        candidates = torch.argsort(ranking.masked_fill(~free, -1.0), descending=True).tolist()
+        progressed = True
+        while len(picks) < n and progressed:  # re-scan: a pick may unlock its dependants
+            progressed = False
+            for i in candidates:
+                if len(picks) == n:
+                    break
+                pre = int(self.prerequisites[i])
+                if not bool(free[i]) or (pre >= 0 and not bool(self.selected[pre])):
+                    continue
+                if spent + float(self.costs[i]) > budget * (1 + 1e-12):
+                    continue
+                picks.append(i)
+                spent += float(self.costs[i])
+                self.order[self.num_selected] = i
+                self.selected[i] = True
+                free[i] = False
+                progressed = True
                 break
-            if self.budget is not None and spent + float(self.costs[i]) > self.budget * (1 + 1e-12):
-                continue
-            picks.append(i)
-            spent += float(self.costs[i])
-        for i in picks:
-            self.order[self.num_selected] = i
-            self.selected[i] = True
         if len(picks) < n:
             self.exhausted.fill_(True)
         self.logits.zero_()

@@ -1,0 +1,210 @@
+"""Section b: the Sequential Attention paper's feature-selection table (Yasuda et al., ICLR 2023).
+
+Protocol of the paper: select k = 50 features, retrain a one-hidden-layer MLP on them, report test
+accuracy on a held-out split, mean ± std over seeds. Here each seed draws its own stratified 80/20
+split; every method selects on the training part only and the same MLP (scikit-learn
+``MLPClassifier``, standardised inputs) is retrained on its picks. The data are the offline copies in
+the shared folder, several of them subsets, so most rows are approximate reproductions.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score, train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from bench import METHOD_LABELS, markdown_table, mean_std, timed_selection
+from bench.datasets import PAPER_DATASETS, Dataset
+
+# Published figures, quoted (not measured here): k = 50 test accuracy of Sequential Attention.
+PUBLISHED = {"MNIST": 0.956, "ISOLET": 0.920, "Fashion-MNIST": 0.854}
+# The one public PyTorch port of the method, same protocol, as published by its authors.
+PUBLIC_PORT = {"MNIST": 0.941, "ISOLET": 0.909, "Fashion-MNIST": 0.860}
+NOT_OFFLINE = ("Fashion-MNIST", "Activity")
+
+
+@dataclass(frozen=True)
+class PaperBench:
+    k: int = 50
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    datasets: tuple[str, ...] = ("Mice Protein", "ISOLET", "MNIST", "COIL-20")
+    methods: tuple[str, ...] = ("seqattn", "oneshot", "omp", "lasso", "mi", "random")
+    attention: Mapping[str, Any] = field(default_factory=dict)  # SequentialAttentionSelector kwargs
+    hidden: int = 128
+    mlp_epochs: int = 300
+    # Run the greedy wrapper on a dataset only when its extrapolated cost per seed is below this.
+    greedy_budget_s: float = 0.0
+
+
+def _mlp_accuracy(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray,
+                  cfg: PaperBench, seed: int) -> float:
+    model = make_pipeline(StandardScaler(), MLPClassifier(
+        hidden_layer_sizes=(cfg.hidden,), max_iter=cfg.mlp_epochs, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(Xtr, ytr)
+    return float(model.score(Xte, yte))
+
+
+def _greedy_estimate(data: Dataset, k: int, seed: int) -> tuple[int, float]:
+    """How many model fits forward selection with cv=3 needs for k picks, and the seconds that
+    would take at the measured cost of one cross-validated fit on k/2 columns (an extrapolation)."""
+    d = data.X.shape[1]
+    candidates = sum(d - i for i in range(k))
+    Xtr, _, ytr, _ = train_test_split(data.X, data.y, test_size=0.2, random_state=seed, stratify=data.y)
+    cols = np.random.default_rng(seed).permutation(d)[: k // 2]
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), Xtr[:, cols], ytr, cv=3)
+    return 3 * candidates, candidates * (time.perf_counter() - start)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def run_dataset(data: Dataset, cfg: PaperBench, methods: tuple[str, ...],
+                log: Callable[[str], None]) -> pd.DataFrame:
+    records = []
+    for seed in cfg.seeds:
+        Xtr, Xte, ytr, yte = train_test_split(data.X, data.y, test_size=0.2, random_state=seed, stratify=data.y)
+        acc = _mlp_accuracy(Xtr, ytr, Xte, yte, cfg, seed)
+        records.append({"method": "all", "seed": seed, "acc": acc, "seconds": 0.0})
+        log(f"{data.name} seed={seed} all {data.X.shape[1]} features: acc={acc:.4f}")
+        for method in methods:
+            options = dict(cfg.attention) if method in ("seqattn", "oneshot") else {}
+            picked, seconds = timed_selection(method, Xtr, ytr, cfg.k, seed, **options)
+            acc = _mlp_accuracy(Xtr[:, picked], ytr, Xte[:, picked], yte, cfg, seed)
+            records.append({"method": method, "seed": seed, "acc": acc, "seconds": seconds})
+            log(f"{data.name} seed={seed} {method}: acc={acc:.4f} selection {seconds:.1f}s")
+    return pd.DataFrame.from_records(records)
+
+
+def _meaning(results: Mapping[str, pd.DataFrame], methods: tuple[str, ...]) -> str:
+    out = []
+    wins, seconds = [], {m: [] for m in methods}
+    for name, res in results.items():
+        means = res[res.method != "all"].groupby("method").acc.mean()
+        best = means.idxmax()
+        rank = int((means > means["seqattn"]).sum()) + 1 if "seqattn" in means else None
+        wins.append(best == "seqattn")
+        text = f"{name}: {METHOD_LABELS[best]} is best ({means[best]:.3f})"
+        if rank is not None and best != "seqattn":
+            text += f", Sequential Attention ranks {rank} of {len(means)} ({means['seqattn']:.3f})"
+        out.append(text)
+        for m in methods:
+            seconds[m].append(res[res.method == m].seconds.mean())
+    lines = ["Best method per dataset: " + "; ".join(out) + "."]
+    if "seqattn" in methods:
+        lines.append(f"Sequential Attention has the best mean accuracy on {sum(wins)} of {len(wins)} datasets.")
+    if "seqattn" in methods and "oneshot" in methods:
+        gaps = [res[res.method == "seqattn"].acc.mean() - res[res.method == "oneshot"].acc.mean()
+                for res in results.values()]
+        lines.append("Sequential minus one-shot attention: " + ", ".join(
+            f"{n} {g:+.3f}" for n, g in zip(results, gaps)) + ".")
+    if seconds:
+        slowest = {m: float(np.mean(v)) for m, v in seconds.items()}
+        lines.append("Mean selection time over datasets: " + ", ".join(
+            f"{METHOD_LABELS[m]} {s:.1f} s" for m, s in slowest.items()) + ".")
+    for name in results:
+        if name in PUBLISHED and "seqattn" in methods:
+            ours = results[name][results[name].method == "seqattn"].acc.mean()
+            lines.append(f"On {name} ours is {ours:.3f} against the published {PUBLISHED[name]:.3f}: the data here is "
+                         "a subset, so fewer training rows are expected to cost accuracy; the gap is not a like-for-like "
+                         "comparison.")
+    return " ".join(lines)
+
+
+def _plot(results: Mapping[str, pd.DataFrame], methods: tuple[str, ...], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(11, 4))
+    names = list(results)
+    width = 0.8 / (len(methods) + 1)
+    for j, m in enumerate(("all",) + methods):
+        means = [results[n][results[n].method == m].acc.mean() for n in names]
+        stds = [results[n][results[n].method == m].acc.std(ddof=0) for n in names]
+        ax.bar(np.arange(len(names)) + j * width, means, width, yerr=stds, capsize=2,
+               label="all features" if m == "all" else METHOD_LABELS[m])
+    for i, n in enumerate(names):
+        if n in PUBLISHED:
+            ax.hlines(PUBLISHED[n], i - width / 2, i + 0.8, colors="black", linestyles="dashed")
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+    ax.set(ylabel="test accuracy", title="k = 50, one-hidden-layer MLP retrained on the picks "
+           "(dashed: published Sequential Attention)", ylim=(0, 1.02))
+    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: PaperBench, img_dir: Path, log: Callable[[str], None] = print) -> str:
+    """Run every dataset and return the markdown section (figure written to ``img_dir``)."""
+    data = {name: PAPER_DATASETS[name]() for name in cfg.datasets}
+    greedy = {name: _greedy_estimate(d, cfg.k, cfg.seeds[0]) for name, d in data.items()}
+    ran_greedy = [n for n, (_, est) in greedy.items() if est <= cfg.greedy_budget_s]
+    results = {name: run_dataset(d, cfg, cfg.methods + (("greedy",) if name in ran_greedy else ()), log)
+               for name, d in data.items()}
+    columns = cfg.methods + ("greedy",)
+    _plot(results, cfg.methods, img_dir / "paper_table.png")
+    header = ["dataset", "fidelity", "all features"] + [METHOD_LABELS[m] for m in columns] + [
+        "published Seq. Attention", "public PyTorch port"]
+
+    def cell(res: pd.DataFrame, name: str, m: str, value: str) -> str:
+        if m == "greedy" and name not in ran_greedy:
+            return f"not run (≈{_duration(greedy[name][1])} per seed, est.)"
+        return mean_std(list(res[res.method == m][value])) if value == "acc" else f"{res[res.method == m][value].mean():.2f}"
+
+    rows = []
+    for name, res in results.items():
+        rows.append([f"{name} ({data[name].X.shape[0]:,} × {data[name].X.shape[1]})", data[name].fidelity]
+                    + [cell(res, name, m, "acc") for m in ("all",) + columns]
+                    + [PUBLISHED.get(name, "n/a"), PUBLIC_PORT.get(name, "n/a")])
+    for name in NOT_OFFLINE:
+        rows.append([name, "not reproduced: not in ../shared/data (no offline copy)"] + ["—"] * (len(columns) + 1)
+                    + [PUBLISHED.get(name, "n/a"), PUBLIC_PORT.get(name, "n/a")])
+    time_rows = [[name] + [cell(res, name, m, "seconds") for m in columns] for name, res in results.items()]
+    notes = "; ".join(f"{n}: {fits:,} fits, about {_duration(est)} per seed" for n, (fits, est) in greedy.items())
+    ran = (f"It ran on {', '.join(ran_greedy)} (estimated under {_duration(cfg.greedy_budget_s)} per seed) and "
+           "was skipped elsewhere" if ran_greedy else "It was not run on any dataset here")
+    lines = [
+        "## b. The paper's table (k = 50)",
+        "",
+        f"Test accuracy, mean ± std over {len(cfg.seeds)} seed(s) (each seed its own stratified 80/20 split and "
+        f"MLP initialisation). Final model for every method: one hidden layer of {cfg.hidden} ReLU units "
+        f"(scikit-learn MLPClassifier, Adam, up to {cfg.mlp_epochs} epochs, standardised inputs), retrained on the "
+        "50 picked features. The last two columns are **published figures, quoted, not measured here**: the "
+        "paper's Sequential Attention and the one public PyTorch port.",
+        "",
+        markdown_table(header, rows),
+        "",
+        "Fidelity: Mice Protein is the exact file the paper's loader reads; ISOLET (1,560 of 7,797 rows) and MNIST "
+        "(5,000 training images, not 60,000) are subsets; COIL-20 is resized to 20×20. Fashion-MNIST and Activity "
+        "(UCI HAR) could not be reproduced offline: they are not in ../shared/data.",
+        "",
+        "Selection time in seconds (mean over seeds):",
+        "",
+        markdown_table(["dataset"] + [METHOD_LABELS[m] for m in columns], time_rows),
+        "",
+        "The greedy wrapper (forward selection retraining a logistic regression for every candidate at every step, "
+        f"cv=3) is too slow for hundreds of columns. {ran}. Its cost, extrapolated from one measured "
+        f"cross-validated fit on {cfg.k // 2} columns (an estimate, not a run): {notes}.",
+        "",
+        "**What this means.** " + _meaning(results, cfg.methods),
+        "",
+        "![paper table](img/paper_table.png)",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,360 @@
+"""The JobSpec a user writes (YAML or JSON) and the FeatureSet a job writes back.
+
+One pydantic model per contract of DESIGN.md, shared by the CLI, the API and the schedules, so a
+spec means the same thing everywhere. Every model forbids unknown keys: ``epoch: 3`` instead of
+``epochs: 3`` is an error, not a silently ignored line. Validation problems come out as one
+:class:`~pipelines.errors.SpecError` naming the field path, e.g.
+``selection.embedding_dims[1]: 6 is not a multiple of 4 (FBGEMM's fused kernels need multiples of 4)``.
+
+Example::
+
+    >>> spec = load_spec({"name": "ctr-main", "dataset": {"path": "data/ctr", "label": "click"},
+    ...                   "selection": {"features": 10, "embedding_dims": [16, 4, 8, 8]}})
+    >>> spec.selection.embedding_dims, spec.training.epochs, spec.promote
+    ([4, 8, 16], 2, 'auto')
+    >>> load_spec({"name": "Bad Name", "dataset": {"path": "d", "label": "y"}})
+    Traceback (most recent call last):
+    ...
+    pipelines.errors.SpecError: name: 'Bad Name' is not a valid name: use 1-63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from pipelines.errors import SpecError
+
+__all__ = [
+    "Candidate", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec",
+    "SelectedCross", "SelectedFeature", "SelectionSpec", "SpecError", "TrainingSpec",
+    "as_spec_error", "load_spec",
+]
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 characters from a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_embedding_dim(value: int) -> int:
+    # FBGEMM's table-batched kernels (CPU and CUDA) load rows in 4-float vectors.
+    if value <= 0:
+        raise ValueError(f"{value} is not positive; embedding dims are positive multiples of 4")
+    if value % 4:
+        raise ValueError(f"{value} is not a multiple of 4 (FBGEMM's fused kernels need multiples of 4)")
+    return value
+
+
+def _path_to_str(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+EmbeddingDim = Annotated[int, AfterValidator(_check_embedding_dim)]
+
+
+class _Strict(BaseModel):
+    # Frozen: a spec is a record of what was asked; change it with ``model_copy(update=...)``.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    """Where the examples are and which columns play which role.
+
+    ``dense``/``sparse`` left out (``None``) are inferred from the Parquet schema (see
+    :func:`pipelines.dataset.resolve_columns`); an explicit list, even ``[]``, is used as given.
+
+    Example::
+
+        >>> DatasetSpec(path="data/ctr", label="click", sparse=["user", "item"]).validation_fraction
+        0.2
+    """
+
+    path: Annotated[str, BeforeValidator(_path_to_str), Field(min_length=1)]
+    label: str = Field(min_length=1)
+    dense: list[str] | None = None
+    sparse: list[str] | None = None
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("dense", "sparse")
+    @classmethod
+    def _distinct_roles(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        seen: set[str] = set()
+        for column in value:
+            if column in seen:
+                raise ValueError(f"column {column!r} is listed twice")
+            seen.add(column)
+        if info.data.get("label") in seen:
+            raise ValueError(f"column {info.data['label']!r} is the label; it cannot also be a feature")
+        if info.field_name == "sparse":
+            both = [c for c in value if c in (info.data.get("dense") or [])]
+            if both:
+                raise ValueError(f"column {both[0]!r} is listed under both dataset.dense and dataset.sparse")
+        return value
+
+
+class SelectionSpec(_Strict):
+    """What to choose: how many features, how many crosses, which embedding widths.
+
+    Example::
+
+        >>> SelectionSpec(features=10, crosses=3, embedding_dims=[32, 4, 8, 4]).embedding_dims
+        [4, 8, 32]
+    """
+
+    features: int | None = Field(None, ge=1)
+    crosses: int = Field(0, ge=0)
+    embedding_dims: list[EmbeddingDim] = Field(default_factory=list)
+
+    @field_validator("embedding_dims")
+    @classmethod
+    def _sorted_unique(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+
+class Constraints(_Strict):
+    """Budgets the result must fit: all embedding tables (MB) and one 1,024-example batch (ms)."""
+
+    max_embedding_mb: float | None = Field(None, gt=0)
+    max_inference_ms: float | None = Field(None, gt=0)
+
+
+class TrainingSpec(_Strict):
+    """Training of the gated model and of the retrained one.
+
+    ``embedding_dim`` is the table width when ``selection.embedding_dims`` is empty.
+    """
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    embedding_dim: EmbeddingDim = 16
+    num_workers: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class JobSpec(_Strict):
+    """One selection job, as written in YAML or posted to ``POST /v1/jobs``.
+
+    Example::
+
+        >>> spec = JobSpec(name="ctr-main", dataset=DatasetSpec(path="data/ctr", label="click"))
+        >>> spec.selection.crosses, spec.constraints.max_embedding_mb, spec.training.batch_size
+        (0, None, 2048)
+        >>> spec.model_copy(update={"promote": "manual"}).promote
+        'manual'
+    """
+
+    name: Name
+    dataset: DatasetSpec
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    constraints: Constraints = Field(default_factory=Constraints)
+    promote: Literal["auto", "manual"] = "auto"
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> JobSpec:
+        """Read a YAML (or JSON) spec file; any problem is one :class:`SpecError`."""
+        return load_spec(Path(path))
+
+
+# --- FeatureSet: what a job writes (DESIGN.md, "FeatureSet") ---------------------------------
+
+
+class SelectedFeature(_Strict):
+    """A kept feature; ``rank`` 1 was chosen first. Dense columns have no ``embedding_dim``."""
+
+    name: str
+    kind: Literal["dense", "sparse"]
+    rank: int = Field(ge=1)
+    score: float
+    embedding_dim: int | None = None
+
+
+class SelectedCross(_Strict):
+    """A kept pairwise cross, hashed into ``buckets`` ids (see ``seqattn_core.crosses``)."""
+
+    features: tuple[str, str]
+    rank: int = Field(ge=1)
+    score: float
+    buckets: int = Field(ge=1)
+    embedding_dim: int | None = None
+
+
+class Candidate(_Strict):
+    """Every candidate the gates raced, selected or not, with its final score."""
+
+    name: str
+    kind: Literal["dense", "sparse", "cross", "dims"]
+    score: float
+    selected: bool
+
+
+class FeatureSetMetrics(BaseModel):
+    """Validation figures; the ``*_all_features`` ones come from the every-feature reference model.
+
+    Open to extra keys (``extra="allow"``) so a new metric does not break older readers.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    val_auc: float | None = None
+    val_logloss: float | None = None
+    val_auc_all_features: float | None = None
+    embedding_mb: float | None = None
+    embedding_mb_all_features: float | None = None
+    inference_ms: float | None = None
+
+
+class FeatureSet(_Strict):
+    """A job's result; immutable once written. ``version``, ``job_id`` and ``created_at`` are set
+    by whoever publishes it (the registry; the CLI writes version 1), so a local run may leave
+    them out.
+
+    Example::
+
+        >>> fs = FeatureSet(
+        ...     name="ctr-main", spec=JobSpec(name="ctr-main", dataset={"path": "d", "label": "y"}),
+        ...     features=[SelectedFeature(name="C3", kind="sparse", rank=1, score=0.21, embedding_dim=16)],
+        ...     metrics={"val_auc": 0.79}, timings={"selection_s": 40.1})
+        >>> fs.version is None, fs.features[0].name, fs.metrics.val_auc
+        (True, 'C3', 0.79)
+        >>> FeatureSet.model_validate_json(fs.model_dump_json()) == fs
+        True
+    """
+
+    name: Name
+    version: int | None = Field(None, ge=1)
+    job_id: str | None = None
+    created_at: datetime | None = None
+    spec: JobSpec
+    features: list[SelectedFeature]
+    crosses: list[SelectedCross] = Field(default_factory=list)
+    candidates: list[Candidate] = Field(default_factory=list)
+    metrics: FeatureSetMetrics = Field(default_factory=FeatureSetMetrics)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+# --- loading and error messages ----------------------------------------------------------------
+
+
+def load_spec(source: str | os.PathLike[str] | Mapping[str, Any] | JobSpec) -> JobSpec:
+    """A :class:`JobSpec` from a YAML/JSON file path, a mapping, or a spec (returned as is).
+
+    Raises :class:`SpecError` naming the first bad field (the CLI's exit code 2).
+    """
+    if isinstance(source, JobSpec):
+        return source
+    if isinstance(source, Mapping):
+        data: Any = source
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise SpecError("spec", f"file {str(path)!r} not found") from None
+        except OSError as exc:
+            raise SpecError("spec", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError("spec", f"{str(path)!r} is not valid YAML{where}: {problem}") from None
+        if not isinstance(data, Mapping):
+            raise SpecError("spec", f"{str(path)!r} must hold a mapping (name:, dataset:, ...), got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise as_spec_error(exc, JobSpec) from None
+
+
+def as_spec_error(exc: ValidationError, model: type[BaseModel] = JobSpec) -> SpecError:
+    """One :class:`SpecError` for a pydantic error: the first problem, located and in words.
+
+    Further problems are counted in the message rather than listed, so the user fixes one field
+    at a time with a message that fits on a line.
+
+    Example::
+
+        >>> try:
+        ...     TrainingSpec(epochs=0, embedding_dim=6)
+        ... except ValidationError as exc:
+        ...     print(as_spec_error(exc, TrainingSpec))
+        epochs: must be greater than or equal to 1 (got 0) (and 1 more problem: embedding_dim)
+    """
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    field = _loc_to_path(first["loc"])
+    message = _describe(first, model)
+    if len(errors) > 1:
+        others = ", ".join(dict.fromkeys(_loc_to_path(e["loc"]) or "(top level)" for e in errors[1:]))
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
+    return SpecError(field, message)
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    kind, loc = error["type"], error["loc"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        allowed = sorted(_model_at(model, loc[:-1]).model_fields)
+        unknown = str(loc[-1])
+        close = difflib.get_close_matches(unknown, allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown field {unknown!r}{hint} (allowed: {', '.join(allowed)})"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    msg = error["msg"]
+    msg = msg.replace("Input should be", "must be", 1)
+    msg = msg[0].lower() + msg[1:]
+    shown = repr(error.get("input"))
+    return f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The nested model class a location points into (for listing its allowed fields)."""
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue
+        inner = _find_model(model.model_fields[part].annotation)
+        if inner is None:
+            break
+        model = inner
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,106 @@
+"""Encoded arrays -> ``KeyedJaggedTensor`` batches, crosses computed on the fly.
+
+Input is column arrays already in memory (the pipelines read Parquet; this package does no I/O):
+dense ``(n, d)`` float32, and per sparse feature a jagged pair ``(values, lengths)`` of ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec import KeyedJaggedTensor
+
+from seqattn_core.crosses import CrossFeature
+
+
+@dataclass
+class Batch:
+    """One training batch: dense ``(B, d)``, sparse KJT (features then crosses), labels ``(B,)``."""
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def first_ids(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One id per row (the first; 0, the out-of-vocabulary id, for an empty row)."""
+    lengths = np.asarray(lengths)
+    out = np.zeros(len(lengths), dtype=np.int64)
+    has = lengths > 0
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    out[has] = np.asarray(values)[starts[has]]
+    return out
+
+
+class BatchSource:
+    """Slices encoded columns into batches; keys are the features then the crosses.
+
+    Example::
+
+        >>> src = BatchSource(
+        ...     dense=np.zeros((3, 1), np.float32),
+        ...     sparse={"a": (np.array([1, 2, 0]), np.array([1, 1, 1])),
+        ...             "b": (np.array([3, 1, 2]), np.array([1, 1, 1]))},
+        ...     labels=np.array([1, 0, 1], np.float32),
+        ...     crosses=[CrossFeature("a", "b", buckets=16)], cardinalities={"a": 3, "b": 4})
+        >>> batch = next(src.batches(batch_size=2))
+        >>> batch.sparse.keys(), batch.sparse["a_X_b"].values().tolist()
+        (['a', 'b', 'a_X_b'], [7, 9])
+    """
+
+    def __init__(
+        self,
+        dense: np.ndarray,
+        sparse: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        labels: np.ndarray,
+        crosses: Sequence[CrossFeature] = (),
+        cardinalities: Mapping[str, int] | None = None,
+        dense_columns: Sequence[int] | None = None,
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.float32)
+        n = len(self.labels)
+        dense = np.asarray(dense, dtype=np.float32).reshape(n, -1)
+        self.dense = dense if dense_columns is None else np.ascontiguousarray(dense[:, list(dense_columns)])
+        cols: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            k: (np.asarray(v, dtype=np.int64), np.asarray(l, dtype=np.int32)) for k, (v, l) in sparse.items()
+        }
+        for c in crosses:
+            if cardinalities is None:
+                raise ValueError("cardinalities: needed to compute crosses")
+            ids = c.ids(first_ids(*cols[c.a]), first_ids(*cols[c.b]), cardinalities[c.b])
+            cols[c.name] = (ids, np.ones(n, dtype=np.int32))
+        self.keys = list(cols)
+        self.values = [cols[k][0] for k in self.keys]
+        self.lengths = [cols[k][1] for k in self.keys]
+        self.offsets = [np.concatenate([[0], np.cumsum(l, dtype=np.int64)]) for l in self.lengths]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def batch(self, start: int, stop: int) -> Batch:
+        values = [v[o[start] : o[stop]] for v, o in zip(self.values, self.offsets)]
+        lengths = [l[start:stop] for l in self.lengths]
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=self.keys,
+            values=torch.from_numpy(np.concatenate(values)) if values else torch.zeros(0, dtype=torch.long),
+            lengths=torch.from_numpy(np.concatenate(lengths)) if lengths else torch.zeros(0, dtype=torch.int32),
+        )
+        return Batch(torch.from_numpy(self.dense[start:stop]), kjt, torch.from_numpy(self.labels[start:stop]))
+
+    def batches(self, batch_size: int, seed: int | None = None) -> Iterator[Batch]:
+        """Contiguous batches; with a seed, visited in a shuffled order (rows were shuffled once
+        when the split was made, so shuffling batch order is enough and keeps slicing cheap)."""
+        starts = np.arange(0, len(self), batch_size)
+        if seed is not None:
+            np.random.default_rng(seed).shuffle(starts)
+        for s in starts:
+            yield self.batch(int(s), int(min(s + batch_size, len(self))))

@@ -1,0 +1,120 @@
+"""The one training loop, shared by the in-process CLI and the Ray Train workers.
+
+It knows nothing of placement: it is handed the module to call (a plain model, or the same model
+wrapped by ``DistributedModelParallel``), the unwrapped :class:`LargeEmbeddingModel` whose gates it
+advances, and an optimizer. Selection is driven by training progress = step / total steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+from torch import nn
+
+from seqattn_core.attention import reset_optimizer_state
+from seqattn_core.batches import Batch
+from seqattn_core.lem import LargeEmbeddingModel
+
+
+@dataclass
+class StepEvent:
+    """What the loop reports after each step (and at epoch ends, with ``epoch_end=True``)."""
+
+    stage: str
+    epoch: int
+    step: int
+    total_steps: int
+    rows: int
+    loss: float
+    picks: dict[str, int] = field(default_factory=dict)
+    epoch_end: bool = False
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+def _count_picks(model: LargeEmbeddingModel) -> dict[str, int]:
+    out = {}
+    for name, m in (("features", model.feature_attention), ("crosses", model.cross_attention), ("dims", model.dim_attention)):
+        if m is not None:
+            out[name] = m.num_selected
+    return out
+
+
+def train(
+    forward: nn.Module,
+    model: LargeEmbeddingModel,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Iterable[Batch]],
+    steps_per_epoch: int,
+    epochs: int,
+    gate_optimizer: torch.optim.Optimizer | None = None,
+    start_epoch: int = 0,
+    stage: str = "train",
+    on_step: Callable[[StepEvent], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> float:
+    """Train ``epochs`` epochs (resuming at ``start_epoch``); returns the last epoch's mean loss.
+
+    ``batches(epoch)`` yields the epoch's batches. ``gate_optimizer`` is the torch optimizer that
+    holds the gate logits: its state for a gate is reset whenever that gate's race picks.
+    """
+    total = steps_per_epoch * epochs
+    step = start_epoch * steps_per_epoch
+    rows = 0
+    mean_loss = math.nan
+    for epoch in range(start_epoch, epochs):
+        forward.train()
+        losses = []
+        for batch in batches(epoch):
+            logits = forward(batch.dense, batch.sparse)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            rows += len(batch)
+            picks = model.update_selection(min(1.0, step / total))
+            if picks and gate_optimizer is not None:
+                reset_optimizer_state(gate_optimizer, [m.logits for m in model.gate_modules()])
+            losses.append(float(loss))
+            if on_step is not None:
+                on_step(StepEvent(stage, epoch, step, total, rows, losses[-1], _count_picks(model)))
+        mean_loss = float(np.mean(losses)) if losses else math.nan
+        if on_step is not None:
+            on_step(StepEvent(stage, epoch, step, total, rows, mean_loss, _count_picks(model), epoch_end=True))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    model.finish_selection()
+    return mean_loss
+
+
+@torch.no_grad()
+def predict(forward: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over ``batches``, in eval mode (gates never select in eval)."""
+    forward.eval()
+    probs, labels = [], []
+    for batch in batches:
+        probs.append(torch.sigmoid(forward(batch.dense, batch.sparse)).numpy())
+        labels.append(batch.labels.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Validation AUC and log-loss."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    auc = float(roc_auc_score(labels, p)) if len(np.unique(labels)) == 2 else math.nan
+    return {"auc": auc, "logloss": float(log_loss(labels, p, labels=[0, 1]))}
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
