@@ -55,7 +55,7 @@ class Placed:
     plan: ShardingPlan
 
 
-def place(model: LargeEmbeddingModel, learning_rate: float) -> Placed:
+def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: float | None = None) -> Placed:
     """Shard ``model``'s tables with the planner's choice and build the optimizers."""
     ensure_process_group()
     dev = device()
@@ -71,7 +71,7 @@ def place(model: LargeEmbeddingModel, learning_rate: float) -> Placed:
     optimizer = torch.optim.Adam(
         [
             {"params": dense, "lr": learning_rate * DENSE_LR_SCALE},
-            {"params": gates, "lr": learning_rate * GATE_LR_SCALE},
+            {"params": gates, "lr": gate_learning_rate or learning_rate * GATE_LR_SCALE},
         ]
     )
     return Placed(dmp, model, optimizer, plan)

@@ -12,10 +12,11 @@ Example::
     ...                   "selection": {"features": 10, "embedding_dims": [16, 4, 8, 8]}})
     >>> spec.selection.embedding_dims, spec.training.epochs, spec.promote
     ([4, 8, 16], 2, 'auto')
-    >>> load_spec({"name": "Bad Name", "dataset": {"path": "d", "label": "y"}})
-    Traceback (most recent call last):
-    ...
-    pipelines.errors.SpecError: name: 'Bad Name' is not a valid name: use 1-63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit
+    >>> try:
+    ...     load_spec({"name": "ctr", "dataset": {"path": "d", "label": "y"}, "training": {"epoch": 3}})
+    ... except SpecError as exc:
+    ...     print(exc.field, "|", exc.message)
+    training.epoch | unknown field 'epoch'; did you mean 'epochs'? (allowed: batch_size, embedding_dim, epochs, learning_rate, num_workers, seed)
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipelines.errors import SpecError
 
@@ -61,6 +71,12 @@ def _check_embedding_dim(value: int) -> int:
     return value
 
 
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 def _path_to_str(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
@@ -86,8 +102,8 @@ class DatasetSpec(_Strict):
         0.2
     """
 
-    path: Annotated[str, BeforeValidator(_path_to_str), Field(min_length=1)]
-    label: str = Field(min_length=1)
+    path: Annotated[str, BeforeValidator(_path_to_str), AfterValidator(_non_empty)]
+    label: Annotated[str, AfterValidator(_non_empty)]
     dense: list[str] | None = None
     sparse: list[str] | None = None
     validation_fraction: float = Field(0.2, gt=0, lt=1)
@@ -169,6 +185,12 @@ class JobSpec(_Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     promote: Literal["auto", "manual"] = "auto"
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @field_validator("selection", "constraints", "training", mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, value: Any) -> Any:
+        # A YAML section whose keys are all commented out parses as null.
+        return {} if value is None else value
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> JobSpec:
@@ -281,7 +303,8 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any] | JobSpec) -> J
             problem = getattr(exc, "problem", None) or str(exc)
             raise SpecError("spec", f"{str(path)!r} is not valid YAML{where}: {problem}") from None
         if not isinstance(data, Mapping):
-            raise SpecError("spec", f"{str(path)!r} must hold a mapping (name:, dataset:, ...), got {type(data).__name__}")
+            got = type(data).__name__
+            raise SpecError("spec", f"{str(path)!r} must hold a mapping (name:, dataset:, ...), got {got}")
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -331,11 +354,14 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         return f"unknown field {unknown!r}{hint} (allowed: {', '.join(allowed)})"
     if kind == "value_error":
         return str(error["ctx"]["error"])
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of fields (got {shown})"
     msg = error["msg"]
     msg = msg.replace("Input should be", "must be", 1)
     msg = msg[0].lower() + msg[1:]
-    shown = repr(error.get("input"))
-    return f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return f"{msg} (got {shown})"
 
 
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:

@@ -128,7 +128,7 @@ class _Planted:
 
         noise = {}
         for k in range(self.n_noise):
-            card = NOISE_CARDINALITIES[k % len(NOISE_CARDINALITIES)]
+            card = _noise_cardinality(k)
             noise[f"noise_{k:02d}"] = _draw_ids(rng, card, 1.0 if k % 2 else 0.0, rows)
         if drifted and DRIFT_GAINER in noise:
             parts[DRIFT_GAINER] = self.effects[DRIFT_GAINER][noise[DRIFT_GAINER]]
@@ -166,7 +166,12 @@ class _Planted:
         return pa.table(columns), truth
 
     def _truth(
-        self, columns: dict[str, pa.Array], parts: dict[str, np.ndarray], logit: np.ndarray, label: np.ndarray, drifted: bool
+        self,
+        columns: dict[str, pa.Array],
+        parts: dict[str, np.ndarray],
+        logit: np.ndarray,
+        label: np.ndarray,
+        drifted: bool,
     ) -> dict[str, Any]:
         pairs = [[a, b] for a, b, _, _ in PAIRS]
         in_pairs = [n for p in pairs for n in p]
@@ -202,7 +207,7 @@ class _Planted:
                     "low_0": len(LOW_0_VALUES),
                     **{n: c for a, b, ca, cb in PAIRS for n, c in ((a, ca), (b, cb))},
                     "tags": TAG_CARDINALITY,
-                    **{f"noise_{k:02d}": NOISE_CARDINALITIES[k % len(NOISE_CARDINALITIES)] for k in range(self.n_noise)},
+                    **{f"noise_{k:02d}": _noise_cardinality(k) for k in range(self.n_noise)},
                 },
                 "zipf": {n: f.zipf for n, f in RELEVANT.items() if f.zipf},
                 "effect_sd_per_id": {n: f.effect_sd for n, f in RELEVANT.items() if f.effect_sd},
@@ -216,6 +221,10 @@ class _Planted:
                 "drifted": drifted,
             },
         }
+
+
+def _noise_cardinality(k: int) -> int:
+    return NOISE_CARDINALITIES[k % len(NOISE_CARDINALITIES)]
 
 
 def _draw_ids(rng: np.random.Generator, cardinality: int, zipf: float, n: int) -> np.ndarray:
@@ -238,7 +247,9 @@ def _auc(label: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def synth_table(rows: int = 200_000, seed: int = 0, n_noise: int = 20, drifted: bool = False) -> tuple[pa.Table, dict[str, Any]]:
+def synth_table(
+    rows: int = 200_000, seed: int = 0, n_noise: int = 20, drifted: bool = False
+) -> tuple[pa.Table, dict[str, Any]]:
     """The planted table in memory and its truth (what :func:`write_synth` writes).
 
     ``drifted=True`` samples the post-drift world of :func:`write_partitioned_synth`: ``rel_0``

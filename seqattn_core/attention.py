@@ -211,7 +211,7 @@ class SequentialAttention(nn.Module):
         weights = self.gates().double()
         free = self.eligible & ~self.selected
         # Every unselected candidate's score is refreshed at each pick; a picked one keeps its own.
-        self.scores[free] = weights[free].float()
+        self.scores[free] = weights[free].to(self.scores.dtype)
         budget = float(self.budget)
         # Greedy knapsack: with a budget, rank by score per unit of cost (gain per byte).
         ranking = weights / self.costs if math.isfinite(budget) else weights

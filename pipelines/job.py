@@ -1,0 +1,294 @@
+"""``run_job(spec)``: one selection job, start to finish. The CLI, the API and schedules all call it.
+
+1. Load and encode the Parquet data (train/validation split).
+2. Pre-screen cross candidates (held-out gain, :mod:`seqattn_core.crosses`).
+3. ONE training run of the gated LEM selects features, crosses and dimension blocks.
+4. Enforce the budgets: memory by construction (knapsack gates), latency by trimming the last picks
+   until the measured time of the final architecture fits.
+5. Retrain the chosen configuration; train the all-features reference; report both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.dataset import EncodedDataset, EncodedSplit, load_dataset
+from pipelines.engine import place
+from pipelines.errors import SpecError
+from pipelines.spec import Candidate, FeatureSet, JobSpec, SelectedCross, SelectedFeature
+from seqattn_core.batches import BatchSource, first_ids
+from seqattn_core.crosses import CrossFeature, prescreen_pairs
+from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
+from seqattn_core.latency import LatencyModel, measure_inference_ms
+from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
+from seqattn_core.training import StepEvent, binary_metrics, predict, train
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+LATENCY_BATCH = 1024
+EVAL_BATCH = 8192
+
+
+def _emit(on_event: Callable[[Event], None] | None, **event: Any) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen configuration: features (dense first indices, then sparse), crosses and dims."""
+
+    dense: tuple[str, ...]
+    sparse: tuple[str, ...]
+    crosses: tuple[CrossFeature, ...]
+    dims: dict[str, int]
+
+
+def _sparse_features(data: EncodedDataset, names: tuple[str, ...]) -> tuple[SparseFeature, ...]:
+    return tuple(SparseFeature(n, data.cardinalities[n], n in data.multi_valued) for n in names)
+
+
+def _source(split: EncodedSplit, data: EncodedDataset, dense: tuple[str, ...], sparse: tuple[str, ...],
+            crosses: tuple[CrossFeature, ...]) -> BatchSource:
+    cols = [data.dense_names.index(d) for d in dense]
+    # Crosses read their two features' ids, which may not be kept themselves.
+    needed = set(sparse) | {f for c in crosses for f in (c.a, c.b)}
+    source = BatchSource(split.dense, {n: split.sparse[n] for n in data.sparse_names if n in needed},
+                         split.labels, crosses, data.cardinalities, dense_columns=cols)
+    keep = set(sparse) | {c.name for c in crosses}
+    # Drop helper columns that only fed a cross, so the KJT holds exactly the model's tables.
+    idx = [i for i, k in enumerate(source.keys) if k in keep]
+    source.keys = [source.keys[i] for i in idx]
+    source.values = [source.values[i] for i in idx]
+    source.lengths = [source.lengths[i] for i in idx]
+    source.offsets = [source.offsets[i] for i in idx]
+    return source
+
+
+def check_selection(spec: JobSpec, data: EncodedDataset) -> None:
+    """Checks that need the data: counts against candidates, and a budget that fits something."""
+    n_features = len(data.dense_names) + len(data.sparse_names)
+    k = spec.selection.features
+    if k is not None and k > n_features:
+        raise SpecError("selection.features", f"{k} is more than the {n_features} candidate features "
+                        f"({len(data.dense_names)} dense, {len(data.sparse_names)} sparse)")
+    single = [n for n in data.sparse_names if n not in data.multi_valued]
+    pairs = len(single) * (len(single) - 1) // 2
+    if spec.selection.crosses > pairs:
+        raise SpecError("selection.crosses", f"{spec.selection.crosses} is more than the {pairs} pairs of "
+                        f"single-valued sparse features")
+    if spec.constraints.max_embedding_mb is not None and not data.dense_names:
+        first = (spec.selection.embedding_dims or [spec.training.embedding_dim])[0]
+        name = min(data.sparse_names, key=lambda n: data.cardinalities[n])
+        need = data.cardinalities[name] * first * BYTES_PER_FLOAT
+        if need > spec.constraints.max_embedding_mb * 2**20:
+            raise SpecError("constraints.max_embedding_mb", f"{spec.constraints.max_embedding_mb} MB is too small "
+                            f"for any feature: the smallest table ({name}, {data.cardinalities[name]} rows x "
+                            f"{first} dims) needs {mb(need):.4f} MB")
+
+
+def _fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSource, spec: JobSpec,
+         stage: str, on_event: Callable[[Event], None] | None) -> tuple[Any, float]:
+    """Place and train one model; returns (placed, seconds)."""
+    t = spec.training
+    model = LargeEmbeddingModel(config, selection, device=torch.device("meta"))
+    steps = train_src.num_batches(t.batch_size)
+    placed = place(model, t.learning_rate, _gate_lr(model, steps * t.epochs, t.learning_rate))
+
+    def report(ev: StepEvent) -> None:
+        if ev.epoch_end or ev.step % 10 == 0:
+            _emit(on_event, kind="progress", stage=stage, epoch=ev.epoch, step=ev.step,
+                  total_steps=ev.total_steps, rows=ev.rows, loss=ev.loss, picks=ev.picks)
+
+    start = time.perf_counter()
+    train(placed.forward, placed.model, placed.optimizer,
+          lambda e: train_src.batches(t.batch_size, seed=t.seed * 1000 + e),
+          steps, t.epochs, gate_optimizer=placed.optimizer, stage=stage, on_step=report)
+    return placed, time.perf_counter() - start
+
+
+def _gate_lr(model: LargeEmbeddingModel, total_steps: int, learning_rate: float) -> float:
+    """Adam moves a logit by about its lr per step: give the shortest race's phase room to move
+    the logits by ~3 nats, so short runs (few steps per pick) still separate the candidates."""
+    floor = learning_rate * 10
+    if model.selection is None:
+        return floor
+    s = model.selection
+    spans = []
+    for m, frac in ((model.feature_attention, s.dims_start if model.dim_attention else 1.0),
+                    (model.cross_attention, s.dims_start if model.dim_attention else 1.0),
+                    (model.dim_attention, 1.0 - s.dims_start)):
+        if m is not None:
+            spans.append(total_steps * frac * (1 - m.schedule.warmup) / m.schedule.num_phases)
+    return max(floor, 3.0 / max(1.0, min(spans))) if spans else floor
+
+
+def _evaluate(placed: Any, source: BatchSource) -> dict[str, float]:
+    return binary_metrics(*predict(placed.forward, source.batches(EVAL_BATCH)))
+
+
+def _latency(config: LEMConfig, source: BatchSource) -> float:
+    torch.manual_seed(0)
+    return measure_inference_ms(LargeEmbeddingModel(config), source.batch(0, min(LATENCY_BATCH, len(source))))
+
+
+def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: EncodedDataset, base: LEMConfig,
+                        budget_ms: float) -> tuple[Choice, float]:
+    """Drop the last picks (crosses, then features) until the measured latency fits ``budget_ms``."""
+    def config_of(c: Choice) -> LEMConfig:
+        return replace(base, dense=c.dense, sparse=_sparse_features(data, c.sparse), crosses=c.crosses,
+                       embedding_dims=c.dims)
+
+    def trimmed(n_drop: int) -> Choice:
+        drop = order[len(order) - n_drop:] if n_drop else []
+        drop_set = {(kind, key) for kind, key in drop}
+        crosses = tuple(x for x in choice.crosses if ("cross", x.name) not in drop_set)
+        dense = tuple(d for d in choice.dense if ("feature", d) not in drop_set)
+        sparse = tuple(s for s in choice.sparse if ("feature", s) not in drop_set)
+        dims = {t: d for t, d in choice.dims.items() if t in set(sparse) | {x.name for x in crosses}}
+        return Choice(dense, sparse, crosses, dims)
+
+    src = _source(data.valid, data, choice.dense, choice.sparse, choice.crosses)
+
+    def measure(c: Choice) -> float:
+        return _latency(config_of(c), _source(data.valid, data, c.dense, c.sparse, c.crosses) if c != choice else src)
+
+    # Calibrate the linear model on a few prefixes, then jump to the predicted cut and verify.
+    probes = sorted({0, len(order) // 3, 2 * len(order) // 3, max(0, len(order) - 1)})
+    samples = []
+    for n_drop in probes:
+        c = trimmed(n_drop)
+        samples.append((len(c.sparse) + len(c.crosses), sum(c.dims.values()) + len(c.dense), measure(c)))
+    model = LatencyModel.fit(samples)
+    n_drop = 0
+    while n_drop < len(order) - 1:
+        c = trimmed(n_drop)
+        if model.predict(len(c.sparse) + len(c.crosses), sum(c.dims.values()) + len(c.dense)) <= budget_ms:
+            break
+        n_drop += 1
+    while True:
+        c = trimmed(n_drop)
+        ms = measure(c)
+        if ms <= budget_ms or n_drop >= len(order) - 1:
+            return c, ms
+        n_drop += 1
+
+
+def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None) -> FeatureSet:
+    """Run one selection job in this process and return its (unversioned) FeatureSet.
+
+    Example::
+
+        fs = run_job(load_spec("job.yaml"), on_event=print)
+        fs.features[0].name, fs.metrics.val_auc
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.training.seed)
+    np.random.seed(spec.training.seed)
+    _emit(on_event, kind="stage", stage="load")
+    data = load_dataset(spec.dataset, seed=spec.training.seed)
+    check_selection(spec, data)
+    timings["load_s"] = time.perf_counter() - t0
+    sel = spec.selection
+    choices = tuple(sel.embedding_dims)
+    search_dim = max(choices) if choices else spec.training.embedding_dim
+    max_bytes = spec.constraints.max_embedding_mb * 2**20 if spec.constraints.max_embedding_mb else None
+
+    # Cross candidates from the pre-screen (single-valued features only: a list has no one id to pair).
+    crosses: tuple[CrossFeature, ...] = ()
+    screen: dict[str, float] = {}
+    if sel.crosses:
+        single = [n for n in data.sparse_names if n not in data.multi_valued]
+        ids = {n: first_ids(*data.train.sparse[n]) for n in single}
+        ranked = prescreen_pairs(ids, data.cardinalities, data.train.labels, max_candidates=max(16, 4 * sel.crosses),
+                                 seed=spec.training.seed)
+        crosses = tuple(c for c, _ in ranked)
+        screen = {c.name: g for c, g in ranked}
+        timings["prescreen_s"] = time.perf_counter() - t0 - timings["load_s"]
+
+    base = LEMConfig(dense=tuple(data.dense_names), sparse=_sparse_features(data, tuple(data.sparse_names)),
+                     embedding_dim=spec.training.embedding_dim)
+    search_cfg = replace(base, crosses=crosses, embedding_dim=search_dim)
+    selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
+                                max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim)
+    train_src = _source(data.train, data, search_cfg.dense, tuple(data.sparse_names), crosses)
+    _emit(on_event, kind="stage", stage="selection")
+    placed, timings["selection_s"] = _fit(search_cfg, selection, train_src, spec, "selection", on_event)
+    model: LargeEmbeddingModel = placed.model
+
+    names = list(data.dense_names) + list(data.sparse_names)
+    kept = model.kept_features()
+    kept_crosses = [crosses[i] for i in model.kept_crosses()]
+    dims = model.chosen_dims()
+    choice = Choice(tuple(names[i] for i in kept if i < len(data.dense_names)),
+                    tuple(names[i] for i in kept if i >= len(data.dense_names)), tuple(kept_crosses), dims)
+    order = [("feature", names[i]) for i in kept] + [("cross", c.name) for c in kept_crosses]
+    order = [o for o in order if o[0] == "feature"] + [o for o in order if o[0] == "cross"]
+
+    inference_ms = None
+    if spec.constraints.max_inference_ms is not None:
+        _emit(on_event, kind="stage", stage="latency")
+        choice, inference_ms = _fit_latency_budget(choice, order, data, base, spec.constraints.max_inference_ms)
+
+    final_cfg = replace(base, dense=choice.dense, sparse=_sparse_features(data, choice.sparse), crosses=choice.crosses,
+                        embedding_dims=choice.dims)
+    _emit(on_event, kind="stage", stage="retrain")
+    final, timings["retrain_s"] = _fit(final_cfg, None, _source(data.train, data, choice.dense, choice.sparse,
+                                                                choice.crosses), spec, "retrain", on_event)
+    valid_src = _source(data.valid, data, choice.dense, choice.sparse, choice.crosses)
+    final_metrics = _evaluate(final, valid_src)
+    if inference_ms is None:
+        inference_ms = _latency(final_cfg, valid_src)
+
+    _emit(on_event, kind="stage", stage="reference")
+    all_sparse = tuple(data.sparse_names)
+    ref, timings["reference_s"] = _fit(base, None, _source(data.train, data, base.dense, all_sparse, ()), spec,
+                                       "reference", on_event)
+    ref_metrics = _evaluate(ref, _source(data.valid, data, base.dense, tuple(data.sparse_names), ()))
+    timings["total_s"] = time.perf_counter() - t0
+
+    fa = model.feature_attention
+    rank = {i: r for r, i in enumerate(kept, start=1)}
+    scores = fa.scores.tolist() if fa is not None else [math.nan] * len(names)
+    kept_names = set(choice.dense) | set(choice.sparse)
+    features = sorted(
+        (SelectedFeature(name=n, kind="dense" if i < len(data.dense_names) else "sparse", rank=rank.get(i, i + 1),
+                         score=_finite(scores[i]), embedding_dim=choice.dims.get(n))
+         for i, n in enumerate(names) if n in kept_names),
+        key=lambda f: f.rank)
+    cross_rank = {c.name: r for r, c in enumerate(kept_crosses, start=1)}
+    ca = model.cross_attention
+    cross_scores = ca.scores.tolist() if ca is not None else []
+    out_crosses = [SelectedCross(features=(c.a, c.b), rank=cross_rank[c.name], score=_finite(cross_scores[crosses.index(c)]),
+                                 buckets=c.buckets, embedding_dim=choice.dims.get(c.name)) for c in choice.crosses]
+    candidates = [Candidate(name=n, kind="dense" if i < len(data.dense_names) else "sparse", score=_finite(scores[i]),
+                            selected=n in kept_names) for i, n in enumerate(names)]
+    candidates += [Candidate(name=c.name, kind="cross", score=_finite(cross_scores[j]) if cross_scores else screen[c.name],
+                             selected=c in choice.crosses) for j, c in enumerate(crosses)]
+    metrics = {
+        "val_auc": final_metrics["auc"], "val_logloss": final_metrics["logloss"],
+        "val_auc_all_features": ref_metrics["auc"], "val_logloss_all_features": ref_metrics["logloss"],
+        "embedding_mb": mb(final_cfg.embedding_bytes()), "embedding_mb_all_features": mb(base.embedding_bytes()),
+        "inference_ms": inference_ms, "inference_ms_all_features": _latency(base, _source(
+            data.valid, data, base.dense, tuple(data.sparse_names), ())),
+        "train_rows": len(data.train), "valid_rows": len(data.valid),
+    }
+    _emit(on_event, kind="stage", stage="done")
+    return FeatureSet(name=spec.name, job_id=job_id, created_at=datetime.now(timezone.utc), spec=spec,
+                      features=features, crosses=out_crosses, candidates=candidates, metrics=metrics,
+                      timings={k: round(v, 3) for k, v in timings.items()})
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(x) else 0.0
