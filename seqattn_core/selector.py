@@ -332,7 +332,10 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
             Yt = torch.as_tensor(targets, dtype=torch.float32)
             n_outputs, loss_fn = Yt.shape[1], nn.functional.mse_loss
         net = GatedMLP(attention, hidden, n_outputs, generator)
-        optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+        import os
+        mult = float(os.environ.get("LOGIT_MULT", "1"))
+        weights = [p for n_, p in net.named_parameters() if not n_.startswith("attention.")]
+        optimizer = torch.optim.Adam([{"params": weights}, {"params": [attention.logits], "lr": learning_rate * mult}], lr=learning_rate)
 
         n = Xt.shape[0]
         n_batches = math.ceil(n / min(self.batch_size, n))
