@@ -59,9 +59,10 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
     """Shard ``model``'s tables with the planner's choice and build the optimizers."""
     ensure_process_group()
     dev = device()
-    apply_optimizer_in_backward(
-        RowWiseAdagrad, model.ebc.parameters(), {"lr": learning_rate * EMBEDDING_LR_SCALE}
-    )
+    if model.ebc is not None:
+        apply_optimizer_in_backward(
+            RowWiseAdagrad, model.ebc.parameters(), {"lr": learning_rate * EMBEDDING_LR_SCALE}
+        )
     topology = Topology(world_size=dist.get_world_size(), compute_device=dev.type)
     plan = EmbeddingShardingPlanner(topology=topology).collective_plan(model, pg=dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=dev, plan=plan)

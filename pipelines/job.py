@@ -179,8 +179,12 @@ def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: Enco
     while True:
         c = trimmed(n_drop)
         ms = measure(c)
-        if ms <= budget_ms or n_drop >= len(order) - 1:
+        if ms <= budget_ms:
             return c, ms
+        if n_drop >= len(order) - 1:
+            raise SpecError("constraints.max_inference_ms", f"{budget_ms} ms is too small: even the smallest "
+                            f"configuration ({', '.join(c.dense + c.sparse)}) takes {ms:.2f} ms per "
+                            f"{LATENCY_BATCH:,} rows on this host")
         n_drop += 1
 
 

@@ -164,7 +164,9 @@ class LargeEmbeddingModel(nn.Module):
         self.tables = list(config.table_rows())
         self.n_features = self.n_dense + len(config.sparse)
         dims = config.table_dims()
-        self.ebc = EmbeddingBagCollection(tables=config.table_configs(), device=device)
+        tables = config.table_configs()
+        # A latency budget can trim a model down to dense columns only: then there is no collection.
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device) if tables else None
         self.dense_proj = nn.Linear(self.n_dense, config.dense_dim) if self.n_dense else None
         width = (config.dense_dim if self.n_dense else 0) + sum(dims.values())
         self.cross = LowRankCross(width, config.cross_layers, config.cross_rank)
@@ -274,7 +276,8 @@ class LargeEmbeddingModel(nn.Module):
         if self.dense_proj is not None:
             dense_g, _ = self._entity_gates()
             parts.append(self.dense_proj(dense if dense_g is None else dense * dense_g))
-        parts.append(self.embeddings(sparse).values())
+        if self.ebc is not None:
+            parts.append(self.embeddings(sparse).values())
         z = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self.mlp(self.cross(z)).squeeze(-1)
 

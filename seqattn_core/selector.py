@@ -32,9 +32,10 @@ from seqattn_core.linear import fit_linear_attention
 #: one or two steps would mostly reflect the reset (all logits equal), not the data.
 MIN_STEPS_PER_PHASE = 8
 
-#: Default step sizes: Adam on the MLP; plain gradient descent on the normalised profiled loss of
-#: the linear model (whose logit gradients are O(1) by construction).
-DEFAULT_LEARNING_RATE = {"mlp": 1e-3, "linear": 1.0}
+#: Default step sizes: Adam on the MLP (on scikit-learn's digits, k=5..20, 30 epochs, 3e-3 and 1e-2
+#: selected columns worth 2-4 points more downstream accuracy than 1e-3); plain gradient descent
+#: on the normalised profiled loss of the linear model (whose logit gradients are O(1) by design).
+DEFAULT_LEARNING_RATE = {"mlp": 3e-3, "linear": 1.0}
 
 
 @contextmanager
@@ -126,7 +127,7 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
     batch_size : int, default=256
         Minibatch size of the MLP.
     learning_rate : float or None, default=None
-        Adam's step size for the MLP (None: 1e-3); gradient-descent step on the normalised logit
+        Adam's step size for the MLP (None: 3e-3); gradient-descent step on the normalised logit
         loss for the linear model (None: 1.0).
     warmup : float, default=0.1
         Fraction of training with every gate at 1, before the first phase.
@@ -332,10 +333,7 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
             Yt = torch.as_tensor(targets, dtype=torch.float32)
             n_outputs, loss_fn = Yt.shape[1], nn.functional.mse_loss
         net = GatedMLP(attention, hidden, n_outputs, generator)
-        import os
-        mult = float(os.environ.get("LOGIT_MULT", "1"))
-        weights = [p for n_, p in net.named_parameters() if not n_.startswith("attention.")]
-        optimizer = torch.optim.Adam([{"params": weights}, {"params": [attention.logits], "lr": learning_rate * mult}], lr=learning_rate)
+        optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
 
         n = Xt.shape[0]
         n_batches = math.ceil(n / min(self.batch_size, n))
