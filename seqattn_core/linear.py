@@ -1,6 +1,6 @@
 """Regularised linear Sequential Attention, whose picks equal Orthogonal Matching Pursuit.
 
-The model of Yasuda et al. (ICLR 2023, section 4) for least squares: with ``S`` the selected columns,
+The model of Yasuda et al. (ICLR 2023) for least squares: with ``S`` the selected columns,
 ``U`` the unselected ones and ``w`` the softmax gates over ``U``,
 
     f = X_S b_S + X_U (w * beta_U),    loss(b, beta, w) = ||y - f||^2 + lam ||beta_U||^2,
@@ -16,8 +16,9 @@ so ``lam (L(w) - ||r||^2) = -(w*c)^T (I + W G W / lam)^{-1} (w*c)``, computed wi
 As ``lam -> inf`` it tends to ``-sum_j w_j^2 c_j^2``. Gradient steps from uniform logits on that
 limit keep the highest logit on the largest ``|c_j|`` (its ``w_j c_j^2`` is the largest, hence at
 least ``sum_j w_j^2 c_j^2``, so its logit always rises fastest), and the phase-end argmax is OMP's
-pick: ``argmax_j |X_j^T r|``. Plain gradient descent is used, not Adam: Adam's per-coordinate step
-normalisation moves every helpful logit at the same rate and loses the order of ``|c_j|``.
+pick: ``argmax_j |X_j^T r|``. Plain gradient descent is used, as the theorem does: Adam's
+per-coordinate normalisation moves every helpful logit at nearly the same rate, leaving the order of
+``|c_j|`` to its epsilon term.
 
 Multiple targets (one-hot classes) sum the squared loss over targets, which gives simultaneous OMP
 (``argmax_j ||X_j^T R||``).
@@ -124,8 +125,8 @@ def fit_linear_attention(
         >>> fit_linear_attention(X, y[:, None], sa, steps=10).selection_order()
         [4, 1]
     """
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
-    Yt = torch.as_tensor(np.asarray(Y, dtype=np.float64)).reshape(Xt.shape[0], -1)
+    Xt = torch.tensor(np.asarray(X, dtype=np.float64))  # a copy: X may be a read-only memmap
+    Yt = torch.tensor(np.asarray(Y, dtype=np.float64)).reshape(Xt.shape[0], -1)
     profiled = ProfiledLinearAttention(Xt - Xt.mean(0), Yt - Yt.mean(0), ridge_scale)
     profiled.refresh(attention.selected)
     optimizer = torch.optim.SGD([attention.logits], lr=learning_rate)

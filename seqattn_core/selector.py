@@ -28,13 +28,15 @@ from torch import nn
 from seqattn_core.attention import SequentialAttention, reset_optimizer_state
 from seqattn_core.linear import fit_linear_attention
 
-#: Every phase gets at least this many optimizer steps, whatever ``epochs``: a pick made after
-#: one or two steps would mostly reflect the reset (all logits equal), not the data.
-MIN_STEPS_PER_PHASE = 8
+#: Every phase gets at least this many optimizer steps, whatever ``epochs``. A pick reflects the
+#: marginal gain of a column only once the weights have re-fitted around the previous picks: on
+#: the duplicate-column and XOR-pair problems of the tests (800 rows, 5 epochs), ~20 steps per
+#: phase failed half the runs, 32 failed 1 in 24 and 48 none.
+MIN_STEPS_PER_PHASE = 48
 
-#: Default step sizes: Adam on the MLP (on scikit-learn's digits, k=5..20, 30 epochs, 3e-3 and 1e-2
-#: selected columns worth 2-4 points more downstream accuracy than 1e-3); plain gradient descent
-#: on the normalised profiled loss of the linear model (whose logit gradients are O(1) by design).
+#: Default step sizes: Adam on the MLP (on scikit-learn's digits, k=5..20, 30 epochs, 3 seeds,
+#: 3e-3 and 1e-2 picked columns worth up to 4 points more downstream accuracy than 1e-3); plain
+#: gradient descent on the normalised profiled loss of the linear model (O(1) logit gradients).
 DEFAULT_LEARNING_RATE = {"mlp": 3e-3, "linear": 1.0}
 
 
@@ -43,8 +45,8 @@ def torch_threads(n: int) -> Iterator[None]:
     """Run torch ops on ``n`` intra-op threads, then restore the previous setting.
 
     The models here are tiny (one small matmul per layer and batch), so threading gains little,
-    and on a busy 2-core box torch's OpenMP threads spin against each other: one 256x784x64 step
-    measured 55 ms on 2 threads versus 1.2 ms on one.
+    and when other jobs share a 2-core box torch's OpenMP threads spin against them: one
+    256x784x64 forward/backward measured 55 ms on 2 threads versus 1.2 ms on one.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -123,7 +125,8 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
         Widths of the MLP's hidden layers (``model="mlp"`` only).
     epochs : int, default=30
         Passes over the data for the MLP; full-batch gradient steps for ``model="linear"``. Raised
-        when needed so that every phase gets at least 8 optimizer steps.
+        when needed so that every phase gets at least 48 optimizer steps (MLP; 2 for the linear
+        model), since each pick needs the weights re-fitted around the previous ones.
     batch_size : int, default=256
         Minibatch size of the MLP.
     learning_rate : float or None, default=None
@@ -226,7 +229,8 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Numeric features. Standardised internally for the MLP.
+            Numeric features. Standardised internally for the MLP. Training runs on one torch
+            thread (the model is too small to gain from more), restored afterwards.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Class labels, or real targets (several columns only for regression).
 
