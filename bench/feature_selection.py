@@ -230,6 +230,25 @@ def _planted_truth(res: pd.DataFrame, data: Dataset) -> str:
                  "picks (seed 0)"], rows))
 
 
+def _duplicate_note(res: pd.DataFrame, data: Dataset) -> str:
+    """Say when attention skipped the strongest column although it has an exact copy: two copies
+    share the softmax mass that one column would get alone, so each looks half as useful."""
+    names = data.feature_names
+    strongest = {names[data.truth["single"][0]]} | {names[i] for i in data.truth["duplicate_of_0"]}
+    notes = []
+    for m in ("seqattn", "oneshot"):
+        part = res[(res.method == m) & (res.k == res.k.min())]
+        missed = int(sum(not (strongest & set(p)) for p in part.picked))
+        if missed:
+            notes.append(f"{METHOD_LABELS[m]} took neither x0 nor its copy x4 at k={res.k.min()} in {missed} of "
+                         f"{len(part)} runs")
+    if not notes:
+        return ""
+    return (" " + "; ".join(notes) + ", likely because the two identical columns share the softmax "
+            "attention that one column would get alone, so each copy looks about half as strong as it is (the "
+            "truth table shows which methods then also took both copies).")
+
+
 def _pair_note(res: pd.DataFrame, data: Dataset) -> str:
     pair = {data.feature_names[i] for i in data.truth["pair"]}
     found = {m: int(sum(pair <= set(p) for p in res[res.method == m].picked)) for m in dict.fromkeys(res.method)}
@@ -292,7 +311,8 @@ def run(cfg: SelectionBench, img_dir: Path, log: Callable[[str], None] = print) 
         "",
         _planted_truth(pl, planted_data),
         "",
-        "**What this means.** " + _meaning(planted, pl) + " " + _pair_note(pl, planted_data),
+        "**What this means.** " + _meaning(planted, pl) + " " + _pair_note(pl, planted_data)
+        + _duplicate_note(pl, planted_data),
         "",
         "### Selection time: Sequential Attention / greedy wrapper",
         "",

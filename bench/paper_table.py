@@ -112,13 +112,23 @@ def _meaning(results: Mapping[str, pd.DataFrame], data: Mapping[str, Dataset], m
     if "seqattn" in methods:
         lines.append(f"Sequential Attention has the best (or tied best) mean accuracy on {wins} of {len(results)} "
                      "datasets.")
-        behind = []
+        behind, noise = [], []
         for name, res in results.items():
-            means = res[res.method != "all"].groupby("method").acc.mean()
-            if means["seqattn"] < means.max() - tolerance:
-                behind.append(f"{name} (by {means.max() - means['seqattn']:.3f}, to {METHOD_LABELS[means.idxmax()]})")
+            stats = res[res.method != "all"].groupby("method").acc.agg(["mean", lambda a: np.std(a)])
+            stats.columns = ["mean", "std"]
+            best = stats["mean"].idxmax()
+            gap = stats.loc[best, "mean"] - stats.loc["seqattn", "mean"]
+            spread = max(stats.loc[best, "std"], stats.loc["seqattn", "std"])
+            if gap > tolerance:
+                behind.append(f"{name} (by {gap:.3f}, to {METHOD_LABELS[best]}"
+                              + (", more than one std across seeds)" if gap > spread else ", within one std)"))
+            elif gap > 0 and gap <= spread:
+                noise.append(name)
         if behind:
             lines.append(f"It trails the best method by more than {tolerance} on " + ", ".join(behind) + ".")
+        if noise:
+            lines.append(f"On {', '.join(noise)} its gap to the best is smaller than the spread across seeds: "
+                         "a tie within noise.")
     if "seqattn" in methods and "oneshot" in methods:
         gaps = [res[res.method == "seqattn"].acc.mean() - res[res.method == "oneshot"].acc.mean()
                 for res in results.values()]

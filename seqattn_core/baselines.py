@@ -96,8 +96,14 @@ def _complete(order: list[int], fallback: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(order[:k], dtype=np.int64)
 
 
+def _no_options(method: str, options: dict[str, Any]) -> None:
+    if options:  # a misspelt option must not be dropped silently
+        raise ValueError(f"options: {method} takes none, got {', '.join(sorted(options))}")
+
+
 # -- the methods -----------------------------------------------------------------------------------
 def _omp(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: int, **options: Any) -> np.ndarray:
+    _no_options("omp", options)
     Xn, Y = _unit_columns(X), _targets(y, task)
     if Y.ndim == 1:
         path = orthogonal_mp(Xn, Y, n_nonzero_coefs=k, return_path=True)
@@ -128,6 +134,7 @@ def _lasso(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: in
     gives scikit-learn's multi-task lasso, i.e. the group lasso with one group per feature. A
     feature's rank is the first (largest) alpha at which it enters, ties broken by its coefficient
     norm at the end of the path."""
+    _no_options("lasso", options)
     Xn, Y = _unit_columns(X), _targets(y, task)
     corr = Xn.T @ Y
     strength = np.abs(corr) if Y.ndim == 1 else np.linalg.norm(corr, axis=1)
@@ -154,6 +161,7 @@ def _lasso(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: in
 
 def _mutual_info(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: int,
                  n_jobs: int | None = None, **options: Any) -> np.ndarray:
+    _no_options("mi", options)
     estimate = mutual_info_classif if task == "classification" else mutual_info_regression
     mi = estimate(X, y, random_state=random_state, n_jobs=n_jobs)
     return np.argsort(-mi, kind="stable")[:k].astype(np.int64)
@@ -164,6 +172,7 @@ def _greedy(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: i
     """Forward selection that retrains the estimator for every candidate at every step (the
     wrapper Sequential Attention approximates). scikit-learn keeps only the final support, not the
     order of the picks, so the indices come back in column order."""
+    _no_options("greedy", options)
     if estimator is None:
         base = LogisticRegression(max_iter=500) if task == "classification" else Ridge()
         estimator = make_pipeline(StandardScaler(), base)
@@ -193,6 +202,7 @@ def _attention(per_step_all: bool) -> FeatureRanker:
 
 def _random(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: int,
             **options: Any) -> np.ndarray:
+    _no_options("random", options)
     return np.random.default_rng(random_state).permutation(X.shape[1])[:k].astype(np.int64)
 
 

@@ -113,3 +113,9 @@ def test_bad_input_names_the_field(kwargs: dict, field: str, easy) -> None:
     args = {"method": "omp", "X": X, "y": y, "k": 2, **kwargs}
     with pytest.raises(ValueError, match=f"^{field}:"):
         rank_features(**args)
+
+
+def test_an_unknown_option_is_an_error(easy) -> None:
+    X, y = easy
+    with pytest.raises(ValueError, match="^options: omp takes none, got epoch"):
+        rank_features("omp", X, y, 2, epoch=3)
