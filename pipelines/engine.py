@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
@@ -31,6 +31,18 @@ from seqattn_core.lem import LargeEmbeddingModel
 EMBEDDING_LR_SCALE = 5.0
 DENSE_LR_SCALE = 0.1
 GATE_LR_SCALE = 10.0
+
+
+# What the planner may choose from. Row-wise shards need a per-row bucketisation of ids that only the
+# CUDA kernels implement well; on CPU over gloo the planner keeps to whole tables, column slices or
+# replicas (see DESIGN.md, "The engine").
+CPU_SHARDING_TYPES = (ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE, ShardingType.DATA_PARALLEL)
+GPU_SHARDING_TYPES = CPU_SHARDING_TYPES + (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
+
+
+def sharding_types(device_type: str) -> list[str]:
+    """The sharding types the planner may use on ``device_type`` ("cpu" or "cuda")."""
+    return [t.value for t in (GPU_SHARDING_TYPES if device_type == "cuda" else CPU_SHARDING_TYPES)]
 
 
 def device() -> torch.device:
@@ -64,7 +76,11 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
             RowWiseAdagrad, model.ebc.parameters(), {"lr": learning_rate * EMBEDDING_LR_SCALE}
         )
     topology = Topology(world_size=dist.get_world_size(), compute_device=dev.type)
-    plan = EmbeddingShardingPlanner(topology=topology).collective_plan(model, pg=dist.GroupMember.WORLD)
+    allowed = sharding_types(dev.type)
+    tables = model.config.table_configs() if model.ebc is not None else []
+    constraints = {t.name: ParameterConstraints(sharding_types=allowed) for t in tables}
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=dev, plan=plan)
     named = [(n, p) for n, p in dmp.named_parameters() if "ebc." not in n]
     gates = [p for n, p in named if n.endswith("attention.logits")]

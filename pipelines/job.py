@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from pipelines.dataset import EncodedDataset, EncodedSplit, load_dataset
-from pipelines.engine import place
+from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
 from pipelines.spec import Candidate, FeatureSet, JobSpec, SelectedCross, SelectedFeature
 from seqattn_core.batches import BatchSource, first_ids
@@ -35,8 +36,10 @@ from seqattn_core.training import StepEvent, binary_metrics, predict, train
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+T = TypeVar("T")
 LATENCY_BATCH = 1024
 EVAL_BATCH = 8192
+ENGINE_ENV = "SEQATTN_ENGINE"  # "ray" or "local": overrides the choice by training.num_workers
 
 
 def _emit(on_event: Callable[[Event], None] | None, **event: Any) -> None:
@@ -52,6 +55,66 @@ class Choice:
     sparse: tuple[str, ...]
     crosses: tuple[CrossFeature, ...]
     dims: dict[str, int]
+
+
+class StageHooks:
+    """How the training stages resume, checkpoint and agree; these defaults are the in-process run.
+
+    The Ray runner (:mod:`pipelines.ray_job`) overrides them so that every worker runs the same
+    stages below: ``start`` restores a stage from the last checkpoint, ``epoch_end`` writes one,
+    ``remember`` replays a finished stage's result after a restart, and ``agree`` makes one worker
+    decide what every worker must do alike (a latency measurement differs from process to process).
+
+    Example::
+
+        >>> StageHooks().agree("latency", lambda: 3)
+        3
+    """
+
+    def start(self, stage: str, placed: Placed) -> int:
+        """Restore ``stage``'s state into ``placed``; return the first epoch still to train."""
+        return 0
+
+    def epoch_end(self, stage: str, placed: Placed, epoch: int) -> None:
+        """Called after every epoch of every stage (a checkpoint point)."""
+
+    def remember(self, name: str, fn: Callable[[], T]) -> T:
+        """``fn()``, or its result from before a restart; every worker calls it."""
+        return fn()
+
+    def agree(self, name: str, fn: Callable[[], T]) -> T:
+        """``fn()`` computed once and shared by every worker (and remembered like ``remember``)."""
+        return fn()
+
+
+IN_PROCESS = StageHooks()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the training stages need besides the rows: the search space, decided once on the whole
+    train split (the cross pre-screen needs every row, so on Ray it runs on the driver)."""
+
+    base: LEMConfig
+    search: LEMConfig
+    selection: SelectionConfig
+    crosses: tuple[CrossFeature, ...]
+    screen: dict[str, float]
+    train_rows: int
+    valid_rows: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SelectionOutcome:
+    """What the gated run chose (indices into the plan's candidates) and every candidate's score."""
+
+    kept: tuple[int, ...]
+    kept_crosses: tuple[int, ...]
+    dims: dict[str, int]
+    feature_scores: tuple[float, ...] | None
+    cross_scores: tuple[float, ...]
+    seconds: float
 
 
 def _sparse_features(data: EncodedDataset, names: tuple[str, ...]) -> tuple[SparseFeature, ...]:
@@ -98,12 +161,16 @@ def check_selection(spec: JobSpec, data: EncodedDataset) -> None:
 
 
 def _fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSource, spec: JobSpec,
-         stage: str, on_event: Callable[[Event], None] | None) -> tuple[Any, float]:
-    """Place and train one model; returns (placed, seconds)."""
+         stage: str, on_event: Callable[[Event], None] | None, hooks: StageHooks = IN_PROCESS,
+         batch_size: int | None = None) -> tuple[Placed, float]:
+    """Place and train one model; returns (placed, seconds). ``batch_size`` is this process's share
+    of ``spec.training.batch_size`` (on W Ray workers, 1/W of it, so a step sees the same rows)."""
     t = spec.training
+    batch_size = batch_size or t.batch_size
     model = LargeEmbeddingModel(config, selection, device=torch.device("meta"))
-    steps = train_src.num_batches(t.batch_size)
+    steps = train_src.num_batches(batch_size)
     placed = place(model, t.learning_rate, _gate_lr(model, steps * t.epochs, t.learning_rate))
+    first_epoch = hooks.start(stage, placed)
 
     def report(ev: StepEvent) -> None:
         if ev.epoch_end or ev.step % 10 == 0:
@@ -112,8 +179,9 @@ def _fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchS
 
     start = time.perf_counter()
     train(placed.forward, placed.model, placed.optimizer,
-          lambda e: train_src.batches(t.batch_size, seed=t.seed * 1000 + e),
-          steps, t.epochs, gate_optimizer=placed.optimizer, stage=stage, on_step=report)
+          lambda e: train_src.batches(batch_size, seed=t.seed * 1000 + e),
+          steps, t.epochs, gate_optimizer=placed.optimizer, start_epoch=first_epoch, stage=stage, on_step=report,
+          on_epoch_end=lambda e: hooks.epoch_end(stage, placed, e))
     return placed, time.perf_counter() - start
 
 
@@ -188,22 +256,51 @@ def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: Enco
         n_drop += 1
 
 
+def use_ray(spec: JobSpec) -> bool:
+    """Whether :func:`run_job` runs ``spec`` on Ray: more than one worker, unless ``SEQATTN_ENGINE``
+    says ``ray`` or ``local``."""
+    engine = os.environ.get(ENGINE_ENV, "").strip().lower()
+    if engine in ("ray", "local"):
+        return engine == "ray"
+    if engine:
+        raise SpecError(ENGINE_ENV, f"{engine!r} is not an engine; use 'ray' or 'local'")
+    return spec.training.num_workers > 1
+
+
 def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None) -> FeatureSet:
-    """Run one selection job in this process and return its (unversioned) FeatureSet.
+    """Run one selection job and return its (unversioned) FeatureSet.
+
+    One worker runs in this process; ``training.num_workers > 1`` (or ``SEQATTN_ENGINE=ray``) runs
+    the same stages on Ray Train workers (:func:`pipelines.ray_job.run_ray_job`).
 
     Example::
 
         fs = run_job(load_spec("job.yaml"), on_event=print)
         fs.features[0].name, fs.metrics.val_auc
     """
-    timings: dict[str, float] = {}
+    if use_ray(spec):
+        from pipelines.ray_job import run_ray_job
+
+        return run_ray_job(spec, on_event=on_event, job_id=job_id)
     t0 = time.perf_counter()
-    torch.manual_seed(spec.training.seed)
-    np.random.seed(spec.training.seed)
+    seed_everything(spec.training.seed)
     _emit(on_event, kind="stage", stage="load")
     data = load_dataset(spec.dataset, seed=spec.training.seed)
+    load_s = time.perf_counter() - t0
+    plan = plan_job(spec, data)
+    return run_stages(spec, data, plan, on_event, job_id=job_id, timings={"load_s": load_s, **plan.timings},
+                      started=t0)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def plan_job(spec: JobSpec, data: EncodedDataset) -> Plan:
+    """Check the spec against the data and fix the search space (cross candidates by pre-screen)."""
     check_selection(spec, data)
-    timings["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     sel = spec.selection
     choices = tuple(sel.embedding_dims)
     search_dim = max(choices) if choices else spec.training.embedding_dim
@@ -212,6 +309,7 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
     # Cross candidates from the pre-screen (single-valued features only: a list has no one id to pair).
     crosses: tuple[CrossFeature, ...] = ()
     screen: dict[str, float] = {}
+    timings: dict[str, float] = {}
     if sel.crosses:
         single = [n for n in data.sparse_names if n not in data.multi_valued]
         ids = {n: first_ids(*data.train.sparse[n]) for n in single}
@@ -219,52 +317,88 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
                                  seed=spec.training.seed)
         crosses = tuple(c for c, _ in ranked)
         screen = {c.name: g for c, g in ranked}
-        timings["prescreen_s"] = time.perf_counter() - t0 - timings["load_s"]
+        timings["prescreen_s"] = time.perf_counter() - t0
 
     base = LEMConfig(dense=tuple(data.dense_names), sparse=_sparse_features(data, tuple(data.sparse_names)),
                      embedding_dim=spec.training.embedding_dim)
     search_cfg = replace(base, crosses=crosses, embedding_dim=search_dim)
     selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
                                 max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim)
-    train_src = _source(data.train, data, search_cfg.dense, tuple(data.sparse_names), crosses)
+    return Plan(base, search_cfg, selection, crosses, screen, len(data.train), len(data.valid), timings)
+
+
+def _outcome(model: LargeEmbeddingModel, seconds: float) -> SelectionOutcome:
+    fa, ca = model.feature_attention, model.cross_attention
+    return SelectionOutcome(
+        kept=tuple(model.kept_features()), kept_crosses=tuple(model.kept_crosses()), dims=dict(model.chosen_dims()),
+        feature_scores=tuple(fa.scores.tolist()) if fa is not None else None,
+        cross_scores=tuple(ca.scores.tolist()) if ca is not None else (), seconds=seconds)
+
+
+def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callable[[Event], None] | None = None,
+               hooks: StageHooks = IN_PROCESS, job_id: str | None = None, timings: dict[str, float] | None = None,
+               batch_size: int | None = None, started: float | None = None) -> FeatureSet:
+    """Selection, latency trimming, retrain and reference on ``data``; the FeatureSet of ``plan``.
+
+    In process ``data`` is the whole dataset; on a Ray worker it holds that worker's share of the
+    train rows (and every validation row), ``batch_size`` its share of a step, and ``hooks``
+    checkpoint and resume the stages. The stages themselves are the same code either way.
+    """
+    t0 = started if started is not None else time.perf_counter()
+    timings = dict(timings or {})
+    base, crosses = plan.base, plan.crosses
+
+    def fit(config: LEMConfig, selection: SelectionConfig | None, src: BatchSource, stage: str) -> tuple[Placed, float]:
+        return _fit(config, selection, src, spec, stage, on_event, hooks, batch_size)
+
+    def select() -> SelectionOutcome:
+        train_src = _source(data.train, data, plan.search.dense, tuple(data.sparse_names), crosses)
+        placed, seconds = fit(plan.search, plan.selection, train_src, "selection")
+        return _outcome(placed.model, seconds)
+
     _emit(on_event, kind="stage", stage="selection")
-    placed, timings["selection_s"] = _fit(search_cfg, selection, train_src, spec, "selection", on_event)
-    model: LargeEmbeddingModel = placed.model
+    outcome = hooks.remember("selection", select)
+    timings["selection_s"] = outcome.seconds
 
     names = list(data.dense_names) + list(data.sparse_names)
-    kept = model.kept_features()
-    kept_crosses = [crosses[i] for i in model.kept_crosses()]
-    dims = model.chosen_dims()
+    kept = list(outcome.kept)
+    kept_crosses = [crosses[i] for i in outcome.kept_crosses]
     choice = Choice(tuple(names[i] for i in kept if i < len(data.dense_names)),
-                    tuple(names[i] for i in kept if i >= len(data.dense_names)), tuple(kept_crosses), dims)
+                    tuple(names[i] for i in kept if i >= len(data.dense_names)), tuple(kept_crosses), outcome.dims)
     order = [("feature", names[i]) for i in kept] + [("cross", c.name) for c in kept_crosses]
     order = [o for o in order if o[0] == "feature"] + [o for o in order if o[0] == "cross"]
 
     inference_ms = None
     if spec.constraints.max_inference_ms is not None:
         _emit(on_event, kind="stage", stage="latency")
-        choice, inference_ms = _fit_latency_budget(choice, order, data, base, spec.constraints.max_inference_ms)
+        budget_ms = spec.constraints.max_inference_ms
+        choice, inference_ms = hooks.agree("latency", lambda: _fit_latency_budget(choice, order, data, base, budget_ms))
 
     final_cfg = replace(base, dense=choice.dense, sparse=_sparse_features(data, choice.sparse), crosses=choice.crosses,
                         embedding_dims=choice.dims)
-    _emit(on_event, kind="stage", stage="retrain")
-    final, timings["retrain_s"] = _fit(final_cfg, None, _source(data.train, data, choice.dense, choice.sparse,
-                                                                choice.crosses), spec, "retrain", on_event)
     valid_src = _source(data.valid, data, choice.dense, choice.sparse, choice.crosses)
-    final_metrics = _evaluate(final, valid_src)
+
+    def retrain() -> tuple[dict[str, float], float]:
+        final, seconds = fit(final_cfg, None, _source(data.train, data, choice.dense, choice.sparse, choice.crosses),
+                             "retrain")
+        return _evaluate(final, valid_src), seconds
+
+    _emit(on_event, kind="stage", stage="retrain")
+    final_metrics, timings["retrain_s"] = hooks.remember("retrain", retrain)
     if inference_ms is None:
         inference_ms = _latency(final_cfg, valid_src)
 
+    def reference() -> tuple[dict[str, float], float]:
+        all_sparse = tuple(data.sparse_names)
+        ref, seconds = fit(base, None, _source(data.train, data, base.dense, all_sparse, ()), "reference")
+        return _evaluate(ref, _source(data.valid, data, base.dense, all_sparse, ())), seconds
+
     _emit(on_event, kind="stage", stage="reference")
-    all_sparse = tuple(data.sparse_names)
-    ref, timings["reference_s"] = _fit(base, None, _source(data.train, data, base.dense, all_sparse, ()), spec,
-                                       "reference", on_event)
-    ref_metrics = _evaluate(ref, _source(data.valid, data, base.dense, tuple(data.sparse_names), ()))
+    ref_metrics, timings["reference_s"] = hooks.remember("reference", reference)
     timings["total_s"] = time.perf_counter() - t0
 
-    fa = model.feature_attention
     rank = {i: r for r, i in enumerate(kept, start=1)}
-    scores = fa.scores.tolist() if fa is not None else [math.nan] * len(names)
+    scores = list(outcome.feature_scores) if outcome.feature_scores is not None else [math.nan] * len(names)
     kept_names = set(choice.dense) | set(choice.sparse)
     features = sorted(
         (SelectedFeature(name=n, kind="dense" if i < len(data.dense_names) else "sparse", rank=rank.get(i, i + 1),
@@ -272,13 +406,12 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
          for i, n in enumerate(names) if n in kept_names),
         key=lambda f: f.rank)
     cross_rank = {c.name: r for r, c in enumerate(kept_crosses, start=1)}
-    ca = model.cross_attention
-    cross_scores = ca.scores.tolist() if ca is not None else []
+    cross_scores = list(outcome.cross_scores)
     out_crosses = [SelectedCross(features=(c.a, c.b), rank=cross_rank[c.name], score=_finite(cross_scores[crosses.index(c)]),
                                  buckets=c.buckets, embedding_dim=choice.dims.get(c.name)) for c in choice.crosses]
     candidates = [Candidate(name=n, kind="dense" if i < len(data.dense_names) else "sparse", score=_finite(scores[i]),
                             selected=n in kept_names) for i, n in enumerate(names)]
-    candidates += [Candidate(name=c.name, kind="cross", score=_finite(cross_scores[j]) if cross_scores else screen[c.name],
+    candidates += [Candidate(name=c.name, kind="cross", score=_finite(cross_scores[j]) if cross_scores else plan.screen[c.name],
                              selected=c in choice.crosses) for j, c in enumerate(crosses)]
     metrics = {
         "val_auc": final_metrics["auc"], "val_logloss": final_metrics["logloss"],
@@ -286,7 +419,7 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
         "embedding_mb": mb(final_cfg.embedding_bytes()), "embedding_mb_all_features": mb(base.embedding_bytes()),
         "inference_ms": inference_ms, "inference_ms_all_features": _latency(base, _source(
             data.valid, data, base.dense, tuple(data.sparse_names), ())),
-        "train_rows": len(data.train), "valid_rows": len(data.valid),
+        "train_rows": plan.train_rows, "valid_rows": plan.valid_rows,
     }
     _emit(on_event, kind="stage", stage="done")
     return FeatureSet(name=spec.name, job_id=job_id, created_at=datetime.now(timezone.utc), spec=spec,

@@ -1,0 +1,274 @@
+"""A selection job on Ray: Parquet -> Ray Data -> Ray Train workers (TorchRec DMP) -> FeatureSet.
+
+The driver (this process):
+
+1. checks the Parquet files and reads the needed columns with Ray Data (:mod:`pipelines.ray_data`);
+2. encodes them once (:func:`pipelines.dataset.encode_table`: the split and the vocabularies must
+   be the same on every worker) and fixes the search space (:func:`pipelines.job.plan_job`);
+3. hands the encoded train rows to a ``TorchTrainer`` as a Ray Dataset; each worker takes its
+   shard with ``ray.train.get_dataset_shard("train")`` and every validation row;
+4. relays the workers' progress events to ``on_event`` while they run.
+
+Each worker runs :func:`pipelines.job.run_stages`, the in-process stages, on its shard: TorchRec's
+planner shards the tables across the workers' process group (table-wise, column-wise or
+data-parallel on CPU with gloo; row-wise too on GPUs with NCCL), ``DistributedModelParallel``
+exchanges the embeddings, and the gates train on the averaged gradients, so every worker makes the
+same picks. A step of W workers sees ``batch_size / W`` rows on each, the same rows per step as
+one process. Checkpoints are written every epoch and a failed worker group restarts from the last
+one (``FailureConfig(max_failures)``), see :mod:`pipelines.checkpoints`.
+
+Example::
+
+    fs = run_ray_job(load_spec("job.yaml"), on_event=print)   # RAY_ADDRESS set: that cluster
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from pipelines.checkpoints import CheckpointedStages
+from pipelines.cluster import connect
+from pipelines.dataset import EncodedDataset, EncodedSplit, encode_table
+from pipelines.engine import Placed
+from pipelines.errors import SpecError
+from pipelines.job import Event, _emit, plan_job, run_stages, seed_everything
+from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
+from pipelines.spec import FeatureSet, JobSpec
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE, ERROR_FILE = "featureset.json", "error.json"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a job uses Ray: where checkpoints go, how many worker-group failures it survives.
+
+    ``storage_path`` defaults to ``$SEQATTN_HOME/ray`` (it must be shared storage on a real
+    multi-node cluster: every node writes its workers' checkpoint files there).
+    """
+
+    storage_path: str | None = None
+    max_failures: int = 2
+    run_name: str | None = None
+    poll_s: float = 0.2
+
+
+@ray.remote(num_cpus=0)
+class ProgressBus:
+    """Events from the workers, collected until the driver drains them (actor calls from one
+    caller run in order, so a worker's events arrive in the order it sent them)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def put(self, event: Event) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[Event]:
+        out, self.events = self.events, []
+        return out
+
+
+def _empty_split(data: EncodedDataset) -> EncodedSplit:
+    return EncodedSplit(np.zeros((0, len(data.dense_names)), np.float32),
+                        {n: (np.zeros(0, np.int64), np.zeros(0, np.int32)) for n in data.sparse_names},
+                        np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def _plan_tables(placed: Placed) -> dict[str, dict[str, Any]]:
+    """The sharding the planner chose: table -> sharding type, kernel, and the ranks holding it."""
+    out = {}
+    for module_plan in placed.plan.plan.values():
+        for table, p in module_plan.items():
+            out[table] = {"sharding_type": p.sharding_type, "compute_kernel": p.compute_kernel,
+                          "ranks": sorted(set(p.ranks or []))}
+    return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: its shard -> the shared stages, checkpointed every epoch."""
+    import torch.distributed as dist
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    bus = config["bus"]
+    bus.put.remote({"kind": "worker", "rank": rank, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()})
+    spec: JobSpec = JobSpec.model_validate_json(config["spec"])
+    meta: EncodedDataset = config["meta"]
+    t0 = time.perf_counter()
+    train = shard_to_split(ray.train.get_dataset_shard("train").iter_batches(batch_size=None, batch_format="pyarrow"), meta)
+    valid = shard_to_split(ray.train.get_dataset_shard("valid").iter_batches(batch_size=None, batch_format="pyarrow"), meta)
+    shard_s = time.perf_counter() - t0
+    if dist.is_initialized() and world > 1:
+        # Sharded tables make every step a collective: all workers must take the same number of steps.
+        import torch
+
+        n = torch.tensor([len(train)])
+        dist.all_reduce(n, op=dist.ReduceOp.MIN)
+        if int(n) < len(train):
+            keep = int(n)
+            train = EncodedSplit(train.dense[:keep], {k: _head(v, l, keep) for k, (v, l) in train.sparse.items()},
+                                 train.labels[:keep], train.row_index[:keep])
+    data = replace(meta, train=train, valid=valid)
+
+    def send(event: Event) -> None:
+        if rank == 0:
+            if event.get("kind") == "progress":
+                event = {**event, "rows": event["rows"] * world}
+            bus.put.remote(event)
+
+    def placed_on(stage: str, placed: Placed) -> None:
+        bus.put.remote({"kind": "plan", "stage": stage, "rank": rank, "world_size": world,
+                        "tables": _plan_tables(placed)})
+
+    hooks = CheckpointedStages.resume(
+        ray.train.get_checkpoint(), rank,
+        on_checkpoint=lambda stage, epoch: send({"kind": "checkpoint", "stage": stage, "epoch": epoch}),
+        on_place=placed_on if rank == 0 else None)
+    if hooks.resumed_from is not None:
+        send({"kind": "resumed", "stage": hooks.resumed_from[0], "epoch": hooks.resumed_from[1]})
+    seed_everything(spec.training.seed)
+    batch_size = max(1, spec.training.batch_size // world)
+    try:
+        fs = run_stages(spec, data, config["plan"], send, hooks, job_id=config["job_id"],
+                        timings={**config["timings"], "shard_s": shard_s}, batch_size=batch_size)
+    except SpecError as exc:  # raised alike on every worker (see CheckpointedStages.agree)
+        _report_outcome(rank, ERROR_FILE, json.dumps(exc.to_dict()))
+        return
+    _report_outcome(rank, RESULT_FILE, fs.model_dump_json(indent=2))
+
+
+def _report_outcome(rank: int, name: str, text: str) -> None:
+    """The last checkpoint holds the outcome (Ray Train keeps the metrics of checkpoints only)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report({"outcome": name}, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="seqattn-outcome-") as directory:
+        (Path(directory) / name).write_text(text)
+        ray.train.report({"outcome": name}, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _head(values: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return values[: int(lengths[:n].sum())], lengths[:n]
+
+
+def _use_gpu(workers: int) -> bool:
+    """GPUs when the cluster has one per worker: then NCCL, CUDA kernels, and row-wise sharding."""
+    return ray.cluster_resources().get("GPU", 0) >= workers
+
+
+def _storage_path(options: RayOptions) -> str:
+    if options.storage_path:
+        return str(Path(options.storage_path).resolve())
+    home = Path(os.environ.get("SEQATTN_HOME", ".seqattn"))
+    return str((home / "ray").resolve())
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's one-line message (a worker's exception arrives wrapped in Ray's)."""
+    seen = exc
+    while True:
+        nxt = getattr(seen, "cause", None) or seen.__cause__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    text = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {text[-1] if text else ''}"
+
+
+def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
+                options: RayOptions | None = None) -> FeatureSet:
+    """Run ``spec`` on ``spec.training.num_workers`` Ray Train workers; return its FeatureSet.
+
+    Bad input raises :class:`SpecError` before any worker starts. Events: those of
+    :func:`pipelines.job.run_job` plus ``worker`` (rank, pid), ``plan`` (each stage's sharding),
+    ``checkpoint`` and ``resumed``.
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    options = options or RayOptions()
+    t0 = time.perf_counter()
+    _emit(on_event, kind="stage", stage="load")
+    source = check_parquet(spec.dataset)  # before Ray starts: bad input fails in a second
+    connect()
+    table = read_parquet(source)
+    read_s = time.perf_counter() - t0
+    data = encode_table(table, source.columns, spec.dataset.validation_fraction, spec.training.seed)
+    del table
+    encode_s = time.perf_counter() - t0 - read_s
+    plan = plan_job(spec, data)
+    workers = spec.training.num_workers
+    train_ds = split_to_dataset(data.train, data, min_blocks=2 * workers)
+    valid_ds = split_to_dataset(data.valid, data)
+    meta = replace(data, train=_empty_split(data), valid=_empty_split(data), vocabularies={})
+    del data
+    timings = {"load_s": read_s + encode_s, "read_s": read_s, "encode_s": encode_s, **plan.timings}
+
+    bus = ProgressBus.remote()
+    run_name = options.run_name or f"{spec.name}-{job_id or uuid.uuid4().hex[:8]}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump_json(), "meta": meta, "plan": plan, "bus": bus, "job_id": job_id,
+                           "timings": timings},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=_use_gpu(workers)),
+        run_config=RunConfig(name=run_name, storage_path=_storage_path(options),
+                             failure_config=FailureConfig(max_failures=options.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": train_ds, "valid": valid_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the caller's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name=f"ray-job-{run_name}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            done = not thread.is_alive()
+            for event in ray.get(bus.drain.remote()):
+                _emit(on_event, **event)
+            if done:
+                break
+            thread.join(options.poll_s)
+    finally:
+        ray.kill(bus)
+    if "error" in outcome:
+        exc = outcome["error"]
+        log.error("ray job %s failed", run_name, exc_info=exc)
+        raise RuntimeError(f"job failed on the Ray workers: {_root_cause(exc)}") from exc
+    checkpoint = outcome["result"].checkpoint
+    if checkpoint is None:
+        raise RuntimeError("the Ray workers finished without a result")
+    with checkpoint.as_directory() as directory:
+        error, result = Path(directory) / ERROR_FILE, Path(directory) / RESULT_FILE
+        if error.exists():
+            err = json.loads(error.read_text())
+            raise SpecError(err["field"], err["message"])
+        if not result.exists():
+            raise RuntimeError(f"the Ray workers finished without a result (checkpoint {checkpoint.path})")
+        fs = FeatureSet.model_validate_json(result.read_text())
+    timings = {**fs.timings, "total_s": round(time.perf_counter() - t0, 3)}
+    return fs.model_copy(update={"timings": timings})
