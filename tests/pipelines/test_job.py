@@ -1,12 +1,19 @@
-"""run_job end to end on planted data: the acceptance items of the LEM issue, at test size."""
+"""run_job end to end on planted data and on Frappe: the acceptance items of the LEM issue, at test size."""
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from pipelines.job import run_job
 from pipelines.spec import load_spec
 from pipelines.synth import write_synth
 
 pytestmark = pytest.mark.slow
+
+FRAPPE = Path(__file__).resolve().parents[3] / "shared" / "data" / "frappe" / "frappe.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +23,14 @@ def planted(tmp_path_factory):
     return out, truth
 
 
+def _planted_crosses(truth) -> set[frozenset[str]]:
+    """The XOR pairs and the matrix-factorisation interaction: every pair that a cross should add."""
+    return {frozenset(p) for p in truth["pairs"] + truth["interactions"]}
+
+
 def _spec(path, truth, **over):
     spec = {"name": "t", "dataset": {"path": str(path), "label": "label"},
-            "selection": {"features": len(truth["relevant_alone"]), "crosses": len(truth["pairs"]),
+            "selection": {"features": len(truth["relevant_alone"]), "crosses": len(_planted_crosses(truth)),
                           "embedding_dims": [4, 8, 16]},
             "training": {"epochs": 2, "batch_size": 512}}
     for k, v in over.items():
@@ -44,8 +56,23 @@ def test_relevant_features_are_kept_and_one_of_the_duplicates(result):
 
 def test_planted_crosses_rank_first(result):
     fs, truth, _ = result
-    top = [set(c.features) for c in sorted(fs.crosses, key=lambda c: c.rank)[: len(truth["pairs"])]]
-    assert sorted(map(sorted, top)) == sorted(map(sorted, truth["pairs"]))
+    planted = _planted_crosses(truth)
+    assert {frozenset(c.features) for c in fs.crosses} == planted
+    scores = {frozenset(c.name.split("_X_")): c.score for c in fs.candidates if c.kind == "cross"}
+    others = [s for pair, s in scores.items() if pair not in planted]
+    assert all(scores[p] > max(others, default=-1.0) for p in planted)
+
+
+def test_strong_high_cardinality_features_get_more_dimensions_than_weak_ones(planted):
+    path, truth = planted
+    fs = run_job(_spec(path, truth, selection={"features": None, "crosses": 0, "embedding_dims": [4, 8, 16, 32]}))
+    dims = {f.name: f.embedding_dim for f in fs.features if f.embedding_dim}
+    cards = truth["params"]["cardinalities"]
+    # Noise tables at least as large as the smaller strong one: the same cost per dimension or less.
+    weak = [n for n in truth["irrelevant"] if n in dims and cards[n] >= min(cards[h] for h in truth["high_cardinality"])]
+    assert weak, "the planted data should hold large noise tables"
+    for strong in truth["high_cardinality"]:
+        assert all(dims[strong] > dims[w] for w in weak), (strong, dims)
 
 
 def test_final_model_is_at_least_as_good_as_all_features(result):
@@ -69,3 +96,24 @@ def test_budgets_hold(planted):
                        selection={"features": 6, "crosses": 1}))
     assert fs.metrics.embedding_mb <= 0.5
     assert fs.metrics.inference_ms <= 6.0
+
+
+def _frappe_spec(**selection):
+    return _spec(FRAPPE, {"relevant_alone": [], "pairs": [], "interactions": []},
+                 selection={"crosses": 0, "embedding_dims": [], **selection}, training={"batch_size": 1024})
+
+
+def test_frappe_finds_the_user_field_that_is_useless_alone():
+    df = pd.read_parquet(FRAPPE)
+    train = np.random.default_rng(0).random(len(df)) < 0.8
+    rate = df[train].groupby("user").label.mean()
+    user_alone = roc_auc_score(df.label[~train], df.user[~train].map(rate).fillna(df.label[train].mean()))
+    assert user_alone < 0.55  # no signal alone: a filter would drop it
+    fs = run_job(_frappe_spec(features=2))
+    assert [f.name for f in sorted(fs.features, key=lambda f: f.rank)] == ["item", "user"]
+
+
+def test_frappe_crosses_beat_all_features_without_crosses():
+    fs = run_job(_frappe_spec(features=None, crosses=3))
+    assert {"user", "item"} in [set(c.features) for c in fs.crosses]
+    assert fs.metrics.val_auc - fs.metrics.val_auc_all_features >= 0.005, fs.metrics
