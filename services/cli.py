@@ -4,6 +4,7 @@
     seqattn select SPEC.yaml [--out FS.json]
     seqattn export FS.json --format torchrec|feast [--out FILE]
     seqattn demo [--rows N]
+    seqattn pipeline run SCHEDULE.yaml [--as-of VALUE] [--home DIR]
 """
 
 from __future__ import annotations
@@ -148,6 +149,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _select(spec, str(home / "demo-featureset.json"))
 
 
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    """One step of a continual pipeline (what a Kubernetes CronJob runs): newest window -> job ->
+    registry, with the promotion decision and the stability against the previous version."""
+    from pipelines.continual import load_schedule, run_step
+    from pipelines.registry import Registry
+
+    schedule = load_schedule(args.schedule)
+    registry = Registry(args.home) if args.home else Registry()
+    progress = _Progress()
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("stage") == "window":
+            tqdm.write(f"[window] {event['window']}" + (f", warm start from version {event['warm_start_from']}"
+                                                      if event.get("warm_start_from") else ""), file=sys.stderr)
+        elif event.get("kind") in ("stage", "progress"):
+            progress(event)
+
+    try:
+        step = run_step(schedule, as_of=args.as_of, registry=registry, on_event=on_event)
+    finally:
+        progress.close()
+    rec = step.record
+    print(_summary(step.feature_set))
+    stable = ""
+    if rec.previous_version is not None:
+        rho = "n/a" if rec.rank_correlation is None else f"{rec.rank_correlation:.3f}"
+        stable = f"; vs version {rec.previous_version}: jaccard {rec.jaccard:.3f}, rank correlation {rho}"
+    print(f"schedule '{schedule.name}': window {step.window.describe()} -> {rec.name} version {rec.version} "
+          f"{rec.decision} ({rec.reason}){stable}")
+    print(f"wrote {registry.home / rec.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqattn", description="Sequential Attention feature selection for recommender models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="run the main job on planted data")
     s.add_argument("--rows", type=int, default=DEMO_ROWS)
     s.set_defaults(func=cmd_demo)
+    s = sub.add_parser("pipeline", help="continual pipelines")
+    pipe = s.add_subparsers(dest="pipeline_command", required=True)
+    s = pipe.add_parser("run", help="run one step of a schedule (for cron / a Kubernetes CronJob)")
+    s.add_argument("schedule", help="schedule YAML (job, window, cadence, promotion)")
+    s.add_argument("--as-of", help="end the window at this partition value (default: the newest)")
+    s.add_argument("--home", help="registry folder (default: $SEQATTN_HOME or ./.seqattn)")
+    s.set_defaults(func=cmd_pipeline_run)
     return p
 
 

@@ -1,0 +1,342 @@
+"""The feature-set registry on disk: versions 1, 2, 3 ... per name, immutable, with a promoted one.
+
+Layout under ``SEQATTN_HOME`` (DESIGN.md, "State on disk"):
+
+- ``seqattn.db``: SQLite in WAL mode (readers never block the writer); the tables
+  ``feature_set_versions`` (one row per published version: where its file is, its headline
+  metrics, the promotion decision and the stability against the version before) and
+  ``feature_set_promoted`` (name -> promoted version). The service keeps its own tables (jobs,
+  schedules) in the same file.
+- ``artifacts/{name}/{version}/featureset.json``: written to a temporary file and renamed, inside
+  the transaction that allocates the version, so a published version always has its file and a
+  file is never rewritten.
+
+Promotion (DESIGN.md, "Settings and job states"): the first version of a name is promoted at once.
+After that, ``promote: auto`` promotes a version whose validation AUC is not worse than the
+promoted one's by more than ``epsilon`` (0.001) and whose embedding memory and latency fit the
+spec's budgets; otherwise it is kept and marked ``rejected``. ``promote: manual`` keeps it
+``pending`` until :meth:`Registry.promote`.
+
+Example::
+
+    >>> import tempfile
+    >>> from pipelines.spec import FeatureSet, FeatureSetMetrics, JobSpec, SelectedFeature
+    >>> reg = Registry(tempfile.mkdtemp())
+    >>> spec = JobSpec(name="ctr", dataset={"path": "d", "label": "y"})
+    >>> fs = FeatureSet(name="ctr", spec=spec, features=[SelectedFeature(name="a", kind="sparse", rank=1, score=1.0)],
+    ...                 metrics={"val_auc": 0.70})
+    >>> reg.publish(fs).decision, reg.publish(fs.model_copy(update={"metrics": FeatureSetMetrics(val_auc=0.6)})).decision
+    ('promoted', 'rejected')
+    >>> reg.get("ctr").version, [v.version for v in reg.versions("ctr")]
+    (1, [1, 2])
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import SpecError
+from pipelines.spec import FeatureSet
+
+DEFAULT_EPSILON = 0.001
+DB_NAME = "seqattn.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feature_set_versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    job_id TEXT,
+    created_at TEXT NOT NULL,
+    path TEXT NOT NULL,
+    val_auc REAL,
+    embedding_mb REAL,
+    inference_ms REAL,
+    decision TEXT NOT NULL CHECK (decision IN ('promoted', 'rejected', 'pending')),
+    reason TEXT NOT NULL,
+    previous_version INTEGER,
+    jaccard REAL,
+    rank_correlation REAL,
+    source TEXT,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS feature_set_promoted (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    promoted_at TEXT NOT NULL
+);
+"""
+
+
+def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    """``home``, else ``$SEQATTN_HOME``, else ``./.seqattn``."""
+    return Path(home if home is not None else os.environ.get("SEQATTN_HOME", ".seqattn"))
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One published version as the index holds it (the FeatureSet itself is in ``path``)."""
+
+    name: str
+    version: int
+    job_id: str | None
+    created_at: str
+    path: str
+    val_auc: float | None
+    embedding_mb: float | None
+    inference_ms: float | None
+    decision: str
+    reason: str
+    previous_version: int | None
+    jaccard: float | None
+    rank_correlation: float | None
+    source: str | None
+    promoted: bool = False
+
+
+@dataclass(frozen=True)
+class Stability:
+    """How much a version's choice moved from the one before it."""
+
+    previous_version: int
+    jaccard: float  # |kept ∩ kept'| / |kept ∪ kept'| over feature names
+    rank_correlation: float  # Spearman over every shared candidate's importance order
+
+
+def importance_order(fs: FeatureSet) -> list[str]:
+    """Candidates from most to least important: the kept features by rank, then the others by score."""
+    kept = [f.name for f in sorted(fs.features, key=lambda f: f.rank)]
+    rest = sorted((c for c in fs.candidates if c.kind != "cross" and c.name not in set(kept)),
+                  key=lambda c: -c.score)
+    return kept + [c.name for c in rest]
+
+
+def stability(new: FeatureSet, old: FeatureSet, old_version: int) -> Stability:
+    """Jaccard of the kept feature sets and Spearman correlation of the importance orders.
+
+    Example::
+
+        >>> from pipelines.spec import FeatureSet, JobSpec, SelectedFeature, Candidate
+        >>> spec = JobSpec(name="x", dataset={"path": "d", "label": "y"})
+        >>> def fs(kept, others):
+        ...     feats = [SelectedFeature(name=n, kind="sparse", rank=i + 1, score=1.0) for i, n in enumerate(kept)]
+        ...     cands = [Candidate(name=n, kind="sparse", score=s, selected=n in kept) for n, s in others]
+        ...     return FeatureSet(name="x", spec=spec, features=feats, candidates=cands)
+        >>> s = stability(fs(["a", "b"], [("c", 0.2), ("d", 0.1)]), fs(["a", "c"], [("b", 0.3), ("d", 0.0)]), 1)
+        >>> round(s.jaccard, 3), round(s.rank_correlation, 3)
+        (0.333, 0.8)
+    """
+    a = {f.name for f in new.features}
+    b = {f.name for f in old.features}
+    jaccard = len(a & b) / len(a | b) if a | b else 1.0
+    order_new, order_old = importance_order(new), importance_order(old)
+    shared = [n for n in order_new if n in set(order_old)]
+    if len(shared) < 2:
+        rho = float("nan")
+    else:
+        pos_old = {n: i for i, n in enumerate(n for n in order_old if n in set(shared))}
+        x = np.arange(len(shared), dtype=np.float64)
+        y = np.array([pos_old[n] for n in shared], dtype=np.float64)
+        rho = float(np.corrcoef(x, y)[0, 1])
+    return Stability(old_version, jaccard, rho)
+
+
+def promotion_decision(candidate: FeatureSet, promoted: FeatureSet | None,
+                       epsilon: float = DEFAULT_EPSILON) -> tuple[str, str]:
+    """(``promoted`` | ``rejected`` | ``pending``, reason) for ``candidate`` against the promoted one.
+
+    Example::
+
+        >>> from pipelines.spec import FeatureSet, JobSpec
+        >>> spec = JobSpec(name="x", dataset={"path": "d", "label": "y"}, constraints={"max_embedding_mb": 1})
+        >>> new = FeatureSet(name="x", spec=spec, features=[], metrics={"val_auc": 0.7, "embedding_mb": 2.0})
+        >>> promotion_decision(new, None)[0]
+        'promoted'
+        >>> promotion_decision(new, new)
+        ('rejected', 'embedding_mb 2.0000 exceeds constraints.max_embedding_mb 1.0')
+    """
+    if promoted is None:
+        return "promoted", "first version of this name"
+    if candidate.spec.promote == "manual":
+        return "pending", "promote: manual; waiting for a promotion by hand"
+    m, c = candidate.metrics, candidate.spec.constraints
+    if c.max_embedding_mb is not None and (m.embedding_mb is None or m.embedding_mb > c.max_embedding_mb):
+        return "rejected", f"embedding_mb {_fmt(m.embedding_mb)} exceeds constraints.max_embedding_mb {c.max_embedding_mb}"
+    if c.max_inference_ms is not None and (m.inference_ms is None or m.inference_ms > c.max_inference_ms):
+        return "rejected", f"inference_ms {_fmt(m.inference_ms)} exceeds constraints.max_inference_ms {c.max_inference_ms}"
+    new_auc, old_auc = m.val_auc, promoted.metrics.val_auc
+    if old_auc is not None and (new_auc is None or not np.isfinite(new_auc) or new_auc < old_auc - epsilon):
+        return "rejected", (f"val_auc {_fmt(new_auc)} is worse than the promoted version's {_fmt(old_auc)} "
+                            f"by more than epsilon {epsilon}")
+    return "promoted", f"val_auc {_fmt(new_auc)} within epsilon {epsilon} of the promoted {_fmt(old_auc)} and budgets hold"
+
+
+def _fmt(x: float | None) -> str:
+    return "none" if x is None else f"{x:.4f}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Registry:
+    """Versioned, immutable feature sets under ``home`` (default ``$SEQATTN_HOME`` or ``./.seqattn``).
+
+    Safe for several processes: a version number is allocated and its file written inside one
+    ``BEGIN IMMEDIATE`` transaction, so two publishers never get the same number.
+    """
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = home_dir(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.home / DB_NAME
+        self.artifacts = self.home / "artifacts"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def publish(self, fs: FeatureSet, *, epsilon: float = DEFAULT_EPSILON, source: str | None = None) -> VersionRecord:
+        """Give ``fs`` the next version of its name, write it, decide its promotion; return its record.
+
+        ``source`` is free text kept with the version (a schedule's window, say).
+        """
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT COALESCE(MAX(version), 0) AS v FROM feature_set_versions WHERE name = ?",
+                                 (fs.name,)).fetchone()
+                version = int(row["v"]) + 1
+                previous = self._load_version(db, fs.name, version - 1) if version > 1 else None
+                promoted_version = self._promoted_version(db, fs.name)
+                promoted = self._load_version(db, fs.name, promoted_version) if promoted_version else None
+                decision, reason = promotion_decision(fs, promoted, epsilon)
+                stable = stability(fs, previous, version - 1) if previous is not None else None
+                created = fs.created_at or datetime.now(timezone.utc)
+                final = fs.model_copy(update={"version": version, "created_at": created})
+                path = self._write_artifact(final)
+                m = final.metrics
+                db.execute(
+                    "INSERT INTO feature_set_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (fs.name, version, fs.job_id, created.isoformat(), str(path.relative_to(self.home)), m.val_auc,
+                     m.embedding_mb, m.inference_ms, decision, reason,
+                     stable.previous_version if stable else None, stable.jaccard if stable else None,
+                     _finite_or_none(stable.rank_correlation) if stable else None, source))
+                if decision == "promoted":
+                    self._set_promoted(db, fs.name, version)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self.record(fs.name, version)
+
+    def promote(self, name: str, version: int) -> VersionRecord:
+        """Promote ``version`` of ``name`` by hand (``promote: manual``, or overriding a rejection)."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._require(db, name, version)
+                self._set_promoted(db, name, version)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self.record(name, version)
+
+    def _set_promoted(self, db: sqlite3.Connection, name: str, version: int) -> None:
+        db.execute("INSERT INTO feature_set_promoted VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                   "version = excluded.version, promoted_at = excluded.promoted_at", (name, version, _now()))
+
+    def _write_artifact(self, fs: FeatureSet) -> Path:
+        folder = self.artifacts / fs.name / str(fs.version)
+        final = folder / "featureset.json"
+        if final.exists():
+            # Left by a publisher that died before its commit: never indexed, so never published.
+            stale = final.with_name(f"featureset.json.abandoned-{int(time.time())}")
+            os.replace(final, stale)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".featureset-", suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            out.write(fs.model_dump_json(indent=2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, final)
+        return final
+
+    # -- reading ---------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        with self._connect() as db:
+            return [r["name"] for r in db.execute("SELECT DISTINCT name FROM feature_set_versions ORDER BY name")]
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        """Every version of ``name``, oldest first (empty when the name is unknown)."""
+        with self._connect() as db:
+            promoted = self._promoted_version(db, name)
+            rows = db.execute("SELECT * FROM feature_set_versions WHERE name = ? ORDER BY version", (name,)).fetchall()
+        return [_record(r, promoted) for r in rows]
+
+    def record(self, name: str, version: int | None = None) -> VersionRecord:
+        """The index row of ``version`` (None: the promoted one)."""
+        with self._connect() as db:
+            promoted = self._promoted_version(db, name)
+            version = version if version is not None else promoted
+            if version is None:
+                raise SpecError("name", f"feature set {name!r} has no promoted version")
+            return _record(self._require(db, name, version), promoted)
+
+    def get(self, name: str, version: int | None = None) -> FeatureSet:
+        """The FeatureSet ``version`` of ``name`` (None: the promoted one)."""
+        rec = self.record(name, version)
+        return FeatureSet.model_validate_json((self.home / rec.path).read_text())
+
+    def latest(self, name: str) -> VersionRecord | None:
+        found = self.versions(name)
+        return found[-1] if found else None
+
+    def _promoted_version(self, db: sqlite3.Connection, name: str) -> int | None:
+        row = db.execute("SELECT version FROM feature_set_promoted WHERE name = ?", (name,)).fetchone()
+        return int(row["version"]) if row else None
+
+    def _require(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM feature_set_versions WHERE name = ? AND version = ?", (name, version)).fetchone()
+        if row is None:
+            known = [r["version"] for r in db.execute(
+                "SELECT version FROM feature_set_versions WHERE name = ? ORDER BY version", (name,))]
+            have = f"versions are {_list(known)}" if known else "no versions exist"
+            raise SpecError("version", f"feature set {name!r} has no version {version}; {have}")
+        return row
+
+    def _load_version(self, db: sqlite3.Connection, name: str, version: int) -> FeatureSet:
+        row = self._require(db, name, version)
+        return FeatureSet.model_validate_json((self.home / row["path"]).read_text())
+
+
+def _list(xs: Sequence[int]) -> str:
+    return ", ".join(map(str, xs))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _record(row: sqlite3.Row, promoted: int | None) -> VersionRecord:
+    data = {k: row[k] for k in row.keys()}
+    return VersionRecord(**data, promoted=promoted == row["version"])
