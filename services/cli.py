@@ -140,12 +140,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_spec({
         "name": "demo",
         "dataset": {"path": str(data_dir), "label": "label"},
-        "selection": {"features": len(truth["relevant_alone"]), "crosses": len(truth["pairs"]),
+        "selection": {"features": len(truth["relevant_alone"]), "crosses": len(truth["pairs"] + truth["interactions"]),
                       "embedding_dims": [4, 8, 16, 32]},
         "training": {"epochs": 2, "batch_size": 1024},
     })
     print(f"demo: {args.rows} planted rows in {data_dir}; truth: relevant alone {truth['relevant_alone']}, "
-          f"crosses {truth['pairs']}, duplicate {truth['duplicate_of']}")
+          f"crosses {truth['pairs'] + truth['interactions']}, duplicate {truth['duplicate_of']}")
     return _select(spec, str(home / "demo-featureset.json"))
 
 
