@@ -1,0 +1,103 @@
+"""The FastAPI application: ``create_app(settings)`` wires the store, the serving cache, the job
+workers and the scheduler, the routes by resource, the error handlers and two ASGI middlewares
+(request metrics, body size limit). OpenAPI at ``/docs``.
+
+Run it with ``seqattn serve --host 127.0.0.1 --port 8000`` or any ASGI server::
+
+    uvicorn services.selector_api.app:create_app --factory --host 127.0.0.1 --port 8000
+
+Example::
+
+    >>> import tempfile
+    >>> app = create_app(Settings(home=tempfile.mkdtemp(), scheduler_enabled=False))
+    >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/jobs"))
+    ['/v1/jobs', '/v1/jobs/{job_id}', '/v1/jobs/{job_id}/resubmit']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+
+from services.selector_api.body_limit import BodySizeLimit
+from services.selector_api.deps import Service
+from services.selector_api.errors import install_error_handlers
+from services.selector_api.metrics import JobStateCollector, RequestMetrics
+from services.selector_api.routes import feature_sets, jobs, ops, schedules
+from services.selector_api.scheduler import ServiceScheduler
+from services.selector_api.serving import FeatureSetCache
+from services.selector_api.settings import Settings
+from services.selector_api.store import Store
+from services.selector_api.worker import JobWorkers
+
+log = logging.getLogger("seqattn.service")
+
+DESCRIPTION = """Sequential Attention feature selection as a service: submit selection jobs (JobSpec),
+follow their progress, read and promote versioned FeatureSets, run continual schedules.
+
+Mutating routes need `Authorization: Bearer <SEQATTN_API_KEY>` when the key is set. Errors are
+`{"field": ..., "message": ...}` with a 4xx status."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service (threads start with the ASGI lifespan, so building is cheap)."""
+    settings = settings or Settings()
+    store = Store(settings.home)
+    cache = FeatureSetCache(store.registry)
+    workers = JobWorkers(store, settings.job_concurrency, on_published=lambda name: cache.invalidate())
+    scheduler = ServiceScheduler(store, workers, tick_s=settings.schedule_tick_s, heartbeat_s=settings.heartbeat_s,
+                                 stale_after_s=settings.stale_after_s, schedules_enabled=settings.scheduler_enabled)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.key() is None:
+            log.warning("SEQATTN_API_KEY is not set: mutating routes are open to anyone who can reach this port")
+        interrupted = store.interrupt_orphans(settings.stale_after_s)
+        if interrupted:
+            log.warning("jobs interrupted by the previous stop", extra={"job_ids": interrupted})
+        workers.start()
+        scheduler.start()
+        log.info("service started", extra={"home": str(store.home), "data_roots": [str(r) for r in settings.roots()],
+                                           "job_concurrency": settings.job_concurrency})
+        try:
+            yield
+        finally:
+            scheduler.stop()
+            workers.stop()
+            cache.close()
+
+    app = FastAPI(title="seqattn selector API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = Service(settings, store, cache, workers, scheduler)
+    app.state.metrics = CollectorRegistry()
+    app.state.metrics.register(JobStateCollector(store))
+    install_error_handlers(app)
+    for module in (jobs, feature_sets, schedules, ops):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, registry=app.state.metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI with pipelines' JobSpec, ScheduleSpec and FeatureSet schemas (those routes read
+    their bodies themselves, to give the CLI's messages, so FastAPI does not see the models)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from pipelines.continual import ScheduleSpec
+    from pipelines.spec import FeatureSet, JobSpec
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (JobSpec, ScheduleSpec, FeatureSet):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(js.pop("$defs", {}))
+        components[model.__name__] = js
+    app.openapi_schema = schema
+    return schema

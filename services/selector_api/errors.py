@@ -1,0 +1,126 @@
+"""How the service answers errors: ``{"field": ..., "message": ...}`` with a 4xx, never a traceback.
+
+Bad input anywhere below (spec parsing, dataset checks, the registry) is a
+:class:`pipelines.errors.SpecError`, the same error the CLI turns into exit code 2, so a message
+reads the same on both surfaces. The subclasses here only choose the HTTP status. Anything else
+is logged with its traceback and answered with a generic 500 body.
+
+Example::
+
+    >>> NotFound("id", "no job 'j-1'").to_dict()
+    {'field': 'id', 'message': "no job 'j-1'"}
+    >>> status_of(Conflict("name", "exists")), status_of(SpecError("dataset.label", "missing"))
+    (409, 422)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.errors import SpecError
+
+log = logging.getLogger("seqattn.service.errors")
+
+
+class BadRequest(SpecError):
+    """Unreadable request (HTTP 400): not JSON, a malformed header."""
+
+
+class Unauthorized(SpecError):
+    """Missing or wrong API key (HTTP 401)."""
+
+
+class NotFound(SpecError):
+    """An id or name that does not exist (HTTP 404)."""
+
+
+class Conflict(SpecError):
+    """A request that contradicts the current state (HTTP 409)."""
+
+
+class QueueFull(SpecError):
+    """Too many queued jobs (HTTP 503): the client should retry later."""
+
+
+_STATUS = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, QueueFull: 503}
+
+
+def status_of(exc: SpecError) -> int:
+    return next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 422)
+
+
+def error_body(field: str | None, message: str) -> dict[str, Any]:
+    return {"field": field, "message": message}
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    where, rest = (loc[0], loc[1:]) if loc and loc[0] in ("body", "path", "query", "header", "cookie") else ("", loc)
+    out = ""
+    for part in rest:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    if where == "header":
+        return out.replace("_", "-").title() if out else "headers"
+    return out or (where or "request")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "json_invalid":
+        return f"is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}"
+    if kind == "value_error" and "ctx" in error:
+        return str(error["ctx"].get("error"))
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    msg = str(error.get("msg", "is invalid")).replace("Input should be", "must be", 1)
+    return f"{msg[0].lower() + msg[1:]} (got {shown})"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app`` (see the module docstring)."""
+
+    @app.exception_handler(SpecError)
+    async def spec_error(request: Request, exc: SpecError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, QueueFull):
+            headers = {"Retry-After": "5"}
+        return JSONResponse(exc.to_dict(), status_code=status_of(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if not errors:
+            return JSONResponse(error_body("request", "is invalid"), status_code=422)
+        first = errors[0]
+        message = _describe(first)
+        if len(errors) > 1:
+            others = ", ".join(dict.fromkeys(_field_of(tuple(e["loc"])) for e in errors[1:]))
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
+        status = 400 if first.get("type") == "json_invalid" else 422
+        return JSONResponse(error_body(_field_of(tuple(first["loc"])), message), status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict) and "message" in exc.detail:
+            body = exc.detail
+        elif exc.status_code == 404:
+            body = error_body("path", f"no route {request.url.path!r}; see /docs")
+        elif exc.status_code == 405:
+            body = error_body("method", f"{request.method} is not allowed on {request.url.path!r}")
+        else:
+            body = error_body(None, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc, extra={"method": request.method, "path": request.url.path})
+        return JSONResponse(error_body(None, "internal error; the service log has the details"), status_code=500)

@@ -1,0 +1,174 @@
+"""Request and response bodies of the ``/v1`` API (the JobSpec and ScheduleSpec are pipelines' own).
+
+Example::
+
+    >>> PromoteRequest(version=2).expected_version is None
+    True
+    >>> ErrorBody(field="dataset.label", message="column 'click' not found").field
+    'dataset.label'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.registry import VersionRecord
+from services.selector_api.store import JobRow, ScheduleRow
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: the field at fault (a dotted path, a header or ``null``) and the problem."""
+
+    field: str | None
+    message: str
+
+
+class JobError(BaseModel):
+    field: str | None = None
+    message: str
+
+
+class FeatureSetRef(BaseModel):
+    """What a finished job published: the version and the registry's promotion decision."""
+
+    name: str
+    version: int
+    decision: str | None
+    reason: str | None
+    href: str
+
+
+class JobOut(BaseModel):
+    """A job: its state, live progress (stage, epoch, step of total_steps, loss, picks so far),
+    its error, and the feature-set version it published."""
+
+    id: str
+    kind: Literal["job", "schedule"]
+    name: str
+    schedule: str | None
+    state: JobState
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    cancel_requested: bool
+    resubmitted_from: str | None
+    progress: dict[str, Any] | None
+    error: JobError | None
+    feature_set: FeatureSetRef | None
+    spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: JobRow) -> JobOut:
+        error = JobError(field=row.error_field, message=row.error_message) if row.error_message else None
+        ref = None
+        if row.fs_version is not None:
+            ref = FeatureSetRef(name=row.name, version=row.fs_version, decision=row.fs_decision, reason=row.fs_reason,
+                                href=f"/v1/feature-sets/{row.name}/versions/{row.fs_version}")
+        return cls(id=row.id, kind=row.kind, name=row.name, schedule=row.schedule, state=row.state,
+                   created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+                   cancel_requested=row.cancel_requested, resubmitted_from=row.resubmitted_from,
+                   progress=row.progress, error=error, feature_set=ref, spec=json.loads(row.spec))
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class VersionOut(BaseModel):
+    """One published version as the registry indexes it (the FeatureSet itself is at ``href``)."""
+
+    name: str
+    version: int
+    job_id: str | None
+    created_at: str
+    val_auc: float | None
+    embedding_mb: float | None
+    inference_ms: float | None
+    decision: str
+    reason: str
+    previous_version: int | None
+    jaccard: float | None
+    rank_correlation: float | None
+    source: str | None
+    promoted: bool
+    href: str
+
+    @classmethod
+    def of(cls, record: VersionRecord) -> VersionOut:
+        data = {k: v for k, v in asdict(record).items() if k != "path"}
+        return cls(**data, href=f"/v1/feature-sets/{record.name}/versions/{record.version}")
+
+
+class VersionList(BaseModel):
+    name: str
+    promoted_version: int | None
+    versions: list[VersionOut]
+
+
+class FeatureSetSummary(BaseModel):
+    name: str
+    promoted_version: int | None
+    latest_version: int
+    versions: int
+    href: str
+
+
+class FeatureSetList(BaseModel):
+    feature_sets: list[FeatureSetSummary]
+
+
+class PromoteRequest(BaseModel):
+    """Promote ``version``; with ``expected_version``, only if that is still the promoted one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    expected_version: int | None = Field(None, ge=1)
+
+
+class Promotion(BaseModel):
+    version: int
+    previous_version: int | None
+    source: str
+    at: str
+
+
+class PromotionOut(BaseModel):
+    """The promoted version after a promote or rollback, and the promotion history."""
+
+    name: str
+    promoted_version: int
+    previous_version: int | None
+    record: VersionOut
+    history: list[Promotion]
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    spec: dict[str, Any]
+    created_at: str
+    next_run_at: str
+    last_run_at: str | None
+    last_job_id: str | None
+    runs: int
+
+    @classmethod
+    def of(cls, row: ScheduleRow) -> ScheduleOut:
+        return cls(name=row.name, spec=json.loads(row.spec), created_at=row.created_at, next_run_at=row.next_run_at,
+                   last_run_at=row.last_run_at, last_job_id=row.last_job_id, runs=row.runs)
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    jobs_running_here: int
+    auth: Literal["api-key", "open"]

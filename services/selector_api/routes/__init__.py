@@ -1,0 +1,1 @@
+"""One module per resource: jobs, feature sets, schedules, and the operational endpoints."""

@@ -1,0 +1,154 @@
+"""``/v1/feature-sets``: the registry's versions, promotion and rollback, and the serving route.
+
+``GET /v1/feature-sets/{name}`` is the hot path: the promoted version's body and ETag come from
+:class:`~services.selector_api.serving.FeatureSetCache`; ``If-None-Match`` with the current ETag
+gets a bodiless 304. Versions are immutable, so ``.../versions/{v}`` is cacheable forever.
+
+Example (with httpx)::
+
+    r = client.get("/v1/feature-sets/ctr-main")               # 200, ETag: "ctr-main-3-..."
+    client.get("/v1/feature-sets/ctr-main", headers={"If-None-Match": r.headers["ETag"]})  # 304
+    client.post("/v1/feature-sets/ctr-main/promote", json={"version": 2}, headers=auth)
+    client.post("/v1/feature-sets/ctr-main/rollback", headers=auth)   # back to 3
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from pipelines.errors import SpecError
+from services.selector_api.deps import ServiceDep, check_name, require_api_key
+from services.selector_api.errors import NotFound
+from services.selector_api.models import (
+    ErrorBody,
+    FeatureSetList,
+    FeatureSetSummary,
+    Promotion,
+    PromotionOut,
+    PromoteRequest,
+    VersionList,
+    VersionOut,
+)
+from services.selector_api.serving import Served, etag_matches
+
+router = APIRouter(prefix="/v1/feature-sets", tags=["feature-sets"])
+
+ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422)}
+FEATURE_SET_JSON = {200: {"description": "The FeatureSet (DESIGN.md's JSON)",
+                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeatureSet"}}}},
+                    304: {"description": "Not modified: the If-None-Match ETag is current"}}
+Version = Annotated[int, Path(ge=1, le=2**31)]
+
+
+def _served_response(request: Request, served: Served, cache_control: str) -> Response:
+    headers = {"ETag": served.etag, "Cache-Control": cache_control, "X-Feature-Set-Version": str(served.version)}
+    if etag_matches(request.headers.get("if-none-match"), served.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(served.body, media_type="application/json", headers=headers)
+
+
+def _known(service: ServiceDep, name: str) -> None:
+    check_name(name)
+    service.store.require_name(name)
+
+
+@router.get("", response_model=FeatureSetList)
+def list_feature_sets(service: ServiceDep) -> FeatureSetList:
+    """Every feature-set name with its promoted and latest version."""
+    out = []
+    for name in service.store.registry.names():
+        versions = service.store.registry.versions(name)
+        promoted = next((v.version for v in versions if v.promoted), None)
+        out.append(FeatureSetSummary(name=name, promoted_version=promoted, latest_version=versions[-1].version,
+                                     versions=len(versions), href=f"/v1/feature-sets/{name}"))
+    return FeatureSetList(feature_sets=out)
+
+
+@router.get("/{name}", responses={**ERRORS, **FEATURE_SET_JSON}, response_class=Response)
+async def get_promoted(name: str, request: Request) -> Response:
+    """The promoted version (from memory), with ``ETag`` and ``X-Feature-Set-Version``; 304 on a
+    matching ``If-None-Match``. Clients revalidate each time (``Cache-Control: no-cache``), since a
+    promotion changes the answer."""
+    cache = request.app.state.service.cache
+    served = cache.promoted(name)
+    if served is None:
+        check_name(name)
+        versions = request.app.state.service.store.require_name(name)
+        raise NotFound("name", f"feature set {name!r} has no promoted version; versions are "
+                       f"{', '.join(str(v.version) for v in versions)} (promote one)")
+    return _served_response(request, served, "no-cache")
+
+
+@router.get("/{name}/versions", response_model=VersionList, responses=ERRORS)
+def list_versions(name: str, service: ServiceDep) -> VersionList:
+    """Every version, oldest first, with its metrics, promotion decision and stability."""
+    check_name(name)
+    versions = service.store.require_name(name)
+    promoted = next((v.version for v in versions if v.promoted), None)
+    return VersionList(name=name, promoted_version=promoted, versions=[VersionOut.of(v) for v in versions])
+
+
+@router.get("/{name}/versions/{version}", responses={**ERRORS, **FEATURE_SET_JSON}, response_class=Response)
+def get_version(name: str, version: Version, request: Request, service: ServiceDep) -> Response:
+    """One version's FeatureSet; immutable, so cacheable for good."""
+    check_name(name)
+    service.store.require_name(name)
+    try:
+        served = service.cache.version(name, version)
+    except SpecError as exc:
+        raise NotFound(exc.field, exc.message) from None
+    return _served_response(request, served, "public, max-age=31536000, immutable")
+
+
+@router.get("/{name}/versions/{version}/export", responses=ERRORS, response_class=Response)
+def export_version(name: str, version: Version, service: ServiceDep,
+                   format: Annotated[Literal["torchrec", "feast"], Query()] = "torchrec") -> Response:
+    """The version as TorchRec table configs (JSON) or a Feast ``FeatureService`` pinned to it (Python)."""
+    from pipelines.export import export_feature_set
+
+    check_name(name)
+    service.store.require_name(name)
+    try:
+        fs = service.store.registry.get(name, version)
+    except SpecError as exc:
+        raise NotFound(exc.field, exc.message) from None
+    text = export_feature_set(fs, format)
+    media = "application/json" if format == "torchrec" else "text/x-python"
+    filename = f"{name}-v{version}." + ("json" if format == "torchrec" else "py")
+    return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _promotion(service: ServiceDep, name: str, record_version: int) -> PromotionOut:
+    history = [Promotion(**p) for p in service.store.promotions(name)]
+    record = service.store.registry.record(name, record_version)
+    previous = history[-1].previous_version if history else None
+    return PromotionOut(name=name, promoted_version=record.version, previous_version=previous,
+                        record=VersionOut.of(record), history=history)
+
+
+@router.post("/{name}/promote", response_model=PromotionOut, responses=ERRORS,
+             dependencies=[Depends(require_api_key)])
+def promote(name: str, body: PromoteRequest, service: ServiceDep) -> PromotionOut:
+    """Serve ``version`` from now on (atomic: readers see the old or the new version, never a mix).
+    ``expected_version`` makes it a compare-and-set (409 if another promotion came first)."""
+    _known(service, name)
+    try:
+        record = service.store.promote(name, body.version, expected=body.expected_version)
+    except SpecError as exc:
+        if exc.field == "version":
+            raise NotFound(exc.field, exc.message) from None
+        raise
+    service.cache.invalidate()
+    return _promotion(service, name, record.version)
+
+
+@router.post("/{name}/rollback", response_model=PromotionOut, responses=ERRORS,
+             dependencies=[Depends(require_api_key)])
+def rollback(name: str, service: ServiceDep) -> PromotionOut:
+    """Promote again the version that was promoted before the current one."""
+    _known(service, name)
+    record = service.store.rollback(name)
+    service.cache.invalidate()
+    return _promotion(service, name, record.version)

@@ -1,0 +1,116 @@
+"""``/v1/jobs``: submit a selection job, watch its progress, cancel it, resubmit it.
+
+The body of ``POST /v1/jobs`` is a JobSpec (the CLI's YAML, as JSON), validated by pipelines'
+``load_spec`` so the messages match the CLI's. Its dataset path must lie under the data roots, and
+its columns are checked against the Parquet footers before the job is queued.
+
+Example (with httpx)::
+
+    r = client.post("/v1/jobs", json=spec, headers={"Authorization": "Bearer KEY", "Idempotency-Key": "k1"})
+    job_id = r.json()["id"]                      # 202; the same key again returns this job (200)
+    client.get(f"/v1/jobs/{job_id}").json()["progress"]   # {"stage": "selection", "step": 40, ...}
+    client.delete(f"/v1/jobs/{job_id}", headers=...)      # stops it at its next training step
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from pipelines.spec import load_spec
+from services.selector_api.data_roots import checked_spec
+from services.selector_api.deps import ServiceDep, check_name, json_body, require_api_key
+from services.selector_api.errors import BadRequest, Conflict, NotFound
+from services.selector_api.models import ErrorBody, JobList, JobOut, JobState
+from services.selector_api.store import JobRow, request_hash
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JOB_ID = re.compile(r"j-[0-9a-f]{16}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)}
+JOB_SPEC_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}}}
+
+
+def _job_id(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise NotFound("id", f"no job {job_id[:80]!r} (job ids look like j-0123456789abcdef)")
+    return job_id
+
+
+@router.post("", status_code=202, response_model=JobOut, responses=ERRORS, openapi_extra=JOB_SPEC_BODY,
+             dependencies=[Depends(require_api_key)])
+async def submit_job(request: Request, response: Response, service: ServiceDep,
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JobOut:
+    """Queue a selection job (a JobSpec). 202 with the job; with an ``Idempotency-Key`` already used
+    for the same body, 200 with that job and no new one; for another body, 409."""
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise BadRequest("Idempotency-Key", "must be 1-255 visible ASCII characters")
+    payload = await json_body(request)
+
+    def submit() -> tuple[JobRow, bool]:
+        spec = checked_spec(load_spec(_mapping(payload)), service.settings.roots())
+        return service.store.create_job("job", spec.name, spec.model_dump_json(), idempotency_key=idempotency_key,
+                                        body_hash=request_hash(payload), max_queued=service.settings.max_queued_jobs)
+
+    job, created = await run_in_threadpool(submit)
+    if created:
+        service.workers.wake()
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+def _mapping(payload: object) -> dict:
+    if not isinstance(payload, dict):
+        raise BadRequest("body", f"must be a JSON object (a JobSpec), got {type(payload).__name__}")
+    return payload
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+def list_jobs(service: ServiceDep, state: JobState | None = None, name: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobList:
+    """Jobs, newest first; filter by ``state`` or feature-set ``name``."""
+    if name is not None:
+        check_name(name)
+    return JobList(jobs=[JobOut.of(j) for j in service.store.list_jobs(state, name, limit)])
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+def get_job(job_id: str, service: ServiceDep) -> JobOut:
+    """A job with its live progress, its error, and the feature-set version it published."""
+    return JobOut.of(service.store.get_job(_job_id(job_id)))
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobOut, responses=ERRORS,
+               dependencies=[Depends(require_api_key)])
+def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
+    """Cancel: a queued job is cancelled at once; a running one stops at its next training step
+    (poll until ``state`` is ``cancelled``). 409 when the job has already ended."""
+    job = service.store.request_cancel(_job_id(job_id))
+    service.workers.cancel(job.id)
+    return JobOut.of(job)
+
+
+@router.post("/{job_id}/resubmit", status_code=202, response_model=JobOut, responses=ERRORS,
+             dependencies=[Depends(require_api_key)])
+def resubmit_job(job_id: str, service: ServiceDep) -> JobOut:
+    """Queue a new job with the spec of an ended (interrupted, failed, cancelled) one."""
+    old = service.store.get_job(_job_id(job_id))
+    if old.state in ("queued", "running"):
+        raise Conflict("id", f"job {job_id!r} is {old.state}; only an ended job can be resubmitted")
+    spec_json = old.spec
+    if old.kind == "job":  # the data roots may have changed since
+        spec_json = checked_spec(load_spec(_mapping(json.loads(old.spec))),
+                                 service.settings.roots()).model_dump_json()
+    job, _ = service.store.create_job(old.kind, old.name, spec_json, schedule=old.schedule, resubmitted_from=old.id,
+                                      max_queued=service.settings.max_queued_jobs)
+    service.workers.wake()
+    return JobOut.of(job)

@@ -1,0 +1,86 @@
+"""``/v1/schedules``: continual pipelines (DESIGN.md) that re-run a job on the newest data window.
+
+The body of ``POST /v1/schedules`` is a schedule as ``seqattn pipeline run`` reads it, with the
+job inline (the API never reads spec files from the server's disk) and a ``window.path`` under the
+data roots. The scheduler queues a run when ``next_run_at`` passes; ``POST .../run`` queues one now.
+
+Example (with httpx)::
+
+    client.post("/v1/schedules", headers=auth, json={
+        "name": "ctr-daily", "job": {"name": "ctr", "dataset": {"path": "-", "label": "label"}},
+        "window": {"path": "ctr/", "size": 7}, "cadence": {"cron": "0 3 * * *"}})
+    client.post("/v1/schedules/ctr-daily/run", headers=auth)    # 202 with the queued job
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from pipelines.errors import SpecError
+from services.selector_api.data_roots import check_path
+from services.selector_api.deps import ServiceDep, check_name, json_body, require_api_key
+from services.selector_api.errors import BadRequest
+from services.selector_api.models import ErrorBody, JobOut, ScheduleList, ScheduleOut
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422)}
+SCHEDULE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ScheduleSpec"}}}}}
+
+
+@router.post("", status_code=201, response_model=ScheduleOut, responses=ERRORS, openapi_extra=SCHEDULE_BODY,
+             dependencies=[Depends(require_api_key)])
+async def create_schedule(request: Request, response: Response, service: ServiceDep) -> ScheduleOut:
+    """Create a schedule; its first run is one cadence from now (``POST .../run`` to run at once)."""
+    payload = await json_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequest("body", f"must be a JSON object (a schedule), got {type(payload).__name__}")
+    if "job" in payload and not isinstance(payload["job"], dict):
+        raise SpecError("job", "must be an inline JobSpec mapping; the API does not read spec files")
+
+    def create() -> ScheduleOut:
+        from pipelines.continual import load_schedule
+
+        schedule = load_schedule(payload)
+        real = check_path(schedule.window.path, service.settings.roots(), "window.path")
+        schedule = schedule.model_copy(update={"window": schedule.window.model_copy(update={"path": real})})
+        from pipelines.continual import partitions
+
+        partitions(schedule.window)  # the folder must hold key=value partitions now, not at 3 a.m.
+        now = datetime.now(timezone.utc)
+        row = service.store.create_schedule(schedule.name, schedule.model_dump_json(), schedule.cadence.next_run(now))
+        return ScheduleOut.of(row)
+
+    out = await run_in_threadpool(create)
+    response.headers["Location"] = f"/v1/schedules/{out.name}"
+    return out
+
+
+@router.get("", response_model=ScheduleList)
+def list_schedules(service: ServiceDep) -> ScheduleList:
+    return ScheduleList(schedules=[ScheduleOut.of(r) for r in service.store.list_schedules()])
+
+
+@router.get("/{name}", response_model=ScheduleOut, responses=ERRORS)
+def get_schedule(name: str, service: ServiceDep) -> ScheduleOut:
+    return ScheduleOut.of(service.store.get_schedule(check_name(name)))
+
+
+@router.delete("/{name}", status_code=204, responses=ERRORS, dependencies=[Depends(require_api_key)])
+def delete_schedule(name: str, service: ServiceDep) -> Response:
+    """Delete the schedule; a run already queued or running goes on (cancel it as a job)."""
+    service.store.delete_schedule(check_name(name))
+    return Response(status_code=204)
+
+
+@router.post("/{name}/run", status_code=202, response_model=JobOut, responses=ERRORS,
+             dependencies=[Depends(require_api_key)])
+def run_schedule(name: str, service: ServiceDep) -> JobOut:
+    """Queue one run now (409 while a run of this schedule is queued or running)."""
+    job = service.store.queue_schedule_run(check_name(name))
+    service.workers.wake()
+    return JobOut.of(job)

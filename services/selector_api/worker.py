@@ -1,0 +1,194 @@
+"""Background job execution: a few worker threads take queued jobs from the database and run them.
+
+Each worker calls the same code as the CLI: :func:`pipelines.job.run_job` for a job (which uses the
+Ray runner when ``training.num_workers > 1`` or ``SEQATTN_ENGINE=ray``) or
+:func:`pipelines.continual.run_step` for a schedule's run, then publishes through the registry.
+``job_concurrency`` threads bound how many jobs run at once; the rest wait in the jobs table
+(the queue), so they survive a restart.
+
+Cancellation must really stop a running job, not only relabel it: every progress event the job
+emits passes through ``on_event``, which raises :class:`JobCancelled` once the job's flag is set,
+unwinding the training loop at its next step. The flag is set by ``DELETE /v1/jobs/{id}`` in this
+process, or by the heartbeat when another instance asked (it reads ``cancel_requested``).
+(With the Ray runner the event is raised on the driver, which stops waiting for the workers; see
+the service README note on Ray cancellation.)
+
+Example::
+
+    workers = JobWorkers(store, concurrency=1, on_published=cache.invalidate)
+    workers.start()
+    workers.wake()          # after queueing a job
+    workers.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.errors import SpecError
+from services.selector_api.store import JobRow, Store, instance_owner
+
+log = logging.getLogger("seqattn.service.jobs")
+
+PROGRESS_EVERY_S = 0.5
+
+
+class JobCancelled(Exception):
+    """Raised inside a job (from its progress callback) to stop it."""
+
+
+class _Progress:
+    """The live progress of one job, written to its row at most every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.state: dict[str, Any] = {"stage": "queued", "stages": []}
+        self.written = 0.0
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "stage":
+            stage = event.get("stage")
+            if stage and (not self.state["stages"] or self.state["stages"][-1] != stage):
+                self.state["stages"] = [*self.state["stages"], stage]
+            self.state["stage"] = stage
+            for key in ("window", "warm_start_from"):
+                if key in event:
+                    self.state[key] = event[key]
+            self.flush()
+        elif kind == "progress":
+            for key in ("stage", "epoch", "step", "total_steps", "rows", "loss", "picks"):
+                if key in event:
+                    self.state[key] = event[key]
+            if time.monotonic() - self.written >= PROGRESS_EVERY_S:
+                self.flush()
+
+    def flush(self) -> None:
+        self.written = time.monotonic()
+        self.store.set_progress(self.job_id, json.loads(json.dumps(self.state, default=str)))
+
+
+class JobWorkers:
+    """``concurrency`` threads running queued jobs; see the module docstring."""
+
+    def __init__(self, store: Store, concurrency: int = 1,
+                 on_published: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.owner = instance_owner()
+        self.on_published = on_published
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, threading.Event] = {}
+        self._shutdown_ids: set[str] = set()
+
+    def start(self) -> None:
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._loop, name=f"seqattn-job-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        """A job was queued: let an idle worker look now rather than at its next poll."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs; running ones are stopped and marked ``interrupted`` (resubmit them)."""
+        self._stopping.set()
+        for job_id, flag in list(self._running.items()):
+            self._shutdown_ids.add(job_id)
+            flag.set()
+        self.wake()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def cancel(self, job_id: str) -> None:
+        """Stop ``job_id`` at its next event if it runs here (the database flag covers other instances)."""
+        flag = self._running.get(job_id)
+        if flag is not None:
+            flag.set()
+
+    def running(self) -> list[str]:
+        return list(self._running)
+
+    def heartbeat(self) -> None:
+        """Prove this instance's jobs alive, and pick up cancellations requested elsewhere."""
+        for job_id in self.store.heartbeat(self.running()):
+            self.cancel(job_id)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self.store.claim_next_job(self.owner)
+            except Exception:  # a locked or vanished database must not kill the worker
+                log.exception("could not claim a job")
+                job = None
+            if job is None:
+                with self._wake:
+                    self._wake.wait(1.0)
+                continue
+            self._run(job)
+
+    def _run(self, job: JobRow) -> None:
+        flag = threading.Event()
+        self._running[job.id] = flag
+        progress = _Progress(self.store, job.id)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if flag.is_set():
+                raise JobCancelled(job.id)
+            progress.update(event)
+
+        started = time.perf_counter()
+        log.info("job started", extra={"job_id": job.id, "feature_set": job.name, "kind": job.kind})
+        try:
+            if flag.is_set():
+                raise JobCancelled(job.id)
+            record = self._execute(job, on_event)
+            progress.state["stage"] = "done"
+            progress.flush()
+            self.store.finish_job(job.id, "succeeded", record=record)
+            log.info("job succeeded", extra={"job_id": job.id, "feature_set": job.name, "version": record.version,
+                                             "decision": record.decision,
+                                             "seconds": round(time.perf_counter() - started, 3)})
+            if self.on_published is not None:
+                self.on_published(record.name)
+        except JobCancelled:
+            if job.id in self._shutdown_ids:
+                self.store.finish_job(job.id, "interrupted",
+                                      error_message="the service stopped while this job ran; resubmit it")
+            else:
+                self.store.finish_job(job.id, "cancelled", error_message="cancelled by request")
+            log.info("job stopped", extra={"job_id": job.id, "feature_set": job.name})
+        except SpecError as exc:
+            self.store.finish_job(job.id, "failed", error=exc)
+            log.info("job failed on its input", extra={"job_id": job.id, "field": exc.field, "problem": exc.message})
+        except Exception as exc:  # the traceback goes to the log; the job shows one line
+            log.exception("job failed", extra={"job_id": job.id, "feature_set": job.name})
+            self.store.finish_job(job.id, "failed", error_message=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._running.pop(job.id, None)
+
+    def _execute(self, job: JobRow, on_event: Callable[[dict[str, Any]], None]) -> Any:
+        if job.kind == "job":
+            from pipelines.job import run_job
+            from pipelines.spec import load_spec
+
+            spec = load_spec(json.loads(job.spec))
+            fs = run_job(spec, on_event=on_event, job_id=job.id)
+            return self.store.publish(fs.model_copy(update={"job_id": job.id}), source="job")
+        from pipelines.continual import load_schedule, run_step
+
+        schedule = load_schedule(json.loads(job.spec))
+        before = self.store.promoted_version(schedule.job.name)
+        step = run_step(schedule, registry=self.store.registry, on_event=on_event)
+        self.store.note_published(step.record, before, f"schedule:{schedule.name}")
+        return step.record
