@@ -5,6 +5,7 @@
     seqattn export FS.json --format torchrec|feast [--out FILE]
     seqattn demo [--rows N]
     seqattn pipeline run SCHEDULE.yaml [--as-of VALUE] [--home DIR]
+    seqattn serve [--host 127.0.0.1] [--port 8000]
 """
 
 from __future__ import annotations
@@ -182,6 +183,31 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP API in this process (uvicorn, one worker). Without SEQATTN_API_KEY the mutating
+    routes are open, so only a loopback address may be bound."""
+    import ipaddress
+
+    import uvicorn
+
+    from services.selector_api.app import create_app
+    from services.selector_api.logs import configure_logging
+    from services.selector_api.settings import Settings
+
+    settings = Settings()
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if settings.key() is None and not loopback:
+        raise SpecError("--host", f"{args.host!r} is not a loopback address and SEQATTN_API_KEY is not set; "
+                        "set a key to serve beyond this machine")
+    configure_logging(args.log_level.upper())
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
+                access_log=args.access_log, workers=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqattn", description="Sequential Attention feature selection for recommender models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--as-of", help="end the window at this partition value (default: the newest)")
     s.add_argument("--home", help="registry folder (default: $SEQATTN_HOME or ./.seqattn)")
     s.set_defaults(func=cmd_pipeline_run)
+    s = sub.add_parser("serve", help="start the HTTP API (jobs, feature sets, schedules)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--access-log", action="store_true", help="log every request (off: /metrics has the latencies)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 
