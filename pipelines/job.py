@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -167,6 +168,9 @@ def _fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchS
     of ``spec.training.batch_size`` (on W Ray workers, 1/W of it, so a step sees the same rows)."""
     t = spec.training
     batch_size = batch_size or t.batch_size
+    # Each stage's initial weights depend on (seed, stage) only, not on what ran before it in this
+    # process: a worker restarted from a checkpoint then builds the same models as an unbroken run.
+    torch.manual_seed(t.seed * 1_000_003 + zlib.crc32(stage.encode()))
     model = LargeEmbeddingModel(config, selection, device=torch.device("meta"))
     steps = train_src.num_batches(batch_size)
     placed = place(model, t.learning_rate, _gate_lr(model, steps * t.epochs, t.learning_rate))

@@ -65,6 +65,7 @@ class RayOptions:
     max_failures: int = 2
     run_name: str | None = None
     poll_s: float = 0.2
+    placement_strategy: str = "PACK"  # "SPREAD": one worker per node where it can
 
 
 @ray.remote(num_cpus=0)
@@ -228,7 +229,8 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump_json(), "meta": meta, "plan": plan, "bus": bus, "job_id": job_id,
                            "timings": timings},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=_use_gpu(workers)),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=_use_gpu(workers),
+                                     placement_strategy=options.placement_strategy),
         run_config=RunConfig(name=run_name, storage_path=_storage_path(options),
                              failure_config=FailureConfig(max_failures=options.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
