@@ -226,6 +226,39 @@ def _gap(df: pd.DataFrame, problem: str, a: str, b: str) -> tuple[float, float]:
     return float(diff.mean()), float(diff.std())
 
 
+def _meaning(cost_df: pd.DataFrame, cross_df: pd.DataFrame, dim_df: pd.DataFrame, sa_cross: str) -> str:
+    """The report's reading of the three tables, computed from them."""
+    out = []
+    for name, g in cost_df.groupby("problem", sort=False):
+        speed = float((g.gated_rows_per_s / g.plain_rows_per_s).mean())
+        whole = float(((g.gated_s + g.prescreen_s) / g.plain_s).mean())
+        out.append(f"{name}: the gates keep {speed:.2f}x the plain rows/s (goal ≥ 0.85: "
+                   f"{'met' if speed >= 0.85 else 'missed'}) and the whole selection costs {whole:.2f} plain runs "
+                   f"(goal ≤ 1.5: {'met' if whole <= 1.5 else 'missed'}).")
+    for name, g in cross_df.groupby("problem", sort=False):
+        auc = g.groupby("variant", sort=False).auc.mean()
+        size = g.groupby("variant", sort=False).mb.mean()
+        best = auc.idxmax()
+        text = (f"{name}: best crosses variant by AUC is {best} ({auc[best]:.4f}); Sequential Attention "
+                f"{auc[sa_cross]:.4f} with {size[sa_cross]:.1f} MB of tables, against {auc['all pairs']:.4f} for all "
+                f"pairs with {size['all pairs']:.1f} MB")
+        prescreen = [v for v in auc.index if v.startswith("pre-screen")][0]
+        gap = auc[sa_cross] - auc[prescreen]
+        verdict = ("ties them" if abs(gap) <= 0.001 else f"adds {gap:.4f} AUC over them" if gap > 0
+                   else f"trails them by {-gap:.4f} AUC")
+        text += f"; the pre-screen's own top picks score {auc[prescreen]:.4f}, so the gated race {verdict}."
+        out.append(text)
+    for name, g in dim_df.groupby("problem", sort=False):
+        auc = g.groupby("variant", sort=False).auc.mean()
+        size = g.groupby("variant", sort=False).mb.mean()
+        best = auc.idxmax()
+        sa = "Sequential Attention blocks"
+        out.append(f"{name}: best dimension variant is {best} ({auc[best]:.4f} at {size[best]:.2f} MB); Sequential "
+                   f"Attention's blocks reach {auc[sa]:.4f} at {size[sa]:.2f} MB, {auc[sa] - auc['fixed 16']:+.4f} "
+                   f"against one fixed width of 16 at {size['fixed 16']:.2f} MB.")
+    return "**What this means.** " + " ".join(out)
+
+
 def _plot(cross_df: pd.DataFrame, dim_df: pd.DataFrame, path: Path) -> None:
     problems = list(dict.fromkeys(cross_df.problem))
     fig, axes = plt.subplots(2, len(problems), figsize=(6 * len(problems), 8), squeeze=False)
@@ -327,5 +360,5 @@ def run(cfg: LEMBench, img_dir: Path, work: Path, log: Callable[[str], None] = p
         shown = ", ".join(f"{n} {d}" for n, d in sorted(dims.items(), key=lambda kv: -kv[1]))
         lines.append(f"- {problem.name}: Sequential Attention blocks minus fixed 16: {mean:+.4f} ± {std:.4f} AUC; "
                      f"widths chosen (seed {cfg.seeds[0]}): {shown}.")
-    lines += ["", "![LEM](img/lem.png)", ""]
+    lines += ["", _meaning(cost_df, cross_df, dim_df, sa_cross), "", "![LEM](img/lem.png)", ""]
     return "\n".join(lines)
