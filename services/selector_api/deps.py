@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipelines.errors import SpecError
 from pipelines.spec import Name, as_spec_error
-from services.selector_api.errors import BadRequest, Unauthorized
+from services.selector_api.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from services.selector_api.scheduler import ServiceScheduler
 from services.selector_api.serving import FeatureSetCache
 from services.selector_api.settings import Settings
@@ -71,7 +71,7 @@ async def json_body(request: Request) -> Any:
     """The request's JSON body; a :class:`BadRequest` naming ``body`` when it is not JSON."""
     ctype = request.headers.get("content-type", "")
     if ctype and "json" not in ctype.lower():
-        raise SpecError("Content-Type", f"{ctype!r} is not supported; send application/json")
+        raise UnsupportedMediaType("Content-Type", f"{ctype!r} is not supported; send application/json")
     raw = await request.body()
     if not raw.strip():
         raise BadRequest("body", "is empty; send a JSON object")

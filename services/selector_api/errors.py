@@ -36,6 +36,10 @@ class Unauthorized(SpecError):
     """Missing or wrong API key (HTTP 401)."""
 
 
+class UnsupportedMediaType(SpecError):
+    """A body that is not JSON by its Content-Type (HTTP 415)."""
+
+
 class NotFound(SpecError):
     """An id or name that does not exist (HTTP 404)."""
 
@@ -48,7 +52,8 @@ class QueueFull(SpecError):
     """Too many queued jobs (HTTP 503): the client should retry later."""
 
 
-_STATUS = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, QueueFull: 503}
+_STATUS = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, UnsupportedMediaType: 415,
+           QueueFull: 503}
 
 
 def status_of(exc: SpecError) -> int:
