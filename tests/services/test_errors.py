@@ -125,6 +125,21 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
 ]
 
 
+# What the message must say, for cases where the field alone could hide the wrong reason.
+MESSAGES = {
+    "symlink-dir-escape": "through a symlink",
+    "symlink-file-escape": "a symlink to a place outside the data roots",
+    "absolute-outside": "outside the data roots",
+    "dotdot-path": "'..'",
+    "unknown-label": "column 'click' not found",
+    "unknown-key": "did you mean 'epochs'",
+    "too-many-features": "more than the 21 candidate features",
+    "oversize-body": "the limit is 16384 bytes",
+    "wrong-key": "wrong",
+    "promote-stale-expected": "is 2, not 1",
+}
+
+
 def test_the_table_is_large_enough() -> None:
     assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
 
@@ -142,5 +157,6 @@ def test_bad_input_gets_4xx_naming_the_field_and_changes_nothing(
     body = r.json()
     assert body["field"] == field, body
     assert isinstance(body["message"], str) and len(body["message"]) > 5, body
+    assert MESSAGES.get(case, "") in body["message"], body
     assert "Traceback" not in r.text and 'File "' not in r.text
     assert snapshot(client, server.home) == before
