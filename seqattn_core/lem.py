@@ -33,6 +33,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from seqattn_core.attention import SequentialAttention
 from seqattn_core.crosses import CrossFeature
 from seqattn_core.dimensions import BYTES_PER_FLOAT, DimensionBlocks
+from seqattn_core.pruning import BlockSparsifier, PruningConfig
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ class LargeEmbeddingModel(nn.Module):
             all-features reference).
         device: ``torch.device("meta")`` when ``DistributedModelParallel`` will materialise the
             tables on their shards.
+        pruning: block-sparse pruning of the MLP tower (SequentialAttention++ or block magnitude),
+            driven by the same training progress as the gates.
 
     Example::
 
@@ -156,6 +159,7 @@ class LargeEmbeddingModel(nn.Module):
         config: LEMConfig,
         selection: SelectionConfig | None = None,
         device: torch.device | None = None,
+        pruning: PruningConfig | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -175,6 +179,7 @@ class LargeEmbeddingModel(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+        self.pruner = BlockSparsifier.wrap(self.mlp, pruning) if pruning is not None else None
 
         self._col_maps: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.feature_attention: SequentialAttention | None = None
@@ -284,13 +289,18 @@ class LargeEmbeddingModel(nn.Module):
     # -- selection -------------------------------------------------------------------------------
     @torch.no_grad()
     def update_selection(self, progress: float) -> dict[str, list[int]]:
-        """Advance every race to ``progress`` in [0, 1] of the whole run; return new picks by space."""
-        if self.selection is None or not self.training:
+        """Advance every race (and the pruning schedule) to ``progress`` in [0, 1] of the whole run;
+        return new picks by space (``"pruning"``: the index of a pruning phase that just began)."""
+        if not self.training:
             return {}
+        picks: dict[str, list[int]] = {}
+        if self.pruner is not None and self.pruner.update(progress):
+            picks["pruning"] = [int(self.pruner.phase)]
+        if self.selection is None:
+            return picks
         s = self.selection
         has_dims = self.dim_attention is not None
         p1 = min(1.0, progress / s.dims_start) if has_dims else progress
-        picks: dict[str, list[int]] = {}
         for name, m in (("features", self.feature_attention), ("crosses", self.cross_attention)):
             if m is not None and (new := m.update(p1)):
                 picks[name] = new

@@ -83,7 +83,10 @@ def train(
             rows += len(batch)
             picks = model.update_selection(min(1.0, step / total))
             if picks and gate_optimizer is not None:
-                reset_optimizer_state(gate_optimizer, [m.logits for m in model.gate_modules()])
+                params = [m.logits for m in model.gate_modules()]
+                if "pruning" in picks:  # ACDC: every pruning phase starts with a fresh optimizer state
+                    params += model.pruner.layer_parameters()
+                reset_optimizer_state(gate_optimizer, params)
             losses.append(float(loss))
             if on_step is not None:
                 on_step(StepEvent(stage, epoch, step, total, rows, losses[-1], _count_picks(model)))
