@@ -89,3 +89,9 @@ def test_synth_select_export_round_trip(tmp_path, capsys):
     cards = {n: 100 for n in cfg["sparse"]}
     assert [t.name for t in to_embedding_bag_configs(cfg, cards)] == [t["name"] for t in cfg["tables"]]
     assert main(["export", str(tmp_path / "nope.json")]) == 2
+
+
+def test_serve_refuses_a_public_address_without_an_api_key(monkeypatch, capsys):
+    monkeypatch.delenv("SEQATTN_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --host: '0.0.0.0' is not a loopback address")

@@ -171,3 +171,15 @@ def test_schedule_crud_and_a_run_through_the_continual_runner(client: httpx.Clie
 
     assert client.delete("/v1/schedules/daily", headers=AUTH).status_code == 204
     assert client.get("/v1/schedules/daily").status_code == 404
+
+
+def test_openapi_documents_the_routes_and_the_shared_models(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    api = client.get("/openapi.json").json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/feature-sets/{name}", "/v1/feature-sets/{name}/promote",
+            "/v1/schedules", "/healthz", "/metrics"} <= set(api["paths"])
+    body = api["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/JobSpec"}
+    schemas = api["components"]["schemas"]
+    assert {"JobSpec", "DatasetSpec", "ScheduleSpec", "FeatureSet", "ErrorBody"} <= set(schemas)
+    assert "Bearer" in api["info"]["description"]
