@@ -31,7 +31,7 @@ from services.selector_api.errors import install_error_handlers
 from services.selector_api.metrics import JobStateCollector, RequestMetrics
 from services.selector_api.routes import feature_sets, jobs, ops, schedules
 from services.selector_api.scheduler import ServiceScheduler
-from services.selector_api.serving import FeatureSetCache
+from services.selector_api.serving import FeatureSetCache, ServePromoted
 from services.selector_api.settings import Settings
 from services.selector_api.store import Store
 from services.selector_api.worker import JobWorkers
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (jobs, feature_sets, schedules, ops):
         app.include_router(module.router)
+    # Added last = outermost: metrics see everything, the body limit runs before any route.
+    app.add_middleware(ServePromoted, cache=cache)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

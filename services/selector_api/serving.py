@@ -12,6 +12,11 @@ WAL); when it moved, the promoted-version map is re-read and only names whose pr
 changed are reloaded. A promotion is therefore visible to the very next request, in every
 process, without a TTL.
 
+:class:`ServePromoted` answers cache hits of that route before FastAPI's routing and dependency
+machinery (about 100 us per request on this project's 2-core machine, most of the in-app cost);
+anything else (an unknown or invalid name, another route) falls through to the FastAPI route,
+which builds the same answer with the same :func:`answer`.
+
 Example::
 
     >>> import tempfile
@@ -32,7 +37,7 @@ import hashlib
 import sqlite3
 import threading
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pipelines.registry import Registry
 
@@ -54,6 +59,49 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return True
     bare = etag.removeprefix("W/")
     return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))
+
+
+def answer(served: Served, if_none_match: str | None, cache_control: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, body) for ``served``: 304 without a body when ``if_none_match`` matches."""
+    headers = [(b"etag", served.etag.encode()), (b"cache-control", cache_control.encode()),
+               (b"x-feature-set-version", str(served.version).encode())]
+    if etag_matches(if_none_match, served.etag):
+        return 304, headers, b""
+    return 200, [*headers, (b"content-type", b"application/json"),
+                 (b"content-length", str(len(served.body)).encode())], served.body
+
+
+class _Template:
+    """Stands in for the matched route in the ASGI scope, so metrics label the fast path alike."""
+
+    path = "/v1/feature-sets/{name}"
+
+
+class ServePromoted:
+    """ASGI fast path for ``GET /v1/feature-sets/{name}`` when the cache holds the answer.
+
+    Example::
+
+        app = ServePromoted(app, cache)
+    """
+
+    PREFIX = "/v1/feature-sets/"
+
+    def __init__(self, app: Any, cache: FeatureSetCache) -> None:
+        self.app, self.cache = app, cache
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(self.PREFIX):
+            name = scope["path"][len(self.PREFIX):]
+            served = self.cache.promoted(name) if name and "/" not in name else None
+            if served is not None:
+                inm = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
+                status, headers, body = answer(served, inm, "no-cache")
+                scope["route"] = _Template
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class FeatureSetCache:

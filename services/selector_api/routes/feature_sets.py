@@ -31,7 +31,7 @@ from services.selector_api.models import (
     VersionList,
     VersionOut,
 )
-from services.selector_api.serving import Served, etag_matches
+from services.selector_api.serving import Served, answer
 
 router = APIRouter(prefix="/v1/feature-sets", tags=["feature-sets"])
 
@@ -43,10 +43,10 @@ Version = Annotated[int, Path(ge=1, le=2**31)]
 
 
 def _served_response(request: Request, served: Served, cache_control: str) -> Response:
-    headers = {"ETag": served.etag, "Cache-Control": cache_control, "X-Feature-Set-Version": str(served.version)}
-    if etag_matches(request.headers.get("if-none-match"), served.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(served.body, media_type="application/json", headers=headers)
+    status, headers, body = answer(served, request.headers.get("if-none-match"), cache_control)
+    response = Response(body, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 def _known(service: ServiceDep, name: str) -> None:
@@ -70,7 +70,8 @@ def list_feature_sets(service: ServiceDep) -> FeatureSetList:
 async def get_promoted(name: str, request: Request) -> Response:
     """The promoted version (from memory), with ``ETag`` and ``X-Feature-Set-Version``; 304 on a
     matching ``If-None-Match``. Clients revalidate each time (``Cache-Control: no-cache``), since a
-    promotion changes the answer."""
+    promotion changes the answer. (Cache hits are answered by ``serving.ServePromoted`` before
+    routing; this handler answers the rest, the same way.)"""
     cache = request.app.state.service.cache
     served = cache.promoted(name)
     if served is None:
