@@ -54,6 +54,13 @@ def _section_c(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
     return lem.run(cfg, img_dir, work, log)
 
 
+def _section_d(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
+    from bench import ray_scaling
+
+    cfg = ray_scaling.RayBench(sizes=(20_000, 60_000)) if quick else ray_scaling.RayBench()
+    return ray_scaling.run(cfg, work, log)
+
+
 def _section_e(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
     from bench import serving
 
@@ -64,7 +71,7 @@ def _section_e(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
 # One entry per report section: (quick, img_dir, work_dir, log) -> markdown.
 SECTIONS: dict[str, Callable[[bool, Path, Path, Callable[[str], None]], str]] = {
     "a": _section_a, "b": _section_b, "c": _section_c,
-    "e": _section_e,
+    "d": _section_d, "e": _section_e,
 }
 
 

@@ -10,8 +10,8 @@ Cancellation must really stop a running job, not only relabel it: every progress
 emits passes through ``on_event``, which raises :class:`JobCancelled` once the job's flag is set,
 unwinding the training loop at its next step. The flag is set by ``DELETE /v1/jobs/{id}`` in this
 process, or by the heartbeat when another instance asked (it reads ``cancel_requested``).
-(With the Ray runner the event is raised on the driver, which stops waiting for the workers; see
-the service README note on Ray cancellation.)
+(With the Ray runner the event is raised on the driver, which stops waiting for the workers, but
+the Ray Train run goes on until it ends: ``run_ray_job`` has no stop hook; see docs/service.md.)
 
 Example::
 
