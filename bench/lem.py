@@ -23,7 +23,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -58,6 +58,15 @@ class LEMBench:
     ground_truth_pairs: bool = True  # the one-LR-per-pair ranking on Frappe
 
 
+class RunSettings(Protocol):
+    """What the shared helpers below read from a section's config (LEMBench, PruningBench)."""
+
+    epochs: int
+    batch_size: int
+    planted_rows: int
+    planted_noise: int
+
+
 @dataclass(frozen=True)
 class Problem:
     name: str
@@ -65,7 +74,7 @@ class Problem:
     note: str
 
 
-def _spec(problem: Problem, cfg: LEMBench, seed: int, **selection: Any) -> JobSpec:
+def _spec(problem: Problem, cfg: RunSettings, seed: int, **selection: Any) -> JobSpec:
     return load_spec({"name": "bench", "dataset": {"path": problem.path, "label": "label"},
                       "selection": {"features": None, "crosses": 0, "embedding_dims": [], **selection},
                       "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": seed}})
@@ -186,7 +195,7 @@ def pair_ground_truth(path: str, seed: int) -> pd.DataFrame:
 
 
 # -- the report -----------------------------------------------------------------------------------
-def _problems(cfg: LEMBench, work: Path) -> list[Problem]:
+def _problems(cfg: RunSettings, work: Path) -> list[Problem]:
     planted = work / "planted"
     truth = write_synth(planted, rows=cfg.planted_rows, seed=0, n_noise=cfg.planted_noise)
     n_cols = len(truth["dense"]) + len(truth["sparse"])

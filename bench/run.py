@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import sklearn  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from bench import feature_selection, lem, paper_table  # noqa: E402
+from bench import feature_selection, lem, paper_table, pruning  # noqa: E402
 from bench.datasets import REPO_ROOT  # noqa: E402
 
 # Selector settings shared by both sections: the selector's defaults (30 epochs, batch 256, one
@@ -68,10 +68,16 @@ def _section_e(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
     return serving.run(cfg, work, log)
 
 
+def _section_f(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
+    cfg = (pruning.PruningBench(seeds=(0,), epochs=2, planted_rows=30_000, planted_noise=4, speed_batches=(1, 1024))
+           if quick else pruning.PruningBench())
+    return pruning.run(cfg, img_dir, work, log)
+
+
 # One entry per report section: (quick, img_dir, work_dir, log) -> markdown.
 SECTIONS: dict[str, Callable[[bool, Path, Path, Callable[[str], None]], str]] = {
     "a": _section_a, "b": _section_b, "c": _section_c,
-    "d": _section_d, "e": _section_e,
+    "d": _section_d, "e": _section_e, "f": _section_f,
 }
 
 
