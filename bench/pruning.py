@@ -1,5 +1,6 @@
 """Section f: SequentialAttention++ block pruning of the LEM's MLP tower against block-magnitude
-pruning, and the speed of the block-sparse (BSR) tower against the dense one.
+pruning, the speed of the block-sparse (BSR) tower against the dense one, and attention-head
+pruning of the AutoInt interaction.
 
 Both methods run the same ACDC schedule (:class:`seqattn_core.pruning.PruningConfig`: dense,
 sparsify with the exponential ramp, sparse; two cycles) inside one training run of the product's
@@ -10,7 +11,7 @@ norm vs norm). The table follows the paper's layout: methods as rows, block spar
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -20,12 +21,12 @@ from torch import nn
 from torch.utils import benchmark
 
 from bench import markdown_table, mean_std
-from bench.lem import Problem, _config, _problems, _spec
+from bench.lem import Problem, _config, _problems, _spec, _train_eval
 from pipelines.dataset import EncodedDataset, load_dataset
 from pipelines.engine import place
 from pipelines.job import _evaluate, _source
 from pipelines.spec import JobSpec
-from seqattn_core.lem import LargeEmbeddingModel
+from seqattn_core.lem import LargeEmbeddingModel, SelectionConfig
 from seqattn_core.pruning import BlockSparsifier, PruningConfig
 from seqattn_core.training import train
 
@@ -43,6 +44,8 @@ class PruningBench:
     planted_noise: int = 6
     speed_sparsities: tuple[float, ...] = (0.8, 0.9, 0.95)
     speed_batches: tuple[int, ...] = (1, 64, 1024)
+    heads: int = 8
+    heads_kept: tuple[int, ...] = (1, 2, 4)
 
 
 def _train(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None) -> dict[str, float]:
@@ -71,6 +74,30 @@ def quality(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, ob
             pruning = PruningConfig(sparsity=sparsity, block=cfg.block, method=method)
             rows.append({"method": label, "sparsity": sparsity, **_train(data, spec, pruning)})
     return [{**r, "problem": problem.name, "seed": seed} for r in rows]
+
+
+def heads(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, object]]:
+    """AutoInt LEM with ``cfg.heads`` heads: Sequential Attention keeps k of them within one run
+    (the dropped heads are switched off for the run's last phase), against a k-head model trained
+    from scratch for the same epochs, and against all heads."""
+    spec = _spec(problem, cfg, seed)
+    data = load_dataset(spec.dataset, seed=seed)
+    full = replace(_config(data), interaction="autoint", heads=cfg.heads, head_dim=8)
+    rows = [{"variant": f"all {cfg.heads} heads", "k": cfg.heads, **_train_eval(data, spec, full)}]
+    for k in cfg.heads_kept:
+        chosen = _train_eval(data, spec, full, SelectionConfig(features=None, heads=k))
+        rows.append({"variant": "Sequential Attention", "k": k, **chosen})
+        rows.append({"variant": "trained with k heads", "k": k, **_train_eval(data, spec, replace(full, heads=k))})
+    return [{**r, "problem": problem.name, "seed": seed} for r in rows]
+
+
+def _heads_table(df: pd.DataFrame) -> str:
+    rows = []
+    for (problem, variant), g in df.groupby(["problem", "variant"], sort=False):
+        rows.append([problem, variant] + [
+            f"{mean_std(list(g[g.k == k].logloss), 4)} / {mean_std(list(g[g.k == k].auc), 4)}" if (g.k == k).any() else "—"
+            for k in sorted(df.k.unique())])
+    return markdown_table(["data", "variant"] + [f"{k} head(s): log-loss / AUC" for k in sorted(df.k.unique())], rows)
 
 
 def speed(widths: tuple[int, ...], cfg: PruningBench) -> pd.DataFrame:
@@ -141,6 +168,12 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
     data = load_dataset(_spec(problems[0], cfg, cfg.seeds[0]).dataset, seed=cfg.seeds[0])
     config = _config(data)
     widths = (config.dense_dim * bool(config.dense) + sum(config.table_dims().values()),) + tuple(config.hidden)
+    head_rows = []
+    for problem in problems:
+        for seed in cfg.seeds:
+            log(f"f: {problem.name} seed {seed}: heads")
+            head_rows += heads(problem, cfg, seed)
+    head_df = pd.DataFrame(head_rows)
     log("f: speed")
     sp = speed(widths, cfg)
     _plot(sp, img_dir / "pruning_speed.png")
@@ -157,6 +190,15 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
         _paper_table(df, cfg.sparsities),
         "",
         "**What this means.** " + " ".join(_verdicts(df, cfg.sparsities)),
+        "",
+        "### Attention-head pruning (AutoInt interaction)",
+        "",
+        f"The LEM with AutoInt's self-attention over the fields ({cfg.heads} heads of 8 dims) instead of DCN. "
+        "Sequential Attention gates the heads' outputs and keeps k of them inside one run (no retraining: the kept "
+        "heads keep their weights, the others are off for the last phase); the comparison is a k-head model "
+        "trained from scratch for the same epochs. Validation log-loss / AUC.",
+        "",
+        _heads_table(head_df),
         "",
         "### Speed of the block-sparse tower",
         "",

@@ -16,7 +16,7 @@ Example::
     ...     load_spec({"name": "ctr", "dataset": {"path": "d", "label": "y"}, "training": {"epoch": 3}})
     ... except SpecError as exc:
     ...     print(exc.field, "|", exc.message)
-    training.epoch | unknown field 'epoch'; did you mean 'epochs'? (allowed: batch_size, embedding_dim, epochs, learning_rate, num_workers, seed)
+    training.epoch | unknown field 'epoch'; did you mean 'epochs'? (allowed: attention_heads, batch_size, embedding_dim, epochs, interaction, learning_rate, num_workers, seed)
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from pipelines.errors import SpecError
 
 __all__ = [
-    "Candidate", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec",
+    "Candidate", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec", "PruningSpec",
     "SelectedCross", "SelectedFeature", "SelectionSpec", "SpecError", "TrainingSpec",
     "as_spec_error", "load_spec",
 ]
@@ -165,6 +166,23 @@ class TrainingSpec(_Strict):
     embedding_dim: EmbeddingDim = 16
     num_workers: int = Field(1, ge=1)
     seed: int = Field(0, ge=0)
+    interaction: Literal["dcn", "autoint"] = "dcn"
+    attention_heads: int = Field(4, ge=1, le=64)
+
+
+class PruningSpec(_Strict):
+    """Compression of the retrained model (SequentialAttention++, ``seqattn_core.pruning``).
+
+    ``sparsity`` prunes the hidden layers of the MLP tower into ``block`` x ``block`` tiles
+    (``null``: no pruning); ``method`` picks SequentialAttention++'s ``attention`` importance or the
+    ``magnitude`` baseline. ``heads`` keeps that many of the ``interaction: autoint`` model's
+    ``attention_heads``, chosen by Sequential Attention over the heads in the selection run.
+    """
+
+    sparsity: float | None = Field(None, gt=0, lt=1)
+    block: int = Field(8, ge=1, le=64)
+    method: Literal["attention", "magnitude"] = "attention"
+    heads: int | None = Field(None, ge=1)
 
 
 class JobSpec(_Strict):
@@ -185,12 +203,23 @@ class JobSpec(_Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     promote: Literal["auto", "manual"] = "auto"
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
 
-    @field_validator("selection", "constraints", "training", mode="before")
+    @field_validator("selection", "constraints", "training", "pruning", mode="before")
     @classmethod
     def _empty_section_means_defaults(cls, value: Any) -> Any:
         # A YAML section whose keys are all commented out parses as null.
         return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _heads_need_autoint(self) -> JobSpec:
+        heads = self.pruning.heads
+        if heads is not None and self.training.interaction != "autoint":
+            raise ValueError("pruning.heads: choosing attention heads needs training.interaction: autoint")
+        if heads is not None and heads > self.training.attention_heads:
+            raise ValueError(f"pruning.heads: {heads} is more than training.attention_heads "
+                             f"({self.training.attention_heads})")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> JobSpec:
@@ -329,6 +358,8 @@ def as_spec_error(exc: ValidationError, model: type[BaseModel] = JobSpec) -> Spe
     first = errors[0]
     field = _loc_to_path(first["loc"])
     message = _describe(first, model)
+    if not field and (located := re.fullmatch(r"([a-z_][\w.\[\]]*): (.+)", message, re.DOTALL)):
+        field, message = located.groups()  # a check across sections names its own field
     if len(errors) > 1:
         others = ", ".join(dict.fromkeys(_loc_to_path(e["loc"]) or "(top level)" for e in errors[1:]))
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"

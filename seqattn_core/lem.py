@@ -3,7 +3,9 @@
 Sparse features (and crosses) go through one TorchRec ``EmbeddingBagCollection`` fed by a
 ``KeyedJaggedTensor``; tables may have different widths, which FBGEMM's table-batched kernels
 handle natively, so mixed dimensions cost no padding. Dense columns are gated one by one, then
-projected. The interaction is a low-rank DCN-v2 cross network on the concatenation, then an MLP.
+projected. The interaction is a low-rank DCN-v2 cross network on the concatenation (the default),
+or AutoInt's multi-head self-attention over the fields; then an MLP, which SequentialAttention++
+can prune into block-sparse layers (:mod:`seqattn_core.pruning`).
 
 Why DCN rather than DLRM's dot interaction: the dot product needs every table at one common width,
 which defeats per-feature dimensions; a cross network works on the concatenation of any widths and
@@ -13,7 +15,8 @@ The gates (all :class:`~seqattn_core.attention.SequentialAttention`):
 
 1. features: one gate per dense column and per sparse feature's pooled embedding;
 2. crosses: one gate per cross candidate's embedding;
-3. dimensions: one gate per optional block of each table (:class:`DimensionBlocks`), in prefix order.
+3. dimensions: one gate per optional block of each table (:class:`DimensionBlocks`), in prefix order;
+4. heads (AutoInt only): one gate per attention head's output.
 
 All three train inside ONE run. Features and crosses are selected during the first ``dims_start``
 of training; the dimension race then runs, over the kept tables only, for the rest.
@@ -61,6 +64,7 @@ class SelectionConfig:
     max_embedding_bytes: float | None = None
     dims_start: float = 0.6
     reference_dim: int | None = None  # without a memory budget, dims re-spend kept tables x this
+    heads: int | None = None  # attention heads to keep (needs LEMConfig.interaction == "autoint")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ class LEMConfig:
     hidden: tuple[int, ...] = (256, 128)
     cross_layers: int = 2
     cross_rank: int = 32
+    interaction: str = "dcn"  # "dcn" (low-rank DCN-v2) or "autoint" (multi-head self-attention over fields)
+    heads: int = 4
+    head_dim: int = 8
 
     def table_rows(self) -> dict[str, int]:
         rows = {f.name: f.num_embeddings for f in self.sparse}
@@ -127,6 +134,40 @@ class LowRankCross(nn.Module):
         for v, u in zip(self.v, self.u):
             x = x0 * u(v(x)) + x
         return x
+
+
+class FieldSelfAttention(nn.Module):
+    """AutoInt's interaction (Song et al., CIKM 2019): every field is a token, projected to
+    ``heads * head_dim`` (fields may have different widths), mixed by one multi-head self-attention
+    layer with a residual, and flattened. ``head_gates`` scales each head's output, which is how
+    Sequential Attention chooses the heads to keep.
+
+    Example::
+
+        >>> layer = FieldSelfAttention([4, 8, 16], heads=2, head_dim=4)
+        >>> layer([torch.ones(5, 4), torch.ones(5, 8), torch.ones(5, 16)]).shape   # 3 fields x 2 heads x 4
+        torch.Size([5, 24])
+    """
+
+    def __init__(self, widths: Sequence[int], heads: int, head_dim: int) -> None:
+        super().__init__()
+        if heads < 1 or head_dim < 1:
+            raise ValueError(f"heads, head_dim: must be >= 1, got {heads}, {head_dim}")
+        self.heads, self.head_dim = heads, head_dim
+        d = heads * head_dim
+        self.proj = nn.ModuleList(nn.Linear(w, d) for w in widths)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.residual = nn.Linear(d, d, bias=False)
+
+    def forward(self, fields: Sequence[torch.Tensor], head_gates: torch.Tensor | None = None) -> torch.Tensor:
+        x = torch.stack([p(f) for p, f in zip(self.proj, fields)], dim=1)  # (B, T, d)
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, T, head_dim)
+        if head_gates is not None:
+            out = out * head_gates.view(1, -1, 1, 1)
+        out = out.transpose(1, 2).reshape(b, t, d)
+        return torch.relu(out + self.residual(x)).flatten(1)
 
 
 class LargeEmbeddingModel(nn.Module):
@@ -173,7 +214,16 @@ class LargeEmbeddingModel(nn.Module):
         self.ebc = EmbeddingBagCollection(tables=tables, device=device) if tables else None
         self.dense_proj = nn.Linear(self.n_dense, config.dense_dim) if self.n_dense else None
         width = (config.dense_dim if self.n_dense else 0) + sum(dims.values())
-        self.cross = LowRankCross(width, config.cross_layers, config.cross_rank)
+        self.cross: LowRankCross | None = None
+        self.interaction: FieldSelfAttention | None = None
+        if config.interaction == "autoint":
+            token_widths = ([config.dense_dim] if self.n_dense else []) + [dims[t] for t in self.tables]
+            self.interaction = FieldSelfAttention(token_widths, config.heads, config.head_dim)
+            width = len(token_widths) * config.heads * config.head_dim
+        elif config.interaction == "dcn":
+            self.cross = LowRankCross(width, config.cross_layers, config.cross_rank)
+        else:
+            raise ValueError(f"interaction: must be 'dcn' or 'autoint', got {config.interaction!r}")
         layers: list[nn.Module] = []
         for h in config.hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
@@ -185,6 +235,7 @@ class LargeEmbeddingModel(nn.Module):
         self.feature_attention: SequentialAttention | None = None
         self.cross_attention: SequentialAttention | None = None
         self.dim_attention: SequentialAttention | None = None
+        self.head_attention: SequentialAttention | None = None
         self.blocks: DimensionBlocks | None = None
         if selection is not None:
             self._build_gates(selection, dims)
@@ -218,11 +269,16 @@ class LargeEmbeddingModel(nn.Module):
                 len(self.blocks), len(self.blocks), per_step, s.warmup,
                 costs=self.blocks.costs(), prerequisites=self.blocks.prerequisites(),
             )
+        if s.heads is not None:
+            if self.interaction is None:
+                raise ValueError("heads: choosing attention heads needs interaction='autoint'")
+            self.head_attention = SequentialAttention(cfg.heads, s.heads, 1, s.warmup)
         # 0 = features/crosses racing, 1 = dimension race running (kept in state_dict for resumes).
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
 
     def gate_modules(self) -> list[SequentialAttention]:
-        return [m for m in (self.feature_attention, self.cross_attention, self.dim_attention) if m is not None]
+        races = (self.feature_attention, self.cross_attention, self.dim_attention, self.head_attention)
+        return [m for m in races if m is not None]
 
     def _entity_gates(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(dense column gates, per-table gates) from the feature and cross races."""
@@ -281,6 +337,12 @@ class LargeEmbeddingModel(nn.Module):
         if self.dense_proj is not None:
             dense_g, _ = self._entity_gates()
             parts.append(self.dense_proj(dense if dense_g is None else dense * dense_g))
+        if self.interaction is not None:
+            if self.ebc is not None:
+                by_table = self.embeddings(sparse).to_dict()
+                parts += [by_table[t] for t in self.tables]  # config order, whatever the sharding's order
+            gates = self.head_attention() if self.head_attention is not None else None
+            return self.mlp(self.interaction(parts, gates)).squeeze(-1)
         if self.ebc is not None:
             parts.append(self.embeddings(sparse).values())
         z = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -301,7 +363,8 @@ class LargeEmbeddingModel(nn.Module):
         s = self.selection
         has_dims = self.dim_attention is not None
         p1 = min(1.0, progress / s.dims_start) if has_dims else progress
-        for name, m in (("features", self.feature_attention), ("crosses", self.cross_attention)):
+        for name, m in (("features", self.feature_attention), ("crosses", self.cross_attention),
+                        ("heads", self.head_attention)):
             if m is not None and (new := m.update(p1)):
                 picks[name] = new
         if has_dims and progress >= s.dims_start:
@@ -341,6 +404,12 @@ class LargeEmbeddingModel(nn.Module):
         if self.feature_attention is None:
             return list(range(self.n_features))
         return self.feature_attention.selection_order()
+
+    def kept_heads(self) -> list[int]:
+        """Indices of the kept attention heads in selection order (every head without a head race)."""
+        if self.head_attention is None:
+            return list(range(self.config.heads)) if self.interaction is not None else []
+        return self.head_attention.selection_order()
 
     def kept_crosses(self) -> list[int]:
         if self.cross_attention is None:

@@ -42,7 +42,8 @@ class StepEvent:
 
 def _count_picks(model: LargeEmbeddingModel) -> dict[str, int]:
     out = {}
-    for name, m in (("features", model.feature_attention), ("crosses", model.cross_attention), ("dims", model.dim_attention)):
+    for name, m in (("features", model.feature_attention), ("crosses", model.cross_attention),
+                    ("dims", model.dim_attention), ("heads", model.head_attention)):
         if m is not None:
             out[name] = m.num_selected
     return out

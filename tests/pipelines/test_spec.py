@@ -144,6 +144,13 @@ def test_specs_are_frozen() -> None:
         (with_("selection.feature", 3), "selection.feature", "did you mean 'features'"),
         (with_("dataset.labels", "y"), "dataset.labels", "did you mean 'label'"),
         (with_("nmae", "y"), "nmae", "unknown field"),
+        (with_("pruning.sparsity", 1.0), "pruning.sparsity", "less than 1"),
+        (with_("pruning.method", "random"), "pruning.method", "'attention' or 'magnitude'"),
+        (with_("pruning.block", 0), "pruning.block", "greater than or equal to 1"),
+        (with_("pruning.heads", 2), "pruning.heads", "needs training.interaction: autoint"),
+        (with_("training.interaction", "dlrm"), "training.interaction", "'dcn' or 'autoint'"),
+        ({**MINIMAL, "training": {"interaction": "autoint", "attention_heads": 2}, "pruning": {"heads": 3}},
+         "pruning.heads", "3 is more than training.attention_heads (2)"),
     ],
 )
 def test_bad_field_names_the_field(spec: dict[str, Any], field: str, words: str) -> None:
