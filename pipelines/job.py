@@ -26,12 +26,13 @@ import torch
 from pipelines.dataset import EncodedDataset, EncodedSplit, load_dataset
 from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
-from pipelines.spec import Candidate, FeatureSet, JobSpec, SelectedCross, SelectedFeature
+from pipelines.spec import Candidate, Compression, FeatureSet, JobSpec, PrunedLayer, SelectedCross, SelectedFeature
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
+from seqattn_core.pruning import PruningConfig
 from seqattn_core.training import StepEvent, binary_metrics, predict, train
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class SelectionOutcome:
     feature_scores: tuple[float, ...] | None
     cross_scores: tuple[float, ...]
     seconds: float
+    kept_heads: tuple[int, ...] = ()
 
 
 def _sparse_features(data: EncodedDataset, names: tuple[str, ...]) -> tuple[SparseFeature, ...]:
@@ -163,7 +165,7 @@ def check_selection(spec: JobSpec, data: EncodedDataset) -> None:
 
 def _fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSource, spec: JobSpec,
          stage: str, on_event: Callable[[Event], None] | None, hooks: StageHooks = IN_PROCESS,
-         batch_size: int | None = None) -> tuple[Placed, float]:
+         batch_size: int | None = None, pruning: PruningConfig | None = None) -> tuple[Placed, float]:
     """Place and train one model; returns (placed, seconds). ``batch_size`` is this process's share
     of ``spec.training.batch_size`` (on W Ray workers, 1/W of it, so a step sees the same rows)."""
     t = spec.training
@@ -171,7 +173,7 @@ def _fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchS
     # Each stage's initial weights depend on (seed, stage) only, not on what ran before it in this
     # process: a worker restarted from a checkpoint then builds the same models as an unbroken run.
     torch.manual_seed(t.seed * 1_000_003 + zlib.crc32(stage.encode()))
-    model = LargeEmbeddingModel(config, selection, device=torch.device("meta"))
+    model = LargeEmbeddingModel(config, selection, device=torch.device("meta"), pruning=pruning)
     steps = train_src.num_batches(batch_size)
     placed = place(model, t.learning_rate, _gate_lr(model, steps * t.epochs, t.learning_rate))
     first_epoch = hooks.start(stage, placed)
@@ -324,10 +326,12 @@ def plan_job(spec: JobSpec, data: EncodedDataset) -> Plan:
         timings["prescreen_s"] = time.perf_counter() - t0
 
     base = LEMConfig(dense=tuple(data.dense_names), sparse=_sparse_features(data, tuple(data.sparse_names)),
-                     embedding_dim=spec.training.embedding_dim)
+                     embedding_dim=spec.training.embedding_dim, interaction=spec.training.interaction,
+                     heads=spec.training.attention_heads)
     search_cfg = replace(base, crosses=crosses, embedding_dim=search_dim)
     selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
-                                max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim)
+                                max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim,
+                                heads=spec.pruning.heads)
     return Plan(base, search_cfg, selection, crosses, screen, len(data.train), len(data.valid), timings)
 
 
@@ -336,7 +340,8 @@ def _outcome(model: LargeEmbeddingModel, seconds: float) -> SelectionOutcome:
     return SelectionOutcome(
         kept=tuple(model.kept_features()), kept_crosses=tuple(model.kept_crosses()), dims=dict(model.chosen_dims()),
         feature_scores=tuple(fa.scores.tolist()) if fa is not None else None,
-        cross_scores=tuple(ca.scores.tolist()) if ca is not None else (), seconds=seconds)
+        cross_scores=tuple(ca.scores.tolist()) if ca is not None else (), seconds=seconds,
+        kept_heads=tuple(model.kept_heads()))
 
 
 def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callable[[Event], None] | None = None,
@@ -352,8 +357,9 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
     timings = dict(timings or {})
     base, crosses = plan.base, plan.crosses
 
-    def fit(config: LEMConfig, selection: SelectionConfig | None, src: BatchSource, stage: str) -> tuple[Placed, float]:
-        return _fit(config, selection, src, spec, stage, on_event, hooks, batch_size)
+    def fit(config: LEMConfig, selection: SelectionConfig | None, src: BatchSource, stage: str,
+            pruning: PruningConfig | None = None) -> tuple[Placed, float]:
+        return _fit(config, selection, src, spec, stage, on_event, hooks, batch_size, pruning)
 
     def select() -> SelectionOutcome:
         train_src = _source(data.train, data, plan.search.dense, tuple(data.sparse_names), crosses)
@@ -378,17 +384,20 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
         budget_ms = spec.constraints.max_inference_ms
         choice, inference_ms = hooks.agree("latency", lambda: _fit_latency_budget(choice, order, data, base, budget_ms))
 
+    p = spec.pruning
+    heads = len(outcome.kept_heads) if p.heads is not None else base.heads
     final_cfg = replace(base, dense=choice.dense, sparse=_sparse_features(data, choice.sparse), crosses=choice.crosses,
-                        embedding_dims=choice.dims)
+                        embedding_dims=choice.dims, heads=heads)
     valid_src = _source(data.valid, data, choice.dense, choice.sparse, choice.crosses)
+    pruning = PruningConfig(p.sparsity, p.block, p.method) if p.sparsity is not None else None
 
-    def retrain() -> tuple[dict[str, float], float]:
+    def retrain() -> tuple[dict[str, float], float, Compression | None]:
         final, seconds = fit(final_cfg, None, _source(data.train, data, choice.dense, choice.sparse, choice.crosses),
-                             "retrain")
-        return _evaluate(final, valid_src), seconds
+                             "retrain", pruning)
+        return _evaluate(final, valid_src), seconds, _compression(final.model, p.method, outcome.kept_heads)
 
     _emit(on_event, kind="stage", stage="retrain")
-    final_metrics, timings["retrain_s"] = hooks.remember("retrain", retrain)
+    final_metrics, timings["retrain_s"], compression = hooks.remember("retrain", retrain)
     if inference_ms is None:
         inference_ms = _latency(final_cfg, valid_src)
 
@@ -428,7 +437,21 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
     _emit(on_event, kind="stage", stage="done")
     return FeatureSet(name=spec.name, job_id=job_id, created_at=datetime.now(timezone.utc), spec=spec,
                       features=features, crosses=out_crosses, candidates=candidates, metrics=metrics,
-                      timings={k: round(v, 3) for k, v in timings.items()})
+                      timings={k: round(v, 3) for k, v in timings.items()}, pruning=compression)
+
+
+def _compression(model: LargeEmbeddingModel, method: str, kept_heads: tuple[int, ...]) -> Compression | None:
+    """The FeatureSet's record of what pruning kept, or None when the spec asked for none."""
+    pruner = model.pruner
+    if pruner is None and model.head_attention is None and not kept_heads:
+        return None
+    layers = pruner.summary() if pruner is not None else []
+    weights = sum(layer.linear.weight.numel() for layer in pruner.layers) if pruner is not None else 0
+    kept = sum(int(layer.effective_weight().count_nonzero()) for layer in pruner.layers) if pruner is not None else 0
+    return Compression(method=method if pruner is not None else None,
+                       block_sparsity=pruner.block_sparsity() if pruner is not None else 0.0,
+                       layers=[PrunedLayer(**layer) for layer in layers], heads_kept=list(kept_heads),
+                       tower_weights=weights, tower_weights_kept=kept)
 
 
 def _finite(x: float) -> float:

@@ -46,7 +46,7 @@ from pydantic import (
 from pipelines.errors import SpecError
 
 __all__ = [
-    "Candidate", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec", "PruningSpec",
+    "Candidate", "Compression", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec", "PrunedLayer", "PruningSpec",
     "SelectedCross", "SelectedFeature", "SelectionSpec", "SpecError", "TrainingSpec",
     "as_spec_error", "load_spec",
 ]
@@ -275,6 +275,29 @@ class FeatureSetMetrics(BaseModel):
     inference_ms: float | None = None
 
 
+class PrunedLayer(_Strict):
+    """One block-pruned layer of the retrained tower: its weight shape and the tiles it kept
+    (row-major indices over ``ceil(out / block) x ceil(in / block)`` tiles)."""
+
+    shape: list[int]
+    block: int
+    blocks: int
+    kept: int
+    kept_blocks: list[int]
+
+
+class Compression(_Strict):
+    """What the JobSpec's ``pruning`` section kept in the retrained model: the tiles of each pruned
+    tower layer and, for ``interaction: autoint``, the heads (indices into the searched heads)."""
+
+    method: Literal["attention", "magnitude"] | None = None
+    block_sparsity: float = 0.0
+    layers: list[PrunedLayer] = Field(default_factory=list)
+    heads_kept: list[int] = Field(default_factory=list)
+    tower_weights: int = 0  # weights of the pruned layers, dense
+    tower_weights_kept: int = 0  # of which in kept tiles
+
+
 class FeatureSet(_Strict):
     """A job's result; immutable once written. ``version``, ``job_id`` and ``created_at`` are set
     by whoever publishes it (the registry; the CLI writes version 1), so a local run may leave
@@ -302,6 +325,7 @@ class FeatureSet(_Strict):
     candidates: list[Candidate] = Field(default_factory=list)
     metrics: FeatureSetMetrics = Field(default_factory=FeatureSetMetrics)
     timings: dict[str, float] = Field(default_factory=dict)
+    pruning: Compression | None = None
 
 
 # --- loading and error messages ----------------------------------------------------------------

@@ -117,3 +117,19 @@ def test_frappe_crosses_beat_all_features_without_crosses():
     fs = run_job(_frappe_spec(features=None, crosses=3))
     assert {"user", "item"} in [set(c.features) for c in fs.crosses]
     assert fs.metrics.val_auc - fs.metrics.val_auc_all_features >= 0.005, fs.metrics
+
+
+def test_pruning_section_prunes_the_retrained_tower_and_keeps_the_chosen_heads(planted):
+    path, truth = planted
+    fs = run_job(_spec(path, truth, selection={"crosses": 0, "embedding_dims": []},
+                       training={"interaction": "autoint", "attention_heads": 4, "epochs": 1},
+                       pruning={"sparsity": 0.9, "block": 8, "heads": 2}))
+    p = fs.pruning
+    assert p is not None and p.method == "attention" and len(p.layers) >= 1
+    assert p.block_sparsity == pytest.approx(0.9, abs=0.01)
+    assert len(p.heads_kept) == 2 and set(p.heads_kept) <= {0, 1, 2, 3}
+    for layer in p.layers:
+        assert layer.kept == len(layer.kept_blocks) == round(0.1 * layer.blocks)
+    assert 0 < p.tower_weights_kept <= 0.1 * p.tower_weights + 64 * len(p.layers)
+    assert fs.metrics.val_auc > 0.6  # the pruned model still learned the planted signal
+    assert type(fs).model_validate_json(fs.model_dump_json()) == fs
