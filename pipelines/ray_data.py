@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +119,31 @@ def _same_values(a: pa.DataType, b: pa.DataType) -> bool:
     return a == b
 
 
+def forget_broken_http_filesystem() -> None:
+    """Make ``fsspec.implementations.http`` fail to import cleanly and always the same way.
+
+    It needs aiohttp, which is not installed. Ray resolves every path by trying that import and
+    expects ``ModuleNotFoundError``; when two threads try at once (Ray Data's executor and the
+    trainer's), one can see the other's half-initialised module and get a plain ``ImportError``,
+    which failed whole jobs (seen in the tests). A ``None`` entry in ``sys.modules`` makes every
+    later import raise ``ModuleNotFoundError`` at once, from any thread.
+    """
+    module = sys.modules.get("fsspec.implementations.http", False)
+    if module is None or (module is not False and hasattr(module, "HTTPFileSystem")):
+        return
+    try:
+        import fsspec.implementations.http  # noqa: F401
+    except ImportError:
+        sys.modules["fsspec.implementations.http"] = None  # type: ignore[assignment]
+
+
+forget_broken_http_filesystem()
+
+
 def read_parquet(source: ParquetSource) -> pa.Table:
     """The needed columns of every file, read by Ray Data tasks, in file order."""
     import ray.data
+
     from ray.data.datasource import Partitioning
 
     ctx = ray.data.DataContext.get_current()

@@ -1,0 +1,244 @@
+"""The Ray runner on a real two-node cluster: two ``ray start --block`` processes on loopback,
+owned by this module and stopped by pid at the end. Jobs reach it through ``RAY_ADDRESS``."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from pipelines.cluster import connect
+from pipelines.errors import SpecError
+from pipelines.job import run_job, use_ray
+from pipelines.ray_job import RayOptions, run_ray_job
+from pipelines.spec import load_spec
+from pipelines.synth import write_synth
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, log: Path, env) -> subprocess.Popen:
+    # A session of its own: the ray processes it starts can be told apart from any other cluster's.
+    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--object-store-memory=400000000",
+                             f"--dashboard-agent-listen-port={_free_port()}", *args],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group of the session we created, nothing else
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and one worker node (2 CPUs each) on 127.0.0.1.
+
+    Token authentication is off for this throwaway cluster: the driver (this process) imported
+    Ray before the fixture could set a token, and Ray reads its auth mode once, at import.
+    """
+    assert not ray.is_initialized()
+    temp = Path(tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    port = _free_port()
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "SEQATTN_HOME")}
+    os.environ["SEQATTN_HOME"] = str(temp / "home")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    procs = [_start(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false"],
+                    temp / "head.log", env)]
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                if time.time() > deadline or procs[0].poll() is not None:
+                    raise RuntimeError(f"the head node did not start: {(temp / 'head.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        procs.append(_start([f"--address=127.0.0.1:{port}"], temp / "worker.log", env))
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        assert connect() is False  # RAY_ADDRESS set: joined, not started
+        deadline = time.time() + 90
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            if time.time() > deadline:
+                raise RuntimeError(f"the worker node did not join: {(temp / 'worker.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield {"address": os.environ["RAY_ADDRESS"], "home": temp / "home", "pids": [p.pid for p in procs]}
+    finally:
+        ray.shutdown()
+        for proc in reversed(procs):
+            _stop(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread for the in-process comparison run: spinning OpenMP threads on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    # Four noise columns of at most 1,000 ids: the eight planted features then win by a wide margin
+    # (gate scores >= 0.26 against <= 0.09 over three seeds), so "the same features" is a fair test.
+    truth = write_synth(out, rows=30_000, seed=0, n_noise=4, files=3)
+    return out, truth
+
+
+def _spec(path, workers, **training):
+    return load_spec({"name": "ray-t", "dataset": {"path": str(path), "label": "label"},
+                      "selection": {"features": 8},
+                      "training": {"epochs": 2, "batch_size": 512, "num_workers": workers, **training}})
+
+
+def _kept(fs):
+    return {"rel_0" if f.name == "dup_rel_0" else f.name for f in fs.features}  # exact copies share a slot
+
+
+@pytest.fixture(scope="module")
+def two_workers(cluster, planted):
+    path, _ = planted
+    events = []
+    fs = run_ray_job(_spec(path, 2), on_event=events.append, job_id="j-two",
+                     options=RayOptions(placement_strategy="SPREAD", run_name="two"))
+    return fs, events
+
+
+def test_tables_are_sharded_across_the_two_workers(two_workers):
+    _, events = two_workers
+    plan = next(e for e in events if e["kind"] == "plan" and e["stage"] == "selection")
+    assert plan["world_size"] == 2
+    kinds = {t["sharding_type"] for t in plan["tables"].values()}
+    assert kinds <= {"table_wise", "column_wise", "data_parallel"}  # CPU + gloo: no row_wise
+    whole_tables = [t["ranks"] for t in plan["tables"].values() if t["sharding_type"] in ("table_wise", "column_wise")]
+    # Really sharded: some tables live only on worker 0, others only on worker 1.
+    assert [0] in whole_tables and [1] in whole_tables
+
+
+def test_workers_ran_on_both_nodes_of_the_cluster(two_workers, cluster):
+    _, events = two_workers
+    workers = {e["rank"]: e for e in events if e["kind"] == "worker"}
+    assert sorted(workers) == [0, 1]
+    assert workers[0]["node"] != workers[1]["node"]
+    assert not set(cluster["pids"]) & {w["pid"] for w in workers.values()}
+
+
+def test_progress_reaches_the_caller_while_the_job_runs(two_workers, planted):
+    fs, events = two_workers
+    stages = [e["stage"] for e in events if e["kind"] == "stage"]
+    assert stages == ["load", "selection", "retrain", "reference", "done"]
+    progress = [e for e in events if e["kind"] == "progress" and e["stage"] == "selection"]
+    assert progress[-1]["picks"]["features"] == 8
+    # rows count both workers' rows: one epoch is the whole train split
+    epoch_end = [e for e in progress if e["epoch"] == 0][-1]
+    assert abs(epoch_end["rows"] - fs.metrics.train_rows) <= 2 * 512
+    checkpoints = [(e["stage"], e["epoch"]) for e in events if e["kind"] == "checkpoint"]
+    assert checkpoints == [(s, e) for s in ("selection", "retrain", "reference") for e in (0, 1)]
+    assert fs.job_id == "j-two" and fs.metrics.train_rows == 24_000 and fs.timings["read_s"] > 0
+
+
+def test_one_worker_and_two_workers_select_the_same_features(two_workers, planted):
+    path, _ = planted
+    assert not use_ray(_spec(path, 1)) and use_ray(_spec(path, 2))
+    one = run_job(_spec(path, 1))  # in this process: the same stages, one worker
+    two, _ = two_workers
+    assert _kept(one) == _kept(two) == set(planted[1]["relevant_alone"])
+    # One retrain on 24k rows moves by about +-0.02 AUC with its initial weights and batch order.
+    assert abs(one.metrics.val_auc - two.metrics.val_auc) < 0.04
+
+
+def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(two_workers, planted, cluster):
+    path, _ = planted
+    run_dir = cluster["home"] / "ray" / "killed"
+    pids, killed, events = {}, [], []
+
+    def kill_after_a_registered_checkpoint() -> None:
+        # Ray Train registers a reported checkpoint at its next poll of the workers (every 2 s);
+        # kill worker 1 once the run's checkpoint index lists one, i.e. mid-run and resumable.
+        deadline = time.time() + 60
+        snapshot = run_dir / "checkpoint_manager_snapshot.json"
+        while time.time() < deadline:
+            if snapshot.exists() and "checkpoint_" in snapshot.read_text():
+                os.kill(pids[1], signal.SIGKILL)
+                killed.append(pids[1])
+                return
+            time.sleep(0.05)
+
+    def on_event(event):
+        events.append(event)
+        if event["kind"] == "worker" and event["rank"] not in pids:
+            pids[event["rank"]] = event["pid"]
+        if event["kind"] == "checkpoint" and not killed and len(pids) == 2 and not hasattr(on_event, "armed"):
+            on_event.armed = True
+            threading.Thread(target=kill_after_a_registered_checkpoint, daemon=True).start()
+
+    fs = run_ray_job(_spec(path, 2), on_event=on_event,
+                     options=RayOptions(run_name="killed", max_failures=2))
+    assert killed, "the job finished before worker 1 could be killed"
+    resumed = [e for e in events if e["kind"] == "resumed"]
+    assert resumed, "the restarted workers did not resume from a checkpoint"
+    restarted = {e["pid"] for e in events if e["kind"] == "worker"} - set(pids.values())
+    assert len(restarted) == 2  # a new worker group
+    unkilled, _ = two_workers
+    assert _kept(fs) == _kept(unkilled)
+    assert [f.name for f in fs.features] == [f.name for f in unkilled.features]
+    assert abs(fs.metrics.val_auc - unkilled.metrics.val_auc) < 0.01
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", "not found"),
+    ("schema", "'rel_0' is string"),
+    ("unreadable", "cannot read"),
+])
+def test_bad_data_fails_at_once_with_a_clear_error(cluster, tmp_path, damage, words):
+    root = tmp_path / "d"
+    write_synth(root, rows=600, seed=1, n_noise=2, files=2)
+    if damage == "missing":
+        root = tmp_path / "nothing-here"
+    elif damage == "schema":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        f = root / "part-00001.parquet"
+        t = pq.read_table(f)
+        t = t.set_column(t.column_names.index("rel_0"), "rel_0", pa.array([str(v) for v in t.column("rel_0").to_pylist()]))
+        pq.write_table(t, f)
+    else:
+        (root / "part-00001.parquet").write_bytes(b"PAR1 but then nothing")
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        run_job(_spec(root, 2))
+    assert err.value.field == "dataset.path" and words in err.value.message
+    assert time.perf_counter() - start < 10
