@@ -58,7 +58,9 @@ class RayOptions:
     """How a job uses Ray: where checkpoints go, how many worker-group failures it survives.
 
     ``storage_path`` defaults to ``$SEQATTN_HOME/ray`` (it must be shared storage on a real
-    multi-node cluster: every node writes its workers' checkpoint files there).
+    multi-node cluster: every node writes its workers' checkpoint files there). ``run_name``
+    defaults to a fresh name; giving the name of an earlier run that did not finish (a driver that
+    died, an ``interrupted`` job) resumes it from its last checkpoint, as Ray Train does.
     """
 
     storage_path: str | None = None
@@ -224,7 +226,9 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     timings = {"load_s": read_s + encode_s, "read_s": read_s, "encode_s": encode_s, **plan.timings}
 
     bus = ProgressBus.remote()
-    run_name = options.run_name or f"{spec.name}-{job_id or uuid.uuid4().hex[:8]}"
+    # A fresh name per run: Ray Train resumes a run whose folder already exists, and a job id may
+    # be submitted again (a retried API call) with data that changed since.
+    run_name = options.run_name or "-".join(filter(None, (spec.name, job_id, uuid.uuid4().hex[:8])))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump_json(), "meta": meta, "plan": plan, "bus": bus, "job_id": job_id,

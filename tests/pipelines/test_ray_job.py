@@ -42,9 +42,11 @@ def _start(args, log: Path, env) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+    for proc in procs:
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -89,8 +91,7 @@ def cluster():
         yield {"address": os.environ["RAY_ADDRESS"], "home": temp / "home", "pids": [p.pid for p in procs]}
     finally:
         ray.shutdown()
-        for proc in reversed(procs):
-            _stop(proc)
+        _stop(list(reversed(procs)))
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
