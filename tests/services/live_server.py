@@ -90,9 +90,9 @@ class ServerProcess:
 
 
 def job_spec(name: str = "ctr", **over: Any) -> dict[str, Any]:
-    """A tiny job on the planted data (1 epoch): a few seconds in-process."""
+    """A tiny job on the planted data (1 epoch of 4 batches): a few seconds in-process."""
     spec: dict[str, Any] = {"name": name, "dataset": {"path": "synth", "label": "label"},
-                            "selection": {"features": 4}, "training": {"epochs": 1, "batch_size": 1024}}
+                            "selection": {"features": 4}, "training": {"epochs": 1, "batch_size": 4096}}
     for key, value in over.items():
         spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
     return spec

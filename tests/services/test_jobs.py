@@ -13,14 +13,16 @@ import httpx
 import pytest
 
 from pipelines.synth import write_partitioned_synth
-from live_server import AUTH, ServerProcess, job_spec, wait_job
+from live_server import AUTH, ServerProcess, job_spec, publish_versions, wait_job
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("e2e") / "home", [data_root]).start()
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    publish_versions(home, "ctr", (0.5,))  # an older version 1 (a weak one), so the job publishes version 2
+    server = ServerProcess(home, [data_root]).start()
     yield server
     server.stop()
 
@@ -56,52 +58,48 @@ def test_submit_poll_promote_rollback_and_etag(client: httpx.Client, server: Ser
     # Live progress: stages in order, and training steps with a loss while it ran.
     assert job["progress"]["stages"][:2] == ["load", "selection"] and job["progress"]["stages"][-1] == "done"
     assert any("step" in p and p.get("total_steps") for p in seen), seen
-    assert job["feature_set"]["version"] == 1 and job["feature_set"]["decision"] == "promoted"
+    assert job["feature_set"]["version"] == 2 and job["feature_set"]["decision"] == "promoted", job
+    assert "within epsilon" in job["feature_set"]["reason"]
 
     served = client.get("/v1/feature-sets/ctr")
-    assert served.status_code == 200 and served.headers["X-Feature-Set-Version"] == "1"
-    fs1 = served.json()
-    assert fs1["version"] == 1 and fs1["job_id"] == first["id"] and len(fs1["features"]) == 4
-    etag1 = served.headers["ETag"]
-    assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag1}).status_code == 304
+    assert served.status_code == 200 and served.headers["X-Feature-Set-Version"] == "2"
+    fs2 = served.json()
+    assert fs2["version"] == 2 and fs2["job_id"] == first["id"] and len(fs2["features"]) == 4
+    assert {c["name"] for c in fs2["candidates"]} >= {f["name"] for f in fs2["features"]}
+    etag2 = served.headers["ETag"]
+    assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag2}).status_code == 304
     assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": '"other"'}).status_code == 200
 
-    # A second job by hand-promotion: published as pending, the served version does not move.
-    r = client.post("/v1/jobs", json=job_spec(promote="manual", training={"seed": 1}), headers=AUTH)
-    job2, _ = _watch(client, r.json()["id"])
-    assert job2["state"] == "succeeded" and job2["feature_set"]["decision"] == "pending", job2
-    assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag1}).status_code == 304
-
-    r = client.post("/v1/feature-sets/ctr/promote", json={"version": 2}, headers=AUTH)
-    assert r.status_code == 200 and r.json()["promoted_version"] == 2 and r.json()["previous_version"] == 1
-    r2 = client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag1})
-    assert r2.status_code == 200 and r2.json()["version"] == 2 and r2.headers["ETag"] != etag1
-    etag2 = r2.headers["ETag"]
-
-    # Promote the older version, then roll back to the one before it.
+    # Promote the older version: the old ETag no longer matches, the body is version 1.
     r = client.post("/v1/feature-sets/ctr/promote", json={"version": 1}, headers=AUTH)
-    assert r.json()["promoted_version"] == 1
+    assert r.status_code == 200 and r.json()["promoted_version"] == 1 and r.json()["previous_version"] == 2
+    older = client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag2})
+    assert older.status_code == 200 and older.json()["version"] == 1 and older.headers["ETag"] != etag2
+    etag1 = older.headers["ETag"]
     assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag1}).status_code == 304
+
+    # Roll back to the version promoted before: version 2 again, with its ETag.
     r = client.post("/v1/feature-sets/ctr/rollback", headers=AUTH)
     assert r.status_code == 200 and r.json()["promoted_version"] == 2, r.text
-    assert [h["source"] for h in r.json()["history"]] == ["job", "manual", "manual", "rollback"]
+    assert [(h["version"], h["source"]) for h in r.json()["history"]] == [(2, "job"), (1, "manual"), (2, "rollback")]
+    assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag2}).status_code == 304
     back = client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag1})
-    assert back.status_code == 200 and back.headers["ETag"] == etag2 and back.json()["version"] == 2
+    assert back.status_code == 200 and back.headers["ETag"] == etag2 and back.json() == fs2
 
     versions = client.get("/v1/feature-sets/ctr/versions").json()
     assert [v["version"] for v in versions["versions"]] == [1, 2] and versions["promoted_version"] == 2
-    assert client.get("/v1/feature-sets/ctr/versions/1").json() == fs1
+    assert client.get("/v1/feature-sets/ctr/versions/2").json() == fs2
     listing = client.get("/v1/feature-sets").json()["feature_sets"]
     assert listing == [{"name": "ctr", "promoted_version": 2, "latest_version": 2, "versions": 2,
                         "href": "/v1/feature-sets/ctr"}]
 
-    feast = client.get("/v1/feature-sets/ctr/versions/1/export", params={"format": "feast"})
-    assert feast.status_code == 200 and "FeatureService(" in feast.text and "'seqattn_version': '1'" in feast.text
-    torchrec = client.get("/v1/feature-sets/ctr/versions/1/export", params={"format": "torchrec"}).json()
-    assert torchrec["feature_set"] == {"name": "ctr", "version": 1}
+    feast = client.get("/v1/feature-sets/ctr/versions/2/export", params={"format": "feast"})
+    assert feast.status_code == 200 and "FeatureService(" in feast.text and "'seqattn_version': '2'" in feast.text
+    torchrec = client.get("/v1/feature-sets/ctr/versions/2/export", params={"format": "torchrec"}).json()
+    assert torchrec["feature_set"] == {"name": "ctr", "version": 2}
 
     metrics = client.get("/metrics").text
-    assert 'seqattn_jobs{state="succeeded"} 2.0' in metrics
+    assert 'seqattn_jobs{state="succeeded"} 1.0' in metrics
     assert 'route="/v1/feature-sets/{name}",status="304"' in metrics
 
     # An ended job cannot be cancelled; it can be resubmitted (then we cancel that one).
