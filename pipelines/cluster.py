@@ -41,7 +41,9 @@ def connect(num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS", "").strip()
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    # Every worker process of the job (Ray Data tasks too) runs the same fsspec guard as the driver.
+    runtime_env = {"env_vars": dict(WORKER_ENV),
+                   "worker_process_setup_hook": "pipelines.ray_data.forget_broken_http_filesystem"}
     if address:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
