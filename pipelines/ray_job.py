@@ -177,6 +177,22 @@ def _use_gpu(workers: int) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= workers
 
 
+def _check_capacity(workers: int) -> None:
+    """Fail at once when the cluster can never hold the workers (a TorchTrainer would wait for ever).
+
+    Each worker takes one CPU (or one GPU); an autoscaling cluster that grows on demand can set
+    ``SEQATTN_RAY_AUTOSCALING=1`` to skip the check.
+    """
+    if os.environ.get("SEQATTN_RAY_AUTOSCALING", "").strip() in ("1", "true", "yes"):
+        return
+    resources = ray.cluster_resources()
+    kind = "GPU" if _use_gpu(workers) else "CPU"
+    have = int(resources.get(kind, 0))
+    if workers > have:
+        raise SpecError("training.num_workers", f"{workers} workers need {workers} {kind}s, but the Ray cluster has "
+                        f"{have}; lower training.num_workers or add nodes")
+
+
 def _storage_path(options: RayOptions) -> str:
     if options.storage_path:
         return str(Path(options.storage_path).resolve())
@@ -212,6 +228,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     _emit(on_event, kind="stage", stage="load")
     source = check_parquet(spec.dataset)  # before Ray starts: bad input fails in a second
     connect()
+    _check_capacity(spec.training.num_workers)
     table = read_parquet(source)
     read_s = time.perf_counter() - t0
     data = encode_table(table, source.columns, spec.dataset.validation_fraction, spec.training.seed)

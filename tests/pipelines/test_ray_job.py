@@ -243,3 +243,12 @@ def test_bad_data_fails_at_once_with_a_clear_error(cluster, tmp_path, damage, wo
         run_job(_spec(root, 2))
     assert err.value.field == "dataset.path" and words in err.value.message
     assert time.perf_counter() - start < 10
+
+
+def test_more_workers_than_the_cluster_holds_is_a_clear_error(cluster, planted):
+    path, _ = planted
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        run_job(_spec(path, 16))
+    assert err.value.field == "training.num_workers" and "the Ray cluster has 4" in err.value.message
+    assert time.perf_counter() - start < 10
