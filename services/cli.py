@@ -33,6 +33,11 @@ class _Progress:
         self.stage = ""
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "resumed":
+            tqdm.write(f"[resumed from the checkpoint after {event['stage']} epoch {event['epoch'] + 1}]", file=sys.stderr)
+            return
+        if event["kind"] not in ("stage", "progress"):  # Ray's worker, plan and checkpoint events
+            return
         if event["kind"] == "stage":
             self.close()
             if event["stage"] not in ("selection", "retrain", "reference"):
