@@ -30,7 +30,7 @@ def test_restart_after_a_crash_during_a_job(tmp_path: Path, data_root: Path, ser
         served = c.get("/v1/feature-sets/ctr")
         versions = c.get("/v1/feature-sets/ctr/versions").json()
         running = c.post("/v1/jobs", json=job_spec(name="long", training={"epochs": 40}), headers=AUTH).json()
-        waiting = c.post("/v1/jobs", json=job_spec(name="next"), headers=AUTH).json()
+        waiting = c.post("/v1/jobs", json=job_spec(name="next", training={"epochs": 40}), headers=AUTH).json()
         deadline = time.monotonic() + 120
         while not (c.get(f"/v1/jobs/{running['id']}").json()["progress"] or {}).get("step"):
             assert time.monotonic() < deadline, server.log()
@@ -56,15 +56,21 @@ def test_restart_after_a_crash_during_a_job(tmp_path: Path, data_root: Path, ser
         assert _artifacts(home) == artifacts
         assert c.get("/v1/feature-sets/long").status_code == 404
         # The job that was still queued survives the restart and is run by the new process.
-        picked = wait_job(c, waiting["id"], states=("running", "succeeded"))
-        assert picked["state"] in ("running", "succeeded")
-        c.delete(f"/v1/jobs/{waiting['id']}", headers=AUTH)
-        # The interrupted job can be resubmitted as a new job.
+        deadline = time.monotonic() + 120
+        while not (c.get(f"/v1/jobs/{waiting['id']}").json()["progress"] or {}).get("step"):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        # The interrupted job can be resubmitted as a new job (queued behind the running one).
         new = c.post(f"/v1/jobs/{running['id']}/resubmit", headers=AUTH)
         assert new.status_code == 202 and new.json()["resubmitted_from"] == running["id"]
-        c.delete(f"/v1/jobs/{new.json()['id']}", headers=AUTH)
-        for job_id in (waiting["id"], new.json()["id"]):
-            assert wait_job(c, job_id)["state"] in ("cancelled", "succeeded")
+
+    server.stop()  # a graceful stop (SIGTERM) stops the running job and marks it interrupted
+
+    db = sqlite3.connect(home / "seqattn.db")
+    states = dict(db.execute("SELECT id, state FROM jobs").fetchall())
+    db.close()
+    assert states == {running["id"]: "interrupted", waiting["id"]: "interrupted", new.json()["id"]: "queued"}
+    assert _artifacts(home) == artifacts
 
 
 def test_concurrent_submissions_and_reads_during_promotions(tmp_path: Path, data_root: Path,
