@@ -199,7 +199,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.selector_api.logs import configure_logging
     from services.selector_api.settings import Settings
 
-    settings = Settings()
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SpecError(f"SEQATTN_{str(first['loc'][0]).upper()}", first["msg"]) from None
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:

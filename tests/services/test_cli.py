@@ -95,3 +95,9 @@ def test_serve_refuses_a_public_address_without_an_api_key(monkeypatch, capsys):
     monkeypatch.delenv("SEQATTN_API_KEY", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --host: '0.0.0.0' is not a loopback address")
+
+
+def test_serve_names_a_bad_setting(monkeypatch, capsys):
+    monkeypatch.setenv("SEQATTN_JOB_CONCURRENCY", "many")
+    assert main(["serve", "--port", "1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: SEQATTN_JOB_CONCURRENCY: ")
