@@ -1,5 +1,5 @@
-"""Schedules: two service instances sharing one database never run the same slot twice; the
-APScheduler timer queues a due schedule's run."""
+"""Schedules: two service instances sharing one database never run the same slot twice (threads
+with their own connections, and two live servers); the APScheduler timer queues a due schedule's run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from pipelines.synth import write_partitioned_synth
 from services.selector_api.scheduler import ServiceScheduler, next_run
 from services.selector_api.store import Store
 from services.selector_api.worker import JobWorkers
@@ -71,3 +75,27 @@ def test_the_timer_queues_a_due_schedule(tmp_path: Path) -> None:
         scheduler.stop()
     jobs = store.list_jobs()
     assert len(jobs) == 1 and jobs[0].schedule == "due" and jobs[0].kind == "schedule"
+
+
+@pytest.mark.slow
+def test_two_live_servers_sharing_a_home_run_each_slot_once(tmp_path: Path, data_root: Path,
+                                                           server_factory: Any) -> None:
+    write_partitioned_synth(data_root / "two-servers", days=2, rows_per_day=500, drift_day=None, seed=0, n_noise=3)
+    home = tmp_path / "home"
+    store = Store(home)
+    spec = {"name": "every-second", "job": {"name": "ctr", "dataset": {"path": "-", "label": "no-such-label"}},
+            "window": {"path": str(data_root / "two-servers"), "size": 1}, "cadence": {"interval": "1s"}}
+    store.create_schedule("every-second", json.dumps(spec), datetime.now(timezone.utc))
+    servers = [server_factory(home, [data_root], schedule_tick_s=0.2) for _ in range(2)]
+    time.sleep(15)
+    for server in servers:
+        server.stop()
+    jobs = sorted(store.list_jobs(limit=1000), key=lambda j: j.created_at)
+    assert len(jobs) >= 2 and all(j.schedule == "every-second" for j in jobs)
+    assert store.get_schedule("every-second").runs == len(jobs)
+    # Each run was claimed at or after the slot the previous claim set (one cadence later): no slot twice.
+    created = [datetime.strptime(j.created_at, "%Y-%m-%dT%H:%M:%S.%fZ") for j in jobs]
+    assert all((b - a).total_seconds() >= 0.99 for a, b in zip(created, created[1:])), created
+    # Runs never overlapped, and each went through pipelines.continual (the bad label fails it there).
+    assert {j.state for j in jobs} <= {"failed", "interrupted"}
+    assert any(j.error_field == "dataset.label" for j in jobs), [(j.state, j.error_field) for j in jobs]
