@@ -146,8 +146,12 @@ def _findings(cfg: RayBench, results: list[RunResult]) -> list[str]:
     for label, group in (("largest job", big), ("smallest job", small)):
         for w, r in sorted(group.items()):
             top = max(STAGES, key=lambda s: r.stages[s])
+            training = sum(r.stages[s] for s in ("selection", "retrain", "reference"))
+            fixed = sum(r.stages[s] for s in ("read", "worker start"))
             out.append(f"- Bottleneck of the {label} ({r.rows:,} rows, {w} worker(s)): **{top}**, "
-                       f"{100 * r.stages[top] / r.wall_s:.0f}% of {r.wall_s:.0f} s.")
+                       f"{100 * r.stages[top] / r.wall_s:.0f}% of {r.wall_s:.0f} s; the three training stages together "
+                       f"{100 * training / r.wall_s:.0f}%, the fixed costs (Ray Data read + worker start) "
+                       f"{100 * fixed / r.wall_s:.0f}%.")
     if len(big) > 1:
         w1, w2 = min(big), max(big)
         speed = big[w1].wall_s / big[w2].wall_s
