@@ -99,21 +99,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``seqattn serve`` in a child process on a free loopback port; stopped by its own pid."""
+_BARE_BODY = b"x" * int(os.environ.get("SEQATTN_BENCH_BARE_BYTES", "1"))
 
-    def __init__(self, home: Path, log_path: Path) -> None:
-        self.home, self.log_path = home, log_path
+
+async def bare_app(scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
+    """The floor: a bare ASGI app sending fixed bytes, on the same uvicorn (a reference, not the service)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_BARE_BODY)).encode())]})
+    await send({"type": "http.response.body", "body": _BARE_BODY})
+
+
+class Server:
+    """``seqattn serve`` (or, ``bare_bytes`` given, :func:`bare_app` under uvicorn) in a child process
+    on a free loopback port; stopped by its own pid."""
+
+    def __init__(self, home: Path, log_path: Path, bare_bytes: int | None = None) -> None:
+        self.home, self.log_path, self.bare_bytes = home, log_path, bare_bytes
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEQATTN_")}
         env.update({"SEQATTN_HOME": str(self.home), "SEQATTN_API_KEY": "bench-key", "PYTHONWARNINGS": "ignore"})
+        argv = [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning"]
+        if self.bare_bytes is not None:
+            env["SEQATTN_BENCH_BARE_BYTES"] = str(self.bare_bytes)
+            argv = [sys.executable, "-m", "uvicorn", "bench.serving:bare_app", "--host", "127.0.0.1", "--port",
+                    str(self.port), "--log-level", "warning"]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port",
-                                      str(self.port), "--log-level", "warning"], cwd=REPO_ROOT, env=env,
-                                     stdout=log, stderr=log)
+        self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -299,6 +316,11 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
                                  headers={"If-None-Match": etag}))
         log(f"serving: closed loop for {cfg.closed_loop_seconds} s")
         results.append(closed_loop(server.port, path, cfg.closed_loop_seconds, cfg.connections, "200, full body"))
+    with Server(home, work / "serving-bare.log", bare_bytes=body_bytes) as bare:
+        log(f"serving: the floor, a bare ASGI app at {cfg.goal_rate} req/s")
+        closed_loop(bare.port, path, 5.0, cfg.connections, "warm-up", max_requests=cfg.warmup_requests)
+        results.append(open_loop(bare.port, path, cfg.goal_rate, cfg.seconds, cfg.connections,
+                                 "reference: bare ASGI app, same bytes"))
     load_after = os.getloadavg()[0]
     served = {le: after[le] - before.get(le, 0.0) for le in after}
     n_served = served.get(float("inf"), 0.0)
@@ -342,7 +364,8 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
         f"Inside the server (its own `/metrics` histogram over the open-loop 200 runs above, {n_served:,.0f} "
         f"requests; from the app receiving the request to the last body byte handed to uvicorn): {in_app}. "
         "The difference to the generator's figures is time spent outside the app: the kernel, uvicorn's parser, "
-        "the generator itself, and waiting for a CPU.",
+        "the generator itself, and waiting for a CPU. The last row is the floor this machine and generator allow: "
+        "a bare ASGI app (no routing, no cache, no metrics) returning the same number of bytes on the same uvicorn.",
         "",
         f"Machine: {os.cpu_count()} cores shared by the server and the generator (and by whatever else ran: "
         f"1-minute load average {load_before:.1f} before the runs, {load_after:.1f} after). Server: uvicorn with "
