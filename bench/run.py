@@ -150,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    sections = split_sections(args.out.read_text()) if args.out.exists() else {}
     command = "python -m bench.run" + (" --quick" if args.quick else "")
     with threadpool_limits(limits=args.threads), tempfile.TemporaryDirectory(prefix="seqattn-bench-") as work:
         for letter in sorted(set(args.sections)):
             t0 = time.perf_counter()
             text = SECTIONS[letter](args.quick, img_dir, Path(work), log)
+            # Re-read the report now, not at the start: a section written meanwhile by another run stays.
+            sections = split_sections(args.out.read_text()) if args.out.exists() else {}
             sections[letter] = stamp(text, f"{command} --sections {letter}", time.perf_counter() - t0)
             # Written after every section, so a long run that is stopped keeps what it finished.
             args.out.write_text(header(args.threads) + "\n" + "\n".join(sections[k] for k in sorted(sections)))
