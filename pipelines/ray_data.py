@@ -155,8 +155,12 @@ def read_parquet(source: ParquetSource) -> pa.Table:
     ds = ray.data.read_parquet(list(source.files), columns=file_columns, partitioning=partitioning)
     try:
         tables = [ray.get(ref) for ref in ds.to_arrow_refs()]
-    except Exception as exc:  # a file changed or vanished after the check
-        raise SpecError("dataset.path", f"cannot read {source.path!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, (pa.ArrowException, OSError)):  # a file changed or vanished after the check
+            raise SpecError("dataset.path", f"cannot read {source.path!r}: {type(cause).__name__}: "
+                            f"{str(cause).splitlines()[0]}") from None
+        raise RuntimeError(f"Ray Data could not read {source.path!r}: {str(exc).splitlines()[0]}") from exc
     tables = [t for t in tables if t.num_rows]
     if not tables:
         raise SpecError("dataset.path", f"{source.path!r} has no rows")
