@@ -200,12 +200,14 @@ class Registry:
         self.home.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / DB_NAME
         self.artifacts = self.home / "artifacts"
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection to ``seqattn.db`` in autocommit mode with rows as mappings; the service
+        opens its own tables (jobs, schedules) through it too, so both share one way in."""
         db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
@@ -219,7 +221,7 @@ class Registry:
 
         ``source`` is free text kept with the version (a schedule's window, say).
         """
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute("SELECT COALESCE(MAX(version), 0) AS v FROM feature_set_versions WHERE name = ?",
@@ -250,7 +252,7 @@ class Registry:
 
     def promote(self, name: str, version: int) -> VersionRecord:
         """Promote ``version`` of ``name`` by hand (``promote: manual``, or overriding a rejection)."""
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 self._require(db, name, version)
@@ -283,19 +285,19 @@ class Registry:
 
     # -- reading ---------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        with self._connect() as db:
+        with self.connect() as db:
             return [r["name"] for r in db.execute("SELECT DISTINCT name FROM feature_set_versions ORDER BY name")]
 
     def versions(self, name: str) -> list[VersionRecord]:
         """Every version of ``name``, oldest first (empty when the name is unknown)."""
-        with self._connect() as db:
+        with self.connect() as db:
             promoted = self._promoted_version(db, name)
             rows = db.execute("SELECT * FROM feature_set_versions WHERE name = ? ORDER BY version", (name,)).fetchall()
         return [_record(r, promoted) for r in rows]
 
     def record(self, name: str, version: int | None = None) -> VersionRecord:
         """The index row of ``version`` (None: the promoted one)."""
-        with self._connect() as db:
+        with self.connect() as db:
             promoted = self._promoted_version(db, name)
             version = version if version is not None else promoted
             if version is None:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import SpecError
-from pipelines.registry import DB_NAME, Registry, VersionRecord
+from pipelines.registry import Registry, VersionRecord
 from pipelines.spec import FeatureSet
 from services.selector_api.errors import Conflict, NotFound, QueueFull
 
@@ -199,26 +199,16 @@ class Store:
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.registry = Registry(home)
         self.home = self.registry.home
-        self.db_path = self.home / DB_NAME
         self.host = socket.gethostname()
         # Promote/rollback read the current version and then write; the lock keeps that pair atomic
         # within this process (Registry.promote itself is one transaction).
         self._promote_lock = threading.Lock()
-        with self._connect() as db:
+        with self.registry.connect() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
+        with self.registry.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -254,7 +244,7 @@ class Store:
         return _job(row), True
 
     def get_job(self, job_id: str) -> JobRow:
-        with self._connect() as db:
+        with self.registry.connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound("id", f"no job {job_id!r}")
@@ -270,11 +260,11 @@ class Store:
             where.append("name = ?")
             args.append(name)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?"
-        with self._connect() as db:
+        with self.registry.connect() as db:
             return [_job(r) for r in db.execute(sql, (*args, limit))]
 
     def count_jobs_by_state(self) -> dict[str, int]:
-        with self._connect() as db:
+        with self.registry.connect() as db:
             counts = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         return {s: int(counts.get(s, 0)) for s in (*ACTIVE_STATES, *FINAL_STATES)}
 
@@ -360,14 +350,14 @@ class Store:
         return _schedule(row)
 
     def get_schedule(self, name: str) -> ScheduleRow:
-        with self._connect() as db:
+        with self.registry.connect() as db:
             row = db.execute("SELECT * FROM schedules WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFound("name", f"no schedule {name!r}")
         return _schedule(row)
 
     def list_schedules(self) -> list[ScheduleRow]:
-        with self._connect() as db:
+        with self.registry.connect() as db:
             return [_schedule(r) for r in db.execute("SELECT * FROM schedules ORDER BY name")]
 
     def delete_schedule(self, name: str) -> None:
@@ -401,7 +391,7 @@ class Store:
         running skips this slot rather than piling up runs.
         """
         stamp = now_iso(now)
-        with self._connect() as db:
+        with self.registry.connect() as db:
             due = db.execute("SELECT * FROM schedules WHERE next_run_at <= ? ORDER BY next_run_at", (stamp,)).fetchall()
         queued: list[JobRow] = []
         for row in due:
@@ -456,7 +446,7 @@ class Store:
         self.require_name(name)
         with self._promote_lock:
             current = self.promoted_version(name)
-            with self._connect() as db:
+            with self.registry.connect() as db:
                 row = db.execute("SELECT previous_version FROM promotions WHERE name = ? AND version = ? "
                                  "ORDER BY seq DESC LIMIT 1", (name, current)).fetchone()
             previous = row["previous_version"] if row is not None else None
@@ -468,7 +458,7 @@ class Store:
         return record
 
     def promotions(self, name: str) -> list[dict[str, Any]]:
-        with self._connect() as db:
+        with self.registry.connect() as db:
             rows = db.execute("SELECT version, previous_version, source, at FROM promotions WHERE name = ? "
                               "ORDER BY seq", (name,)).fetchall()
         return [dict(r) for r in rows]
@@ -481,7 +471,7 @@ class Store:
 
     def promoted_version(self, name: str) -> int | None:
         # The registry's own index table, read-only: one indexed lookup.
-        with self._connect() as db:
+        with self.registry.connect() as db:
             row = db.execute("SELECT version FROM feature_set_promoted WHERE name = ?", (name,)).fetchone()
         return int(row["version"]) if row else None
 

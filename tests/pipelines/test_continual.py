@@ -5,7 +5,6 @@ import os
 from datetime import datetime, timezone
 
 import pytest
-import torch
 import yaml
 
 from pipelines.continual import (
@@ -17,13 +16,7 @@ from pipelines.synth import write_partitioned_synth
 from services.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a busy 2-core box, spinning OpenMP threads make a run 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _schedule(tmp_path, **over):

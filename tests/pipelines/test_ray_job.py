@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import ray
-import torch
 
 from pipelines.cluster import connect
 from pipelines.errors import SpecError
@@ -23,7 +22,7 @@ from pipelines.ray_job import RayOptions, run_ray_job
 from pipelines.spec import load_spec
 from pipelines.synth import write_synth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -99,15 +98,6 @@ def cluster():
             else:
                 os.environ[k] = v
         shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread for the in-process comparison run: spinning OpenMP threads on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
