@@ -158,22 +158,17 @@ def _plot(sp: pd.DataFrame, path: Path) -> None:
 
 def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
     problems = _problems(cfg, work)
-    rows = []
+    rows, head_rows = [], []
     for problem in problems:
         for seed in cfg.seeds:
             log(f"f: {problem.name} seed {seed}")
             rows += quality(problem, cfg, seed)
-    df = pd.DataFrame(rows)
+            head_rows += heads(problem, cfg, seed)
+    df, head_df = pd.DataFrame(rows), pd.DataFrame(head_rows)
     # The Frappe tower: dense projection (16) + 10 tables x 16 -> 256 -> 128.
     data = load_dataset(_spec(problems[0], cfg, cfg.seeds[0]).dataset, seed=cfg.seeds[0])
     config = _config(data)
     widths = (config.dense_dim * bool(config.dense) + sum(config.table_dims().values()),) + tuple(config.hidden)
-    head_rows = []
-    for problem in problems:
-        for seed in cfg.seeds:
-            log(f"f: {problem.name} seed {seed}: heads")
-            head_rows += heads(problem, cfg, seed)
-    head_df = pd.DataFrame(head_rows)
     log("f: speed")
     sp = speed(widths, cfg)
     _plot(sp, img_dir / "pruning_speed.png")

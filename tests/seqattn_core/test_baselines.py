@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from sklearn.linear_model import OrthogonalMatchingPursuit
@@ -11,7 +9,6 @@ from threadpoolctl import threadpool_limits
 
 from seqattn_core.baselines import BASELINES, rank_features
 
-HAS_SELECTOR = importlib.util.find_spec("seqattn_core.selector") is not None
 ATTENTION = {"seqattn", "oneshot"}
 # Small and fast settings for the attention selector: the problem below is easy.
 ATTENTION_OPTIONS = {"epochs": 20, "batch_size": 128}
@@ -38,15 +35,7 @@ def easy() -> tuple[np.ndarray, np.ndarray]:
     return X, (logit + 0.3 * rng.standard_normal(800) > 0).astype(np.int64)
 
 
-def _methods() -> list:
-    return [
-        pytest.param(m, marks=pytest.mark.skipif(m in ATTENTION and not HAS_SELECTOR,
-                                                 reason="seqattn_core.selector not written yet"))
-        for m in BASELINES
-    ]
-
-
-@pytest.mark.parametrize("method", _methods())
+@pytest.mark.parametrize("method", list(BASELINES))
 def test_returns_k_distinct_valid_indices(method: str, easy: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = easy
     picked = rank_features(method, X, y, 5, random_state=1, **_options(method))
@@ -56,7 +45,7 @@ def test_returns_k_distinct_valid_indices(method: str, easy: tuple[np.ndarray, n
     assert ((0 <= picked) & (picked < X.shape[1])).all()
 
 
-@pytest.mark.parametrize("method", [m for m in _methods() if m.values[0] != "random"])
+@pytest.mark.parametrize("method", [m for m in BASELINES if m != "random"])
 def test_finds_the_planted_columns(method: str, easy: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = easy
     picked = rank_features(method, X, y, 3, random_state=0, **_options(method))
