@@ -9,9 +9,20 @@ TORCHREC:= torchrec==1.8.0
 # A CUDA host gets the CUDA fbgemm-gpu; a CPU host must never get it (see DESIGN.md, "The engine").
 FBGEMM  := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo fbgemm-gpu==1.8.0 || echo fbgemm-gpu-cpu==1.8.0)
 
-.PHONY: setup test test-fast demo bench bench-quick clean
+.PHONY: setup test test-fast demo bench bench-quick clean browser
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's headless Chromium for the dashboard's browser tests (Playwright drives it; it never
+# downloads a browser). Skipped when present. Without apt-get it only warns here: the browser
+# tests then fail in CI (CI=true) and skip elsewhere.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null \
+	    || echo "warning: could not install chromium: the dashboard's browser tests will fail in CI"; \
+	else echo "warning: no apt-get: install chromium for the dashboard's browser tests"; fi
 
 # Re-runs only when the dependency declarations change, so a second `make setup` is instant.
 $(STAMP): pyproject.toml deploy/constraints.txt Makefile

@@ -26,6 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from services.selector_api.body_limit import BodySizeLimit
+from services.selector_api.dashboard import install_dashboard
 from services.selector_api.deps import Service
 from services.selector_api.errors import install_error_handlers
 from services.selector_api.metrics import JobStateCollector, RequestMetrics
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (jobs, feature_sets, schedules, ops):
         app.include_router(module.router)
+    install_dashboard(app)
     # Added last = outermost: metrics see everything, the body limit runs before any route.
     app.add_middleware(ServePromoted, cache=cache)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

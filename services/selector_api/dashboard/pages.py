@@ -1,0 +1,276 @@
+"""The dashboard's pages: server-rendered HTML over the same store and serving cache as ``/v1``.
+
+Every page reads through :class:`~services.selector_api.store.Store` (jobs, schedules, the
+registry's index, the promotion log) and :class:`~services.selector_api.serving.FeatureSetCache`
+(a version's FeatureSet bytes, cached because versions are immutable); there is no second way
+into SQLite. The pages never write: promote, rollback and job submission are done by the page's
+script calling the ``/v1`` routes with the API key the user typed, so the API's checks and messages
+apply unchanged.
+
+- ``/dashboard``: every feature-set name, its promoted version, age, AUC against all features, budget use.
+- ``/dashboard/feature-sets/{name}``: history (AUC and kept count per version), diffs, promote/rollback.
+- ``/dashboard/feature-sets/{name}/versions/{v}``: kept features, crosses, dimensions, budgets, the rest.
+- ``/dashboard/jobs``: queued, running (polled each second from ``/dashboard/jobs/live``), done, failed; a JobSpec form.
+- ``/dashboard/schedules``: cadence, last run, next run, last outcome.
+
+Example (with httpx)::
+
+    client.get("/dashboard").text            # HTML; an empty state that says what to do when there is no data
+    client.get("/dashboard/feature-sets/nope").status_code   # 404, with the API's message on the page
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path as PathParam, Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from pipelines.errors import SpecError
+from pipelines.spec import FeatureSet
+from services.selector_api.dashboard import charts
+from services.selector_api.deps import Service, check_name
+from services.selector_api.errors import NotFound, status_of
+from services.selector_api.models import JobOut, VersionOut
+from services.selector_api.store import JobRow, parse_iso
+
+HERE = Path(__file__).parent
+# The pages load only their own CSS and script; the charts are inline SVG.
+CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+DONE_STATES = ("succeeded",)
+FAILED_STATES = ("failed", "cancelled", "interrupted")
+EXAMPLE_SPEC = {"name": "ctr-main", "dataset": {"path": "synth", "label": "label"},
+                "selection": {"features": 4, "crosses": 1, "embedding_dims": [4, 8, 16]},
+                "constraints": {"max_embedding_mb": 8}, "training": {"epochs": 1, "batch_size": 4096}}
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
+                        trim_blocks=True, lstrip_blocks=True)
+Version = Annotated[int, PathParam(ge=1, le=2**31)]
+
+
+# -- formatting, shared by the templates -----------------------------------------------------------
+def parse_time(text: str | None) -> datetime | None:
+    """The store's fixed-width UTC text or the registry's ISO text."""
+    if not text:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def ago(text: str | None, now: datetime | None = None) -> str:
+    """``3 min ago``, ``in 2 h`` (the page shows the exact time in a tooltip)."""
+    at = parse_time(text)
+    if at is None:
+        return "never"
+    seconds = ((now or datetime.now(timezone.utc)) - at).total_seconds()
+    past, s = seconds >= 0, abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            span = f"{s / size:.0f} {unit}"
+            break
+    else:
+        span = f"{s:.0f} s"
+    return f"{span} ago" if past else f"in {span}"
+
+
+def exact(text: str | None) -> str:
+    at = parse_time(text)
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
+
+
+def num(value: float | None, fmt: str = "{:.4f}") -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def took(job: JobOut) -> str:
+    """A job's run time, started to finished."""
+    start, end = parse_time(job.started_at), parse_time(job.finished_at)
+    return f"{(end - start).total_seconds():.1f} s" if start and end else "—"
+
+
+templates.filters.update(ago=ago, exact=exact, num=num, took=took)
+templates.globals.update(charts=charts)
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = templates.get_template(template).render(request=request, now=datetime.now(timezone.utc), **context)
+    return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP,
+                                                           "Cache-Control": "no-store"})
+
+
+def page(fn: Callable[..., HTMLResponse]) -> Callable[..., HTMLResponse]:
+    """Bad input (an unknown name, an invalid one) becomes an HTML page with the API's status and
+    message, not the API's JSON."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> HTMLResponse:
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as exc:
+            return render(kwargs["request"], "error.html", status=status_of(exc), error=exc)
+
+    return wrapper
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def feature_set(service: Service, name: str, version: int) -> FeatureSet:
+    """A version's FeatureSet from the serving cache (the bytes ``/v1`` serves)."""
+    try:
+        return FeatureSet.model_validate_json(service.cache.version(name, version).body)
+    except SpecError as exc:
+        raise NotFound(exc.field, exc.message) from None
+
+
+def budget_use(fs: FeatureSet) -> list[dict[str, Any]]:
+    """Memory and latency against the spec's budgets (a share when a budget is set)."""
+    m, c = fs.metrics, fs.spec.constraints
+    extra = fs.metrics.model_extra or {}
+    return [
+        {"what": "embedding memory", "unit": "MB", "actual": m.embedding_mb, "limit": c.max_embedding_mb,
+         "reference": m.embedding_mb_all_features,
+         "share": m.embedding_mb / c.max_embedding_mb if m.embedding_mb is not None and c.max_embedding_mb else None},
+        {"what": "inference time per 1,024 examples", "unit": "ms", "actual": m.inference_ms,
+         "limit": c.max_inference_ms, "reference": extra.get("inference_ms_all_features"),
+         "share": m.inference_ms / c.max_inference_ms if m.inference_ms is not None and c.max_inference_ms else None},
+    ]
+
+
+# -- pages -------------------------------------------------------------------------------------------
+@router.get("", response_class=HTMLResponse)
+@page
+def feature_sets_page(request: Request) -> HTMLResponse:
+    """Every name with its promoted version's age, AUC against all features, and budget use."""
+    service = service_of(request)
+    rows = []
+    for name in service.store.registry.names():
+        versions = service.store.registry.versions(name)
+        promoted = next((v for v in versions if v.promoted), None)
+        fs = feature_set(service, name, promoted.version) if promoted else None
+        rows.append({"name": name, "versions": versions, "promoted": promoted, "fs": fs,
+                     "budgets": budget_use(fs) if fs else []})
+    return render(request, "feature_sets.html", rows=rows, active="feature-sets")
+
+
+@router.get("/feature-sets/{name}", response_class=HTMLResponse)
+@page
+def history_page(request: Request, name: str) -> HTMLResponse:
+    """AUC and kept-feature count over versions, each version's diff with the one before, actions."""
+    service = service_of(request)
+    check_name(name)
+    versions = service.store.require_name(name)
+    sets = {v.version: feature_set(service, name, v.version) for v in versions}
+    rows = []
+    for v in versions:
+        kept = [f.name for f in sorted(sets[v.version].features, key=lambda f: f.rank)]
+        before = sets.get(v.version - 1)
+        old = {f.name for f in before.features} if before else set()
+        rows.append({"record": v, "fs": sets[v.version], "kept": kept,
+                     "added": [n for n in kept if before and n not in old],
+                     "removed": sorted(old - set(kept)) if before else [],
+                     "jaccard": v.jaccard})
+    chart = charts.line_chart(
+        [v.version for v in versions],
+        [("validation AUC", [sets[v.version].metrics.val_auc for v in versions], "{:.3f}"),
+         ("kept features", [float(len(sets[v.version].features)) for v in versions], "{:.0f}")],
+        marks=[v.decision for v in versions], title=f"{name}: validation AUC and kept features per version")
+    promoted = next((v.version for v in versions if v.promoted), None)
+    return render(request, "history.html", name=name, rows=list(reversed(rows)), chart=chart, promoted=promoted,
+                  promotions=list(reversed(service.store.promotions(name))), active="feature-sets")
+
+
+@router.get("/feature-sets/{name}/versions/{version}", response_class=HTMLResponse)
+@page
+def version_page(request: Request, name: str, version: Version) -> HTMLResponse:
+    """One version: what was kept and why (scores), crosses, dimensions, budgets, the rest, the job."""
+    service = service_of(request)
+    check_name(name)
+    versions = service.store.require_name(name)
+    record = next((v for v in versions if v.version == version), None)
+    if record is None:
+        raise NotFound("version", f"feature set {name!r} has no version {version}; versions are "
+                       f"{', '.join(str(v.version) for v in versions)}")
+    fs = feature_set(service, name, version)
+    kept = sorted(fs.features, key=lambda f: f.rank)
+    crosses = sorted(fs.crosses, key=lambda c: c.rank)
+    kept_names = {f.name for f in kept}
+    others = sorted((c for c in fs.candidates if not c.selected and c.name not in kept_names),
+                    key=lambda c: -c.score)
+    top = max([f.score for f in kept] + [c.score for c in others] + [c.score for c in crosses] + [1e-12])
+    dims = [(f.name, float(f.embedding_dim)) for f in kept if f.embedding_dim]
+    dims += [(" × ".join(c.features), float(c.embedding_dim)) for c in crosses if c.embedding_dim]
+    job = _job(service, fs.job_id)
+    return render(
+        request, "version.html", name=name, record=VersionOut.of(record), fs=fs, kept=kept, crosses=crosses,
+        others=others, budgets=budget_use(fs), job=job, spec_json=json.dumps(fs.spec.model_dump(mode="json"), indent=2),
+        kept_chart=charts.bars([(f"{f.rank}. {f.name}", f.score) for f in kept], scale_max=top,
+                               title="attention score of each kept feature, in selection order"),
+        others_chart=charts.bars([(c.name, c.score) for c in others], scale_max=top, css=["muted-bar"] * len(others),
+                                 title="attention score of each candidate not kept"),
+        dims_chart=charts.bars(dims, fmt="{:.0f}", title="embedding dimensions per feature") if dims else None,
+        active="feature-sets")
+
+
+def _job(service: Service, job_id: str | None) -> JobOut | None:
+    if not job_id or not job_id.startswith("j-"):
+        return None
+    try:
+        return JobOut.of(service.store.get_job(job_id))
+    except SpecError:
+        return None
+
+
+def _job_groups(service: Service) -> dict[str, list[JobOut]]:
+    jobs = [JobOut.of(j) for j in service.store.list_jobs(limit=200)]
+    return {"queued": [j for j in jobs if j.state == "queued"],
+            "running": [j for j in jobs if j.state == "running"],
+            "done": [j for j in jobs if j.state in DONE_STATES],
+            "failed": [j for j in jobs if j.state in FAILED_STATES]}
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+@page
+def jobs_page(request: Request) -> HTMLResponse:
+    """Jobs by state (the live part is re-fetched each second by the page's script) and the form."""
+    return render(request, "jobs.html", groups=_job_groups(service_of(request)), active="jobs",
+                  example=json.dumps(EXAMPLE_SPEC, indent=2))
+
+
+@router.get("/jobs/live", response_class=HTMLResponse)
+@page
+def jobs_live(request: Request) -> HTMLResponse:
+    """The jobs lists alone: what the jobs page polls."""
+    return render(request, "_jobs.html", groups=_job_groups(service_of(request)))
+
+
+@router.get("/schedules", response_class=HTMLResponse)
+@page
+def schedules_page(request: Request) -> HTMLResponse:
+    """Each schedule's cadence, window, last run, next run and last outcome."""
+    service = service_of(request)
+    rows = []
+    for row in service.store.list_schedules():
+        spec = json.loads(row.spec)
+        cadence = spec.get("cadence") or {}
+        last: JobRow | None = None
+        if row.last_job_id:
+            try:
+                last = service.store.get_job(row.last_job_id)
+            except SpecError:
+                last = None
+        rows.append({"row": row, "spec": spec, "last": JobOut.of(last) if last else None,
+                     "cadence": f"cron {cadence['cron']}" if cadence.get("cron") else f"every {cadence.get('interval')}"})
+    return render(request, "schedules.html", rows=rows, active="schedules")
