@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines.checkpoints import CheckpointedStages
 from pipelines.cluster import connect
@@ -242,7 +243,10 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     del data
     timings = {"load_s": read_s + encode_s, "read_s": read_s, "encode_s": encode_s, **plan.timings}
 
-    bus = ProgressBus.remote()
+    # On the driver's node: a worker node that dies mid-job must not take the progress relay with it
+    # (the controller and Ray Data's coordinators are pinned there by Ray Train alike).
+    bus = ProgressBus.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote()
     # A fresh name per run: Ray Train resumes a run whose folder already exists, and a job id may
     # be submitted again (a retried API call) with data that changed since.
     run_name = options.run_name or "-".join(filter(None, (spec.name, job_id, uuid.uuid4().hex[:8])))

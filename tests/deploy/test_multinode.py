@@ -1,0 +1,130 @@
+"""The distributed path beyond one process: the API, three Ray nodes, and a node lost mid-job.
+
+A head node that only coordinates (``--num-cpus=0``, as the KubeRay manifest's head) and two worker
+nodes are ``ray start --block`` processes on 127.0.0.1 (:mod:`ray_nodes`); ``seqattn serve`` runs
+in a process of its own with ``RAY_ADDRESS`` naming the head (:mod:`live_server`), as the
+docker-compose ``selector-api`` service does. A job with ``training.num_workers: 2`` is submitted
+over HTTP; once it has checkpointed, the worker node that holds a Ray Train worker is killed whole
+(SIGKILL to its process group: raylet, workers, object store). Ray Train's failure policy
+(``FailureConfig(max_failures=2)`` in :mod:`pipelines.ray_job`) must start a new worker group on
+the surviving node, resume, and publish; the versions published before stay byte-for-byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from live_server import AUTH, ServerProcess, job_spec, publish_versions, wait_job
+from ray_nodes import RayNodes
+
+from pipelines.synth import write_synth
+
+pytestmark = pytest.mark.slow
+
+NAME = "ctr-multi"
+TRAIN_WORKER = "RayTrainWorker"  # the process title Ray gives a Ray Train worker actor
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """A coordinating head and two worker nodes with 4 logical CPUs each: one node alone must hold
+    both Ray Train workers and Ray Data's tasks beside them (2 real cores here)."""
+    cluster = RayNodes(Path(tempfile.mkdtemp(prefix="sa-mn-", dir="/tmp")))
+    try:
+        cluster.start_head(num_cpus=0)
+        cluster.add_worker(num_cpus=4)
+        cluster.add_worker(num_cpus=4)
+        cluster.wait_alive(3)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.temp, ignore_errors=True)
+
+
+def _train_workers(cluster: RayNodes) -> dict[int, list[str]]:
+    """Worker node index -> the Ray Train worker processes living on it."""
+    return {i: [c for c in cluster.cmdlines(p) if TRAIN_WORKER in c]
+            for i, p in enumerate(cluster.procs) if i > 0 and p.poll() is None}
+
+
+def _checkpointed(home: Path, job_id: str) -> bool:
+    """Ray Train registered a checkpoint of this job's run (its index lists one)."""
+    return any("checkpoint_" in f.read_text() for f in (home / "ray").glob(f"{NAME}-{job_id}-*/checkpoint_manager_snapshot.json"))
+
+
+def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_synth(root / "synth", rows=30_000, seed=0, n_noise=4, files=3)
+    home = tmp_path / "home"
+    before = publish_versions(home, NAME, aucs=(0.70,))
+    v1 = home / "artifacts" / NAME / str(before[0]) / "featureset.json"
+    v1_bytes = v1.read_bytes()
+
+    monkeypatch.setenv("RAY_ADDRESS", nodes.address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    server = ServerProcess(home, [root]).start(timeout=120)
+    try:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        spec = job_spec(NAME, selection={"features": 4},
+                        training={"epochs": 2, "batch_size": 512, "num_workers": 2})
+        created = client.post("/v1/jobs", json=spec, headers=AUTH)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+
+        # Mid-job: the run has a registered checkpoint and a worker node holds a Ray Train worker.
+        deadline, victim, seen = time.monotonic() + 240, None, set()
+        while victim is None:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            assert job["state"] in ("queued", "running"), f"job ended before a node could be killed: {job}\n{server.log()}"
+            assert time.monotonic() < deadline, f"no checkpointed Ray Train run to interrupt: {job}\n{server.log()}"
+            workers = _train_workers(nodes)
+            if _checkpointed(home, job_id) and any(workers.values()):
+                victim = next(i for i, w in workers.items() if w)
+                seen = {c for w in workers.values() for c in w}
+            else:
+                time.sleep(0.2)
+        nodes.kill(nodes.procs[victim])
+        survivor = 3 - victim
+
+        # The failure policy starts a new worker group, on the one node left.
+        restarted: list[str] = []
+
+        def watch() -> None:
+            end = time.monotonic() + 240
+            while time.monotonic() < end and not restarted:
+                restarted.extend(c for c in _train_workers(nodes).get(survivor, []) if c not in seen)
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        job = wait_job(client, job_id, timeout=300)
+        watcher.join(1)
+        assert job["state"] == "succeeded", f"{job}\n{server.log()}"
+        assert restarted, "no new Ray Train worker started on the surviving node"
+        # A restarted worker group replays the stages, skipping those its checkpoint holds.
+        stages = job["progress"]["stages"]
+        assert stages[0] == "load" and stages[-2:] == ["reference", "done"]
+
+        # Nothing lost: the earlier version untouched, the new one published once, readable, served.
+        versions = client.get(f"/v1/feature-sets/{NAME}/versions").json()
+        numbers = sorted(v["version"] for v in versions["versions"])
+        assert numbers == [before[0], before[0] + 1]
+        assert job["feature_set"]["version"] == before[0] + 1
+        assert v1.read_bytes() == v1_bytes
+        fs = client.get(f"/v1/feature-sets/{NAME}/versions/{before[0] + 1}").json()
+        assert fs["job_id"] == job_id and len(fs["features"]) == 4
+        on_disk = json.loads((home / "artifacts" / NAME / str(before[0] + 1) / "featureset.json").read_text())
+        assert on_disk["job_id"] == job_id
+        assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job_id]
+    finally:
+        server.stop()
+    with sqlite3.connect(home / "seqattn.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
