@@ -1,12 +1,10 @@
-"""The Ray runner on a real two-node cluster: two ``ray start --block`` processes on loopback,
-owned by this module and stopped by pid at the end. Jobs reach it through ``RAY_ADDRESS``."""
+"""The Ray runner on a real two-node cluster: two ``ray start --block`` processes on loopback
+(:mod:`ray_nodes`), owned by this module and stopped by pid at the end. Jobs reach it through
+``RAY_ADDRESS``."""
 
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray_nodes import RayNodes
 
 from pipelines.cluster import connect
 from pipelines.errors import SpecError
@@ -24,35 +23,6 @@ from pipelines.synth import write_synth
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(args, log: Path, env) -> subprocess.Popen:
-    # A session of its own: the ray processes it starts can be told apart from any other cluster's.
-    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--object-store-memory=400000000",
-                             f"--dashboard-agent-listen-port={_free_port()}", *args],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-    for proc in procs:
-        try:
-            # Measured: one of the two often outlives SIGTERM; its raylet's workers exit with it.
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group of the session we created, nothing else
-            proc.wait(10)
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -62,36 +32,24 @@ def cluster():
     Ray before the fixture could set a token, and Ray reads its auth mode once, at import.
     """
     assert not ray.is_initialized()
-    temp = Path(tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
-    port = _free_port()
+    nodes = RayNodes(Path(tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")))
+    temp = nodes.temp
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "SEQATTN_HOME")}
     os.environ["SEQATTN_HOME"] = str(temp / "home")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    procs = [_start(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false"],
-                    temp / "head.log", env)]
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if time.time() > deadline or procs[0].poll() is not None:
-                    raise RuntimeError(f"the head node did not start: {(temp / 'head.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        procs.append(_start([f"--address=127.0.0.1:{port}"], temp / "worker.log", env))
-        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        nodes.start_head(num_cpus=2)
+        nodes.add_worker(num_cpus=2)
+        os.environ["RAY_ADDRESS"] = nodes.address
         assert connect() is False  # RAY_ADDRESS set: joined, not started
         deadline = time.time() + 90
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             if time.time() > deadline:
-                raise RuntimeError(f"the worker node did not join: {(temp / 'worker.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the worker node did not join: {nodes.log(nodes.procs[1])}")
             time.sleep(0.5)
-        yield {"address": os.environ["RAY_ADDRESS"], "home": temp / "home", "pids": [p.pid for p in procs]}
+        yield {"address": nodes.address, "home": temp / "home", "pids": [p.pid for p in nodes.procs]}
     finally:
         ray.shutdown()
-        _stop(list(reversed(procs)))
+        nodes.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
