@@ -31,6 +31,8 @@ from seqattn_core.pruning import BlockSparsifier, PruningConfig
 from seqattn_core.training import train
 
 METHODS = {"attention": "SequentialAttention++", "magnitude": "block magnitude"}
+ABLATION = ("The attention's settings (clip, the logits' learning rate, weight decay) are ablated in "
+            "[pruning_ablation.md](pruning_ablation.md) (`python -m bench.pruning_ablation`).")
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
         "",
         _paper_table(df, cfg.sparsities),
         "",
-        "**What this means.** " + " ".join(_verdicts(df, cfg.sparsities)),
+        "**What this means.** " + " ".join(_verdicts(df, cfg.sparsities)) + " " + ABLATION,
         "",
         "### Attention-head pruning (AutoInt interaction)",
         "",

@@ -22,6 +22,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from seqattn_core.lem import LargeEmbeddingModel
+from seqattn_core.pruning import BlockAttention
 
 # The JobSpec's learning_rate scales three optimizers, tuned on planted data and Frappe:
 # embedding rows see sparse, bursty gradients, so they take row-wise Adagrad (TorchRec/DLRM's usual
@@ -83,12 +84,16 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
     plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=dev, plan=plan)
     named = [(n, p) for n, p in dmp.named_parameters() if "ebc." not in n]
-    gates = [p for n, p in named if n.endswith("attention.logits")]
+    # SequentialAttention++'s tile logits get their own rate (PruningConfig.logit_lr_scale).
+    tiles = {id(m.logits) for m in model.modules() if isinstance(m, BlockAttention)}
+    blocks = [p for n, p in named if id(p) in tiles]
+    gates = [p for n, p in named if n.endswith("attention.logits") and id(p) not in tiles]
     dense = [p for n, p in named if not n.endswith("attention.logits")]
     optimizer = torch.optim.Adam(
         [
             {"params": dense, "lr": learning_rate * DENSE_LR_SCALE},
             {"params": gates, "lr": gate_learning_rate or learning_rate * GATE_LR_SCALE},
+            {"params": blocks, "lr": learning_rate * (model.pruner.config.logit_lr_scale if blocks else 1.0)},
         ]
     )
     return Placed(dmp, model, optimizer, plan)

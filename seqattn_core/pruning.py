@@ -14,6 +14,12 @@ phases over training progress, each cycle being:
 The optimizer state of the pruned layers is reset at every phase boundary (and the logits return
 to zero), as in ACDC. **Block-magnitude pruning**, the baseline, is the same schedule with the
 importance ``||W_b||`` alone and no attention. Layers with fewer than ``min_blocks`` tiles stay dense.
+
+``weight_decay`` adds ``lambda * ||W||^2`` on the pruned layers' weights (for both methods). With
+the attention method this is what makes the softmax mask a *sparsity* device, the paper's point
+(§3): minimising ``||W_b||^2`` over the factorisation ``V_b = W_b * a_b`` with the ``a_b`` on a
+simplex gives a group penalty ``(sum_b ||V_b||^(2/3))^3`` on the weight the layer uses, a nonconvex
+group-lasso that drives unimportant tiles toward zero before the hard selection cuts them.
 After training, :meth:`BlockSparseLinear.to_inference` gives a layer whose weight is a real block
 sparse (BSR) tensor, so the zero tiles cost nothing at serving time.
 """
@@ -52,6 +58,11 @@ class PruningConfig:
     phase_fractions: tuple[float, float, float] = (0.2, 0.4, 0.4)  # dense, sparsify, sparse within a cycle
     clip: float = 1.0
     min_blocks: int = 64
+    weight_decay: float = 0.0  # L2 penalty on the pruned layers' weights (both methods): see the module doc
+    # The tile logits' Adam rate as a multiple of the run's learning rate (10: the feature gates' rate).
+    # docs/pruning_ablation.md tried 0.3, 1 and 10 with clips 1 and 8, with and without weight decay:
+    # none beat block magnitude everywhere, and amplifying fast logits (clip 8, 10x) overfits.
+    logit_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
@@ -60,6 +71,10 @@ class PruningConfig:
             raise ValueError(f"block: must be >= 1, got {self.block}")
         if self.method not in ("attention", "magnitude"):
             raise ValueError(f"method: must be 'attention' or 'magnitude', got {self.method!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.logit_lr_scale <= 0:
+            raise ValueError(f"logit_lr_scale: must be > 0, got {self.logit_lr_scale}")
         if self.cycles < 1:
             raise ValueError(f"cycles: must be >= 1, got {self.cycles}")
         if len(self.phase_fractions) != 3 or min(self.phase_fractions) <= 0:
@@ -252,6 +267,12 @@ class BlockSparsifier(nn.Module):
 
     def layer_parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def penalty(self) -> torch.Tensor | float:
+        """``weight_decay * sum ||W||^2`` over the pruned layers' weights, added to the training loss."""
+        if not self.config.weight_decay or not self.layers:
+            return 0.0
+        return self.config.weight_decay * sum(layer.linear.weight.pow(2).sum() for layer in self.layers)
 
     @torch.no_grad()
     def update(self, progress: float) -> bool:

@@ -77,8 +77,9 @@ def train(
         for batch in batches(epoch):
             logits = forward(batch.dense, batch.sparse)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+            objective = loss + model.pruner.penalty() if model.pruner is not None else loss
             optimizer.zero_grad()
-            loss.backward()
+            objective.backward()
             optimizer.step()
             step += 1
             rows += len(batch)

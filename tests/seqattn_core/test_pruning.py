@@ -125,3 +125,21 @@ def test_bad_config_names_the_field():
         PruningConfig(sparsity=1.0)
     with pytest.raises(ValueError, match="^method:"):
         PruningConfig(sparsity=0.5, method="random")
+    with pytest.raises(ValueError, match="^weight_decay:"):
+        PruningConfig(sparsity=0.5, weight_decay=-1e-3)
+    with pytest.raises(ValueError, match="^logit_lr_scale:"):
+        PruningConfig(sparsity=0.5, logit_lr_scale=0.0)
+
+
+def test_weight_decay_penalises_only_the_pruned_weights_and_trains_them_smaller():
+    mlp = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
+    sparsifier = BlockSparsifier.wrap(mlp, PruningConfig(sparsity=0.5, block=8, weight_decay=1e-3))
+    expected = 1e-3 * sparsifier.layers[0].linear.weight.pow(2).sum()
+    assert torch.allclose(sparsifier.penalty(), expected)  # the 64 -> 1 layer is left dense and unpenalised
+    assert BlockSparsifier.wrap(nn.Sequential(nn.Linear(128, 64)), PruningConfig(sparsity=0.5)).penalty() == 0.0
+
+    norms = {}
+    for wd in (0.0, 1e-2):
+        model, _, _ = _trained(PruningConfig(sparsity=0.5, block=8, weight_decay=wd), epochs=1)
+        norms[wd] = float(sum(layer.linear.weight.norm() for layer in model.pruner.layers))
+    assert norms[1e-2] < 0.9 * norms[0.0]
