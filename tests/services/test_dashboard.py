@@ -91,7 +91,7 @@ def test_version_page_shows_selection_order_scores_crosses_dims_budgets_and_the_
     budgets = html[html.index('id="budgets"'):html.index('id="others"')]
     assert "budget 2 MB" in budgets and 'class="bar over"' in budgets  # 1.4 ms > 1 ms
     others = html[html.index('id="others"'):html.index('id="timings"')]
-    assert "noise_07" in others and "0.0310" in others and "rel_0" not in others
+    assert "noise_07" in others and ">0.031<" in others and "rel_0" not in others
     assert "selection_s" in html and "3.50 s" in html and "&#34;max_embedding_mb&#34;: 2.0" in html
 
 

@@ -68,58 +68,61 @@ def budget(actual: float | None, limit: float | None, reference: float | None, u
                      f'<title>all features: {reference:.4g} {unit}</title></rect>'
                      f'<text class="small" x="{x0}" y="32">all features {reference:.4g} {unit}</text>')
     parts.append(f'<rect class="bar{" over" if over else ""}" x="{x0}" y="38" width="{max(1.0, x(actual) - x0):.1f}" '
-                 f'height="16" rx="2"><title>this version: {actual:.4g} {unit}</title></rect>')
+                 f'height="16" rx="2"><title>this version: {actual:.4g} {unit}</title></rect>'
+                 + (f'<text class="value" x="{x(actual) + 6:.1f}" y="51">{actual:.4g} {unit}</text>'
+                    if x(actual) < WIDTH * 0.75 else
+                    f'<text class="value inside" x="{x(actual) - 6:.1f}" y="51" text-anchor="end">{actual:.4g} {unit}</text>'))
     if limit is not None:
         lx = x(limit)
         parts.append(f'<line class="limit" x1="{lx:.1f}" x2="{lx:.1f}" y1="2" y2="{height - 2}"/>'
-                     f'<text class="small limit-label" x="{lx - 4:.1f}" y="32" text-anchor="end">budget {limit:g} {unit}</text>')
+                     f'<text class="small limit-label" x="{lx - 4 if lx > WIDTH / 3 else lx + 4:.1f}" y="32" '
+                     f'text-anchor="{"end" if lx > WIDTH / 3 else "start"}">budget {limit:g} {unit}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
 
 def line_chart(xs: Sequence[int], series: Sequence[tuple[str, Sequence[float | None], str]], *,
                marks: Sequence[str] | None = None, title: str = "") -> Markup:
-    """Lines over versions ``xs``; each series (name, values, fmt) gets its own vertical scale
-    (left axis for the first, right axis for the second). ``marks[i]`` is a CSS class for point i
-    (``promoted``, ``rejected``, ``pending``)."""
-    height, left, right, top, bottom = 240, 56, 56, 16, 34
-    plot_w, plot_h = WIDTH - left - right, height - top - bottom
-    n = len(xs)
+    """Lines over versions ``xs``, one panel per series (name, values, fmt), stacked, each with its
+    own scale and the versions below the last. ``marks[i]`` is a CSS class for point i of the first
+    series (``promoted``, ``rejected``, ``pending``)."""
+    left, right, top, panel_h, gap, bottom = 64, 24, 8, 96, 34, 26
+    plot_w, n = WIDTH - left - right, len(xs)
+    height = top + len(series) * (panel_h + gap) + bottom - gap
 
     def px(i: int) -> float:
         return left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
 
-    parts = [f'<svg class="chart lines" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}">',
-             f'<line class="axis" x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}"/>']
-    for i, x in enumerate(xs):
-        parts.append(f'<text class="small" x="{px(i):.1f}" y="{height - 12}" text-anchor="middle">v{x}</text>')
-    for k, (name, values, fmt) in enumerate(series[:2]):
+    parts = [f'<svg class="chart lines" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}">']
+    for k, (name, values, fmt) in enumerate(series):
+        y0 = top + k * (panel_h + gap) + 18  # the panel's plot area starts under its name
+        h = panel_h - 18
+        parts.append(f'<text class="panel s{k}" x="{left}" y="{y0 - 6}">{escape(name)}</text>'
+                     f'<line class="axis" x1="{left}" x2="{left + plot_w}" y1="{y0 + h}" y2="{y0 + h}"/>')
         known = [v for v in values if v is not None]
         if not known:
             continue
         lo, hi = min(known), max(known)
         pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-        lo, hi = lo - pad, hi + pad
 
-        def py(v: float) -> float:
-            return top + plot_h * (1 - (v - lo) / (hi - lo))
+        def py(v: float, lo: float = lo - pad, hi: float = hi + pad) -> float:
+            return y0 + h * (1 - (v - lo) / (hi - lo))
 
-        axis_x, anchor = (left - 6, "end") if k == 0 else (left + plot_w + 6, "start")
-        for v in (lo + pad, hi - pad):
-            parts.append(f'<text class="small s{k}" x="{axis_x}" y="{py(v) + 4:.1f}" text-anchor="{anchor}">'
+        for v in sorted({lo, hi}):
+            parts.append(f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{py(v):.1f}" y2="{py(v):.1f}"/>'
+                         f'<text class="small s{k}" x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end">'
                          f"{escape(fmt.format(v))}</text>")
         points = [(px(i), py(v)) for i, v in enumerate(values) if v is not None]
         parts.append(f'<polyline class="line s{k}" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in points)}"/>')
         for i, v in enumerate(values):
             if v is None:
                 continue
-            mark = f" {marks[i]}" if marks else ""
+            mark = f" {marks[i]}" if marks and k == 0 else ""
             parts.append(f'<circle class="point s{k}{mark}" cx="{px(i):.1f}" cy="{py(v):.1f}" r="4.5">'
                          f"<title>v{xs[i]} {escape(name)}: {escape(fmt.format(v))}</title></circle>")
-    legend_x = left
-    for k, (name, _, _) in enumerate(series[:2]):
-        parts.append(f'<rect class="legend s{k}" x="{legend_x}" y="2" width="14" height="4"/>'
-                     f'<text class="small" x="{legend_x + 18}" y="9">{escape(name)}</text>')
-        legend_x += 30 + 7 * len(name)
+    step = max(1, n // 12)  # at most about a dozen version labels
+    for i, x in enumerate(xs):
+        if i % step == 0 or i == n - 1:
+            parts.append(f'<text class="small" x="{px(i):.1f}" y="{height - 8}" text-anchor="middle">v{x}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

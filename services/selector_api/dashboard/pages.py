@@ -93,13 +93,20 @@ def num(value: float | None, fmt: str = "{:.4f}") -> str:
     return "—" if value is None else fmt.format(value)
 
 
+def pct(share: float) -> str:
+    """A budget share: ``75%``, ``0.1%``, ``<0.1%``."""
+    if 0 < share < 0.001:
+        return "<0.1%"
+    return f"{share:.0%}" if share >= 0.1 or share == 0 else f"{share:.1%}"
+
+
 def took(job: JobOut) -> str:
     """A job's run time, started to finished."""
     start, end = parse_time(job.started_at), parse_time(job.finished_at)
     return f"{(end - start).total_seconds():.1f} s" if start and end else "—"
 
 
-templates.filters.update(ago=ago, exact=exact, num=num, took=took)
+templates.filters.update(ago=ago, exact=exact, num=num, pct=pct, took=took)
 templates.globals.update(charts=charts)
 
 
@@ -188,8 +195,11 @@ def history_page(request: Request, name: str) -> HTMLResponse:
          ("kept features", [float(len(sets[v.version].features)) for v in versions], "{:.0f}")],
         marks=[v.decision for v in versions], title=f"{name}: validation AUC and kept features per version")
     promoted = next((v.version for v in versions if v.promoted), None)
+    promotions = service.store.promotions(name)
+    # What Store.rollback would go back to: the version the current one replaced.
+    back_to = next((p["previous_version"] for p in reversed(promotions) if p["version"] == promoted), None)
     return render(request, "history.html", name=name, rows=list(reversed(rows)), chart=chart, promoted=promoted,
-                  promotions=list(reversed(service.store.promotions(name))), active="feature-sets")
+                  back_to=back_to, promotions=list(reversed(promotions)), active="feature-sets")
 
 
 @router.get("/feature-sets/{name}/versions/{version}", response_class=HTMLResponse)
@@ -273,4 +283,5 @@ def schedules_page(request: Request) -> HTMLResponse:
                 last = None
         rows.append({"row": row, "spec": spec, "last": JobOut.of(last) if last else None,
                      "cadence": f"cron {cadence['cron']}" if cadence.get("cron") else f"every {cadence.get('interval')}"})
-    return render(request, "schedules.html", rows=rows, active="schedules")
+    return render(request, "schedules.html", rows=rows, known=set(service.store.registry.names()),
+                  active="schedules")
