@@ -10,6 +10,10 @@ so the two share nothing but the loopback interface.
   Requests are spread over a few connections, as a pool of clients would send them.
 - **Closed loop** (maximum throughput): every connection sends its next request as soon as the
   previous answer arrives, for a fixed time.
+- **Dashboard open** (issue 6): the goal-rate open loop without and with a dashboard client polling
+  the same server (:func:`poll_dashboard`, in its own process: what the jobs page's script fetches
+  each second plus one page view each second), in alternating pairs, so both sides see the same
+  machine load.
 
 Everything is bounded: a fixed number of requests per run, a fixed time, loopback only.
 
@@ -22,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -37,6 +42,7 @@ import numpy as np
 
 from pipelines.registry import Registry
 from pipelines.spec import Candidate, FeatureSet, JobSpec, SelectedCross, SelectedFeature
+from services.selector_api.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME = "ctr-main"
@@ -56,6 +62,8 @@ class ServingBench:
     candidates: int = 120
     goal_rate: int = 1000
     goal_p99_ms: float = 2.0
+    dashboard_pairs: int = 3  # (closed, open) runs at the goal rate
+    dashboard_jobs: int = 60  # finished jobs in the store, so the jobs page has rows to render
 
 
 @dataclass
@@ -269,6 +277,68 @@ def closed_loop(port: int, path: str, seconds: float, connections: int, scenario
     return LoadResult(scenario, None, lat, elapsed, errors, statuses)
 
 
+# --- a dashboard client ------------------------------------------------------------------------
+
+DASHBOARD_PAGES = ("/dashboard", f"/dashboard/feature-sets/{NAME}", f"/dashboard/feature-sets/{NAME}/versions/1",
+                   "/dashboard/jobs", "/dashboard/schedules")
+
+
+def poll_dashboard(port: int, seconds: float, out: str) -> None:
+    """An open dashboard for ``seconds``: each second, the jobs page's poll (``/dashboard/jobs/live``,
+    as ``dashboard.js`` does) and one page view (cycling through every page). Prints ``ready`` after
+    the first round; writes each page's latency (seconds) to ``out`` as JSON."""
+    latencies: list[float] = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        start, i = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            due = start + i
+            for path in ("/dashboard/jobs/live", DASHBOARD_PAGES[i % len(DASHBOARD_PAGES)]):
+                sent = time.perf_counter()
+                client.get(path).raise_for_status()
+                latencies.append(time.perf_counter() - sent)
+            if i == 0:
+                print("ready", flush=True)
+            i += 1
+            time.sleep(max(0.0, due + 1.0 - time.monotonic()))
+    Path(out).write_text(json.dumps(latencies))
+
+
+class DashboardClient:
+    """:func:`poll_dashboard` in a child process, started and waited for by the ``with`` block."""
+
+    def __init__(self, port: int, seconds: float, out: Path) -> None:
+        self.port, self.seconds, self.out = port, seconds, out
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> DashboardClient:
+        code = f"from bench.serving import poll_dashboard; poll_dashboard({self.port}, {self.seconds}, {str(self.out)!r})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the dashboard client did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.wait(timeout=self.seconds + 60)
+
+    def latencies(self) -> np.ndarray:
+        return np.array(json.loads(self.out.read_text()))
+
+
+def plant_jobs(home: Path, n: int) -> None:
+    """``n`` finished jobs (every 10th failed), so the jobs page renders a realistic list."""
+    store = Store(home)
+    spec = JobSpec(name=NAME, dataset={"path": "data/ctr", "label": "click"}).model_dump_json()
+    for i in range(n):
+        job, _ = store.create_job("job", NAME, spec)
+        store.claim_next_job("bench")
+        if i % 10 == 9:
+            store.finish_job(job.id, "failed", error_message="ValueError: a planted failure")
+        else:
+            store.finish_job(job.id, "succeeded")
+
+
 # --- the section ---------------------------------------------------------------------------------
 
 
@@ -297,6 +367,7 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
     home = work / "serving-home"
     fs = sample_feature_set(cfg.features, cfg.candidates)
     Registry(home).publish(fs)
+    plant_jobs(home, cfg.dashboard_jobs)
     path = f"/v1/feature-sets/{NAME}"
     results: list[LoadResult] = []
     with Server(home, work / "serving-server.log") as server:
@@ -316,6 +387,14 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
                                  headers={"If-None-Match": etag}))
         log(f"serving: closed loop for {cfg.closed_loop_seconds} s")
         results.append(closed_loop(server.port, path, cfg.closed_loop_seconds, cfg.connections, "200, full body"))
+        pairs: list[tuple[LoadResult, LoadResult, np.ndarray]] = []
+        for k in range(cfg.dashboard_pairs):
+            log(f"serving: {cfg.goal_rate} req/s with the dashboard closed, then open and polling (pair {k + 1})")
+            closed = open_loop(server.port, path, cfg.goal_rate, cfg.seconds, cfg.connections, "dashboard closed")
+            with DashboardClient(server.port, cfg.seconds + 1.0, work / f"dashboard-{k}.json") as dashboard:
+                opened = open_loop(server.port, path, cfg.goal_rate, cfg.seconds, cfg.connections,
+                                   "dashboard open, polling")
+            pairs.append((closed, opened, dashboard.latencies()))
     with Server(home, work / "serving-bare.log", bare_bytes=body_bytes) as bare:
         log(f"serving: the floor, a bare ASGI app at {cfg.goal_rate} req/s")
         closed_loop(bare.port, path, 5.0, cfg.connections, "warm-up", max_requests=cfg.warmup_requests)
@@ -370,8 +449,40 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
         f"Machine: {os.cpu_count()} cores shared by the server and the generator (and by whatever else ran: "
         f"1-minute load average {load_before:.1f} before the runs, {load_after:.1f} after). Server: uvicorn with "
         f"{parser} and {loop_name}. Warm-up: {cfg.warmup_requests:,} requests before measuring.",
+        "",
+        *dashboard_lines(cfg, pairs),
     ]
     return "\n".join(lines) + "\n"
+
+
+def dashboard_lines(cfg: ServingBench, pairs: list[tuple[LoadResult, LoadResult, np.ndarray]]) -> list[str]:
+    """The report's part on the dashboard's load: p99 without and with it, pair by pair."""
+    ratios = [opened.ms(0.99) / closed.ms(0.99) for closed, opened, _ in pairs]
+    pages = np.concatenate([lat for _, _, lat in pairs]) * 1e3
+    rows = [f"| {k + 1} | {c.ms(0.5):.3f} | {c.ms(0.99):.3f} | {o.ms(0.5):.3f} | {o.ms(0.99):.3f} | {r:.2f} | "
+            f"{c.errors + o.errors} |" for k, ((c, o, _), r) in enumerate(zip(pairs, ratios))]
+    return [
+        "### With the dashboard open",
+        "",
+        f"The same open loop at {cfg.goal_rate:,} req/s for {cfg.seconds:g} s, in {len(pairs)} pairs on the same server "
+        "in the same run: first with no dashboard, then with a dashboard client polling "
+        "(`bench.serving.poll_dashboard`, its own process: each second the jobs page's poll, "
+        f"`GET /dashboard/jobs/live` with {cfg.dashboard_jobs} jobs listed, plus one page view cycling through every "
+        "page, the version page included, which draws all its candidates). That is twice what one open dashboard does "
+        "(the page's script polls only the jobs list).",
+        "",
+        f"**p99 of `GET /v1/feature-sets/{{name}}` with the dashboard open / closed: median ratio "
+        f"{float(np.median(ratios)):.2f}** (pairs: {', '.join(f'{r:.2f}' for r in ratios)}).",
+        "",
+        "| pair | closed p50 ms | closed p99 ms | open p50 ms | open p99 ms | p99 open / closed | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"The dashboard's own {len(pages):,} page loads during the runs: p50 {np.quantile(pages, 0.5):.1f} ms, "
+        f"p99 {np.quantile(pages, 0.99):.1f} ms, max {pages.max():.1f} ms. Its pages are rendered in FastAPI's "
+        "thread pool from the store and the serving cache; the serving route is answered by `ServePromoted` on "
+        "the event loop, so the two share only the CPU and the GIL.",
+    ]
 
 
 if __name__ == "__main__":
