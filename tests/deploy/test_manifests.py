@@ -702,3 +702,34 @@ def test_the_compose_schema_check_catches_a_misspelt_key(tmp_path):
     out = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
+
+
+def test_the_wheel_stage_builds_a_wheel_that_holds_the_whole_app(tmp_path):
+    """What the Dockerfile's `wheel` stage does, here: copy what its COPY lines name, build the wheel
+    the images install (not the source tree), and look inside."""
+    import importlib.util
+    import zipfile
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    stage = re.search(r"^FROM\s+\S+\s+AS\s+wheel\b(.*?)^FROM\s", text, flags=re.M | re.S).group(1)
+    src, wheels = tmp_path / "src", tmp_path / "wheels"
+    src.mkdir()
+    for line in re.findall(r"^COPY\s+(.+)$", stage, flags=re.M):
+        *sources, dest = line.split()
+        for name in sources:
+            target = src / dest / Path(name).name if dest.endswith("/") or len(sources) > 1 else src / dest
+            if (REPO / name).is_dir():
+                shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(REPO / name, target)
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "--wheel-dir",
+                          str(wheels), str(src)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = wheels.glob("seqattn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("services/cli.py", "services/selector_api/app.py", "pipelines/ray_job.py", "seqattn_core/lem.py",
+                   "services/selector_api/dashboard/templates/base.html"):
+        assert module in names, module
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "seqattn = services.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -40,18 +40,17 @@ def nodes():
     cluster = RayNodes(Path(tempfile.mkdtemp(prefix="sa-mn-", dir="/tmp")))
     try:
         cluster.start_head(num_cpus=0)
-        cluster.add_worker(num_cpus=4)
-        cluster.add_worker(num_cpus=4)
-        cluster.wait_alive(3)
+        cluster.add_worker(num_cpus=4, wait=True)
+        cluster.add_worker(num_cpus=4, wait=True)
         yield cluster
     finally:
         cluster.stop()
         shutil.rmtree(cluster.temp, ignore_errors=True)
 
 
-def _train_workers(cluster: RayNodes) -> dict[int, list[str]]:
-    """Worker node index -> the Ray Train worker processes living on it."""
-    return {i: [c for c in cluster.cmdlines(p) if TRAIN_WORKER in c]
+def _train_workers(cluster: RayNodes) -> dict[int, set[int]]:
+    """Worker node index -> the pids of the Ray Train workers living on it."""
+    return {i: {pid for pid, cmd in cluster.processes(p).items() if TRAIN_WORKER in cmd}
             for i, p in enumerate(cluster.procs) if i > 0 and p.poll() is None}
 
 
@@ -88,19 +87,19 @@ def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monke
             workers = _train_workers(nodes)
             if _checkpointed(home, job_id) and any(workers.values()):
                 victim = next(i for i, w in workers.items() if w)
-                seen = {c for w in workers.values() for c in w}
+                seen = set().union(*workers.values())
             else:
                 time.sleep(0.2)
         nodes.kill(nodes.procs[victim])
         survivor = 3 - victim
 
         # The failure policy starts a new worker group, on the one node left.
-        restarted: list[str] = []
+        restarted: set[int] = set()
 
         def watch() -> None:
             end = time.monotonic() + 240
             while time.monotonic() < end and not restarted:
-                restarted.extend(c for c in _train_workers(nodes).get(survivor, []) if c not in seen)
+                restarted.update(_train_workers(nodes).get(survivor, set()) - seen)
                 time.sleep(0.2)
 
         watcher = threading.Thread(target=watch, daemon=True)

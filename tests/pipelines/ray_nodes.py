@@ -88,20 +88,40 @@ class RayNodes:
         self.address = f"127.0.0.1:{port}"
         return self.address
 
-    def add_worker(self, num_cpus: int = 2) -> subprocess.Popen:
-        """Start a worker node joining the head (returns at once; see :meth:`wait_alive`)."""
+    def add_worker(self, num_cpus: int = 2, wait: bool = False) -> subprocess.Popen:
+        """Start a worker node joining the head; ``wait``: until it is alive, starting it once more
+        if it gave up (seen here: on a loaded 2-core box a node can miss Ray's fixed 30 s for its raylet
+        to register, and its ``ray start`` exits)."""
         assert self.address, "start the head first"
-        return self._start([f"--address={self.address}"], f"worker-{len(self.procs)}.log", num_cpus)
+        log = f"worker-{len(self.procs)}.log"
+        proc = self._start([f"--address={self.address}"], log, num_cpus)
+        if wait and not self.wait_alive(len(self.procs), watch=proc):
+            self.procs.remove(proc)
+            proc = self._start([f"--address={self.address}"], log, num_cpus)
+            self.wait_alive(len(self.procs), watch=proc)
+        return proc
 
-    def wait_alive(self, n: int, timeout: float = 90.0) -> None:
+    def wait_alive(self, n: int, timeout: float = 90.0, watch: subprocess.Popen | None = None) -> bool:
         """Wait until ``n`` nodes are alive, asked from a child process: a test process that joins a
-        cluster keeps Ray Data state that breaks its next cluster (see test_cluster.py)."""
-        out = subprocess.run([sys.executable, "-c", ALIVE_PROBE, self.address, str(n), str(timeout)],
-                             capture_output=True, text=True, env=self.env, timeout=timeout + 60)
-        alive = out.stdout.strip().splitlines()[-1:] if out.returncode == 0 else []
+        cluster keeps Ray Data state that breaks its next cluster (see test_cluster.py). Returns
+        False at once if the ``watch``ed node process exits meanwhile; raises on a time-out."""
+        probe = subprocess.Popen([sys.executable, "-c", ALIVE_PROBE, self.address, str(n), str(timeout)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        deadline = time.time() + timeout + 60
+        while probe.poll() is None and time.time() < deadline:
+            if watch is not None and watch.poll() is not None:
+                probe.kill()  # our own child
+                probe.communicate()
+                return False
+            time.sleep(0.5)
+        if probe.poll() is None:
+            probe.kill()
+        out, err = probe.communicate()
+        alive = out.strip().splitlines()[-1:] if probe.returncode == 0 else []
         if not alive or int(alive[0]) < n:
             logs = "\n".join(self.log(p) for p in self.procs[1:])
-            raise RuntimeError(f"{alive} of {n} nodes alive: {out.stderr[-1000:]}\n{logs}")
+            raise RuntimeError(f"{alive} of {n} nodes alive: {err[-1000:]}\n{logs}")
+        return True
 
     def session_pids(self, proc: subprocess.Popen) -> list[int]:
         """The processes of a node: those in the session that its ``ray start`` leads."""
@@ -117,11 +137,12 @@ class RayNodes:
                     pids.append(int(entry.name))
         return pids
 
-    def cmdlines(self, proc: subprocess.Popen) -> list[str]:
-        out = []
+    def processes(self, proc: subprocess.Popen) -> dict[int, str]:
+        """pid -> command line (Ray puts its process titles there) of a node's processes."""
+        out = {}
         for pid in self.session_pids(proc):
             try:
-                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 pass
         return out
