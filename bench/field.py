@@ -1,0 +1,592 @@
+"""Section g: Sequential Attention against the field's feature-selection methods, ERASE protocol.
+
+The protocol of the ERASE benchmark (Jia et al., "ERASE: Benchmarking Feature Selection Methods
+for Deep Recommender Systems", KDD 2024): each method ranks the fields, then the model is retrained
+from scratch on the top ``k`` fields and scored on held-out rows. Here:
+
+* **one model for all.** Ranking and retraining use the product's TorchRec LEM
+  (``EmbeddingBagCollection`` under ``DistributedModelParallel``, FBGEMM fused CPU kernels, DCN-v2
+  tower), trained by the product's one loop; the retrained model is :func:`bench.lem._train_eval`,
+  the same call section c uses.
+* **one split per seed.** The seed fixes the train/validation split (80/20) and the initialisation.
+  Rankers see only the train split (its first 80 % to train, its last 20 % as held-out search
+  data, :func:`bench.field_methods.split_search`); the retrained models train on the whole train
+  split and are scored on the validation split, which no ranker has seen (ERASE's test set).
+* **the whole curve.** Each ranking is a full order of the fields, so one ranking gives every k;
+  the retraining costs one run per k, for every method alike.
+
+Also: embedding memory against AUC for the dimension methods, and how the selection time grows
+with the number of candidates and with rows (timing only).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bench import markdown_table, mean_std
+from bench.datasets import DATA_ROOT
+from bench.field_methods import (DIM_CHOICES, METHODS, Ranking, Search, _all_features_model, rank_greedy,
+                                 split_search, subset_config)
+from bench.lem import _config, _train_eval
+from pipelines.dataset import EncodedDataset, load_dataset
+from pipelines.job import _fit, _outcome, _source, plan_job
+from pipelines.spec import JobSpec, load_spec
+from pipelines.synth import write_synth
+from seqattn_core.dimensions import heuristic_dims
+
+FRACTIONS = (0.25, 0.5, 0.75)
+SA_METHODS = ("sa", "sa_crosses", "sa_dims")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One dataset and the training settings every model on it uses."""
+
+    name: str
+    path: str
+    note: str
+    epochs: int
+    batch_size: int
+    curve: tuple[float, ...]  # fractions of the fields at which the whole curve is retrained
+
+
+@dataclass(frozen=True)
+class FieldBench:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    problems: tuple[str, ...] = ("Criteo", "Frappe", "planted")
+    methods: tuple[str, ...] = tuple(METHODS)
+    full_curve: bool = True  # False: only k = 1, 25 %, 50 %, 75 %, all
+    planted_rows: int = 40_000
+    planted_noise: int = 25  # 15 planted columns + 25 noise = 40 candidates
+    greedy_problems: tuple[str, ...] = ("Frappe",)  # where the wrapper fits in time
+    greedy_max_k: int | None = None  # stop the wrapper after this many picks (None: the whole order)
+    dim_problems: tuple[str, ...] = ("Criteo", "planted")
+    scale_candidates: tuple[int, ...] = (40, 400, 1_000)
+    scale_candidate_rows: int = 4_000
+    scale_rows: tuple[int, ...] = (10_000, 20_000, 40_000, 80_000)
+    scale_large_rows: int = 40_000  # the ~400-candidate run with ~1M distinct ids
+    scale_epochs: int = 1
+
+
+CURVE = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def problems(cfg: FieldBench, work: Path) -> list[Problem]:
+    out = []
+    for name in cfg.problems:
+        if name == "Criteo":
+            out.append(Problem(
+                "Criteo", str(DATA_ROOT / "criteo"),
+                "the 20,000-row Criteo sample (both shared files pooled), 39 fields: I1-I13 bucketised counts and "
+                "C1-C26 category ids, all embedded (the ERASE field layout); 1 epoch, batch 128 (a second epoch "
+                "over-fits 16k rows: AUC 0.74 → 0.71)", 1, 128, CURVE))
+        elif name == "Frappe":
+            out.append(Problem("Frappe", str(DATA_ROOT / "frappe" / "frappe.parquet"),
+                               "86,582 rows, 10 fields, not subsampled; 2 epochs, batch 1024 (as section c)", 2, 1024,
+                               tuple(i / 10 for i in range(1, 11))))
+        elif name == "planted":
+            path = work / "field-planted"
+            truth = write_synth(path, rows=cfg.planted_rows, seed=0, n_noise=cfg.planted_noise)
+            n = len(truth["dense"]) + len(truth["sparse"])
+            out.append(Problem("planted", str(path),
+                               f"`seqattn synth --rows {cfg.planted_rows} --seed 0`, {cfg.planted_noise} noise columns: "
+                               f"{n} candidate fields (3 dense); 2 epochs, batch 256 (at batch 1024 a full-order search of 40 fields "
+                               "gets barely one step per pick)", 2, 256, CURVE))
+        else:
+            raise ValueError(f"problems: unknown {name!r}")
+    return out
+
+
+def _spec(problem: Problem, seed: int) -> JobSpec:
+    return load_spec({"name": "bench", "dataset": {"path": problem.path, "label": "label"},
+                      "selection": {"features": None, "crosses": 0, "embedding_dims": []},
+                      "training": {"epochs": problem.epochs, "batch_size": problem.batch_size, "seed": seed}})
+
+
+def k_at(fraction: float, n: int) -> int:
+    """k for a fraction of ``n`` fields, rounded half up, at least 1."""
+    return max(1, min(n, math.floor(fraction * n + 0.5)))
+
+
+def k_grid(problem: Problem, n: int, full_curve: bool) -> list[int]:
+    fracs = problem.curve if full_curve else ()
+    return sorted({1, n, *(k_at(f, n) for f in FRACTIONS), *(k_at(f, n) for f in fracs)})
+
+
+def aukc(ks: Sequence[int], aucs: Sequence[float], n: int) -> float:
+    """Area under the AUC-versus-k curve over k in [1, n], divided by n - 1: the mean AUC over k
+    (trapezoids between the measured k)."""
+    ks, aucs = np.asarray(ks, float), np.asarray(aucs, float)
+    return float(np.trapezoid(aucs, ks) / (ks[-1] - ks[0])) if len(ks) > 1 else float(aucs[0])
+
+
+# -- the protocol ---------------------------------------------------------------------------------
+class Retrainer:
+    """Retrains (and caches) the LEM on a field set for one seed's split; identical configurations
+    give identical models (the seed and the configuration fix everything), so each trains once."""
+
+    def __init__(self, data: EncodedDataset, spec: JobSpec) -> None:
+        self.data, self.spec = data, spec
+        self.cache: dict[Any, dict[str, float]] = {}
+        self.runs = 0
+
+    def __call__(self, fields: list[str], ranking: Ranking) -> dict[str, float]:
+        kept = set(fields)
+        crosses = tuple(c for c in ranking.crosses if c.a in kept and c.b in kept)
+        dims = {t: d for t, d in ranking.dims.items() if t in kept or t in {c.name for c in crosses}}
+        key = (frozenset(kept), crosses, tuple(sorted(dims.items())))
+        if key not in self.cache:
+            config = subset_config(self.data, fields, crosses, dims, self.spec.training.embedding_dim)
+            self.cache[key] = {**_train_eval(self.data, self.spec, config), "crosses": len(crosses)}
+            self.runs += 1
+        return self.cache[key]
+
+
+def run_problem(problem: Problem, cfg: FieldBench, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per method x seed x k: the retrained model's metrics; one row per method x seed: the ranking)."""
+    rows, rankings = [], []
+    for seed in cfg.seeds:
+        spec = _spec(problem, seed)
+        data = load_dataset(spec.dataset, seed=seed)
+        search = Search(split_search(data), spec)
+        fields = search.fields
+        n = len(fields)
+        ks = k_grid(problem, n, cfg.full_curve)
+        retrain = Retrainer(data, spec)
+        # One plain run: the all-features LEM trained on the search rows (SHARK and permutation reuse it).
+        plain_s = _all_features_model(search).train_seconds
+        for name in cfg.methods:
+            if name == "greedy" and problem.name not in cfg.greedy_problems:
+                continue
+            log(f"g: {problem.name} seed {seed}: {name}")
+            if name == "greedy":
+                ranking = rank_greedy(search, max_k=cfg.greedy_max_k)
+            else:
+                ranking = METHODS[name].rank(search)
+            rankings.append({"problem": problem.name, "seed": seed, "method": name, "seconds": ranking.seconds,
+                             "train_runs": ranking.train_runs, "order": ranking.order, "note": ranking.note,
+                             "crosses": [c.name for c in ranking.crosses], "dims": ranking.dims, "n": n,
+                             "plain_s": plain_s})
+            for k in ks:
+                metrics = retrain(ranking.order[:k], ranking)
+                rows.append({"problem": problem.name, "seed": seed, "method": name, "k": k, "n": n, **metrics})
+        log(f"g: {problem.name} seed {seed}: {retrain.runs} retrained models")
+    return pd.DataFrame(rows), pd.DataFrame(rankings)
+
+
+# -- embedding dimensions -------------------------------------------------------------------------
+def dimensions(problem: Problem, seeds: Sequence[int], log: Callable[[str], None]) -> pd.DataFrame:
+    """Memory and AUC of one fixed width, Ginart et al.'s power law, and Sequential Attention's
+    blocks under memory budgets; every field kept (a budget may make the blocks drop some)."""
+    rows = []
+    for seed in seeds:
+        spec = _spec(problem, seed)
+        data = load_dataset(spec.dataset, seed=seed)
+        log(f"g: {problem.name} seed {seed}: dimensions")
+        cards = {n: data.cardinalities[n] for n in data.sparse_names}
+        for width in DIM_CHOICES:
+            rows.append({"seed": seed, "variant": "fixed", "setting": f"{width}",
+                         **_train_eval(data, spec, _config(data, embedding_dim=width))})
+        for base in DIM_CHOICES[1:]:
+            dims = heuristic_dims("power_law", cards, tuple(d for d in DIM_CHOICES if d <= base))
+            rows.append({"seed": seed, "variant": "power law (Ginart)", "setting": f"base {base}",
+                         **_train_eval(data, spec, _config(data, dims=dims))})
+        search = split_search(data)
+        ref = _config(data, embedding_dim=16).embedding_bytes()
+        for share in (0.5, 0.75, 1.0):
+            sel_spec = spec.model_copy(update={
+                "selection": spec.selection.model_copy(update={"embedding_dims": list(DIM_CHOICES)}),
+                "constraints": spec.constraints.model_copy(update={"max_embedding_mb": share * ref / 2**20})})
+            start = time.perf_counter()
+            plan = plan_job(sel_spec, search)
+            src = _source(search.train, search, plan.search.dense, tuple(search.sparse_names), ())
+            placed, _ = _fit(plan.search, plan.selection, src, sel_spec, "selection", None)
+            outcome = _outcome(placed.model, 0.0)
+            names = list(search.dense_names) + list(search.sparse_names)
+            kept = [names[i] for i in outcome.kept]
+            config = subset_config(data, kept, dims=dict(outcome.dims))
+            metrics = _train_eval(data, spec, config)
+            rows.append({"seed": seed, "variant": "Sequential Attention blocks", "setting": f"budget {share:.2f} x fixed 16",
+                         **metrics, "select_s": time.perf_counter() - start - metrics["seconds"],
+                         "fields": len(kept)})
+    return pd.DataFrame([{**r, "problem": problem.name} for r in rows])
+
+
+# -- scale ----------------------------------------------------------------------------------------
+def scale(cfg: FieldBench, work: Path, log: Callable[[str], None]) -> pd.DataFrame:
+    """Wall time of one Sequential Attention selection run, one plain training run and the MI
+    filter, against the number of candidate fields and against rows (planted data, timing only)."""
+    from bench.field_methods import rank_mutual_info
+
+    rows = []
+    points = [("candidates", c, cfg.scale_candidate_rows) for c in cfg.scale_candidates]
+    points += [("rows", cfg.scale_candidates[0], r) for r in cfg.scale_rows]
+    if cfg.scale_large_rows:
+        points.append(("large", 400, cfg.scale_large_rows))
+    for axis, n_fields, n_rows in points:
+        path = work / f"field-scale-{n_fields}-{n_rows}"
+        if not path.exists():
+            write_synth(path, rows=n_rows, seed=0, n_noise=n_fields - 15)
+        problem = Problem("scale", str(path), "", cfg.scale_epochs, 512, ())
+        spec = _spec(problem, 0)
+        log(f"g: scale {n_fields} fields x {n_rows:,} rows")
+        data = load_dataset(spec.dataset, seed=0)
+        search = Search(split_search(data), spec)
+        k = max(1, n_fields // 10)
+        sel_spec = spec.model_copy(update={"selection": spec.selection.model_copy(update={"features": k})})
+        start = time.perf_counter()
+        plan = plan_job(sel_spec, search.data)
+        src = _source(search.data.train, search.data, plan.search.dense, tuple(search.data.sparse_names), ())
+        _, fit_s = _fit(plan.search, plan.selection, src, sel_spec, "selection", None)
+        select_s = time.perf_counter() - start
+        start = time.perf_counter()
+        _, plain_s = _fit(plan.base, None, src, spec, "plain", None)
+        plain_wall = time.perf_counter() - start
+        mi_s = rank_mutual_info(search).seconds
+        rows.append({"axis": axis, "fields": n_fields, "rows": n_rows, "train_rows": len(search.data.train),
+                     "ids": int(sum(data.cardinalities.values())), "k": k, "select_s": select_s,
+                     "select_train_s": fit_s, "plain_s": plain_wall, "plain_train_s": plain_s, "mi_s": mi_s})
+    return pd.DataFrame(rows)
+
+
+def _slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Exponent b of y ~ x^b (least squares on logs)."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
+
+
+# -- the report -----------------------------------------------------------------------------------
+def _label(name: str) -> str:
+    return METHODS[name].label
+
+
+def summary(curves: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataFrame:
+    """Per problem x method x seed: AUKC, the metrics at 25/50/75 %, and the ranking's cost."""
+    out = []
+    for (problem, method, seed), g in curves.groupby(["problem", "method", "seed"], sort=False):
+        g = g.sort_values("k")
+        n = int(g.n.iloc[0])
+        row = {"problem": problem, "method": method, "seed": seed, "n": n, "aukc": aukc(list(g.k), list(g.auc), n),
+               "curve_points": len(g)}
+        for f in FRACTIONS:
+            k = k_at(f, n)
+            hit = g[g.k == k]
+            row[f"auc_{f}"] = float(hit.auc.iloc[0]) if len(hit) else math.nan
+            row[f"logloss_{f}"] = float(hit.logloss.iloc[0]) if len(hit) else math.nan
+        out.append(row)
+    df = pd.DataFrame(out)
+    return df.merge(rankings[["problem", "method", "seed", "seconds", "train_runs"]], on=["problem", "method", "seed"])
+
+
+def _ms(values: Sequence[float], digits: int = 4) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    return mean_std(values, digits) if values else "–"
+
+
+def _k_table(s: pd.DataFrame, problem: str, n: int) -> str:
+    rows = []
+    for method, g in s[s.problem == problem].groupby("method", sort=False):
+        row = [_label(method)]
+        for f in FRACTIONS:
+            row += [_ms(list(g[f"auc_{f}"])), _ms(list(g[f"logloss_{f}"]))]
+        row.append(_ms(list(g.aukc)))
+        rows.append(row)
+    header = ["method"]
+    for f in FRACTIONS:
+        header += [f"k={k_at(f, n)} ({int(f * 100)} %): AUC", "log-loss"]
+    return markdown_table(header + ["AUKC"], rows)
+
+
+def _cost_table(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, plain_s: pd.Series) -> str:
+    rows = []
+    sub = s[s.problem == problem]
+    for method, g in sub.groupby("method", sort=False):
+        ratio = [r.seconds / plain_s[r.seed] for r in g.itertuples()]
+        notes = rankings[(rankings.problem == problem) & (rankings.method == method)].note.iloc[0]
+        rows.append([_label(method), METHODS[method].cite, f"{g.seconds.mean():.1f}", f"{g.train_runs.mean():.0f}",
+                     f"{np.mean(ratio):.2f}", str(int(g.curve_points.iloc[0])), notes or ""])
+    return markdown_table(["method", "paper", "ranking wall s", "training runs (ranking)", "ranking ÷ one plain run",
+                           "retrained models for its curve", "note"], rows)
+
+
+def _meaning(s: pd.DataFrame, problem: str, n: int, ks_measured: int) -> str:
+    sub = s[s.problem == problem]
+    mean = sub.groupby("method", sort=False)[["aukc", *[f"auc_{f}" for f in FRACTIONS]]].mean()
+    std = sub.groupby("method", sort=False)[["aukc", *[f"auc_{f}" for f in FRACTIONS]]].std(ddof=0).fillna(0)
+    sa_best = mean.loc[[m for m in SA_METHODS if m in mean.index]].aukc.idxmax()
+    out = [f"**What this means ({problem}).**"]
+    order = mean.aukc.sort_values(ascending=False)
+    out.append(f"By AUKC the order is {', '.join(f'{_label(m)} {v:.4f}' for m, v in order.head(5).items())}; "
+               f"last: {_label(order.index[-1])} {order.iloc[-1]:.4f}.")
+    for f in FRACTIONS:
+        col = f"auc_{f}"
+        best = mean[col].idxmax()
+        sa_v = mean.loc["sa", col] if "sa" in mean.index else math.nan
+        gap = mean.loc[best, col] - sa_v
+        within = "ties it (within 0.001)" if gap <= 0.001 else f"trails by {gap:.4f}"
+        out.append(f"At k={k_at(f, n)} the best is {_label(best)} ({mean.loc[best, col]:.4f} ± {std.loc[best, col]:.4f}); "
+                   f"Sequential Attention (features) {sa_v:.4f} ± {std.loc['sa', col]:.4f} {within}.")
+    losses = [(m, mean.aukc[m] - mean.aukc["sa"]) for m in mean.index if m not in SA_METHODS and
+              mean.aukc[m] - mean.aukc["sa"] > 0.001]
+    if losses:
+        out.append("Where Sequential Attention (features) does not win on AUKC: " + ", ".join(
+            f"{_label(m)} is ahead by {d:.4f}" for m, d in sorted(losses, key=lambda x: -x[1])) + ".")
+    else:
+        out.append("No method beats Sequential Attention (features) on AUKC by more than 0.001.")
+    out.append(f"Of the Sequential Attention variants, {_label(sa_best)} has the best AUKC ({mean.aukc[sa_best]:.4f}); "
+               "its retrained models also carry the crosses it picked among the kept fields (and its widths), so "
+               "their tables are larger than the plain top-k model's.")
+    return " ".join(out)
+
+
+def _plot_curves(curves: pd.DataFrame, path: Path) -> None:
+    probs = list(dict.fromkeys(curves.problem))
+    fig, axes = plt.subplots(1, len(probs), figsize=(6.5 * len(probs), 5), squeeze=False)
+    styles = {"sa": ("tab:red", "-"), "sa_crosses": ("darkred", "--"), "sa_dims": ("salmon", ":"),
+              "oneshot": ("tab:orange", "-"), "random": ("grey", ":")}
+    others = iter(plt.cm.tab20.colors)
+    for ax, problem in zip(axes[0], probs):
+        sub = curves[curves.problem == problem]
+        for method, g in sub.groupby("method", sort=False):
+            color, ls = styles.get(method, (None, "-"))
+            if color is None:
+                color = next(others)
+            stats = g.groupby("k").auc.agg(["mean", "std"]).fillna(0)
+            ax.plot(stats.index, stats["mean"], ls, color=color, label=_label(method), lw=2 if method == "sa" else 1.2)
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.12)
+        ax.set_xlabel("k (fields kept)"); ax.set_ylabel("validation AUC of the retrained model")
+        ax.set_title(f"{problem}: AUC against k (mean ± std over seeds)")
+        lo = sub.groupby(["method", "k"]).auc.mean().quantile(0.15)
+        ax.set_ylim(lo, sub.auc.max() + 0.003)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+
+def _plot_cost(s: pd.DataFrame, plain: dict[str, pd.Series], path: Path) -> None:
+    probs = list(dict.fromkeys(s.problem))
+    fig, axes = plt.subplots(1, len(probs), figsize=(6 * len(probs), 4.5), squeeze=False)
+    for ax, problem in zip(axes[0], probs):
+        sub = s[s.problem == problem]
+        for method, g in sub.groupby("method", sort=False):
+            ratio = np.mean([r.seconds / plain[problem][r.seed] for r in g.itertuples()])
+            ax.errorbar(max(ratio, 1e-3), g.aukc.mean(), yerr=g.aukc.std(ddof=0), fmt="o", label=_label(method))
+        ax.set_xscale("log"); ax.set_xlabel("ranking cost ÷ one plain training run (log)"); ax.set_ylabel("AUKC")
+        ax.set_title(f"{problem}: quality against selection cost"); ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+
+def _plot_dims(dims: pd.DataFrame, path: Path) -> None:
+    probs = list(dict.fromkeys(dims.problem))
+    fig, axes = plt.subplots(1, len(probs), figsize=(6 * len(probs), 4.5), squeeze=False)
+    markers = {"fixed": "o-", "power law (Ginart)": "s-", "Sequential Attention blocks": "*-"}
+    for ax, problem in zip(axes[0], probs):
+        for variant, g in dims[dims.problem == problem].groupby("variant", sort=False):
+            stats = g.groupby("setting", sort=False).agg(mb=("mb", "mean"), auc=("auc", "mean"), sd=("auc", "std"))
+            stats = stats.sort_values("mb")
+            ax.errorbar(stats.mb, stats.auc, yerr=stats.sd.fillna(0), fmt=markers[variant], label=variant, ms=8)
+        ax.set_xscale("log"); ax.set_xlabel("embedding MB (log)"); ax.set_ylabel("validation AUC")
+        ax.set_title(f"{problem}: embedding memory against AUC"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+
+def _plot_scale(sc: pd.DataFrame, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, axis, x, label in ((axes[0], "candidates", "fields", "candidate fields"), (axes[1], "rows", "train_rows", "training rows")):
+        g = sc[sc.axis == axis].sort_values(x)
+        for col, name in (("select_s", "Sequential Attention selection run"), ("plain_s", "one plain training run"),
+                          ("mi_s", "MI filter")):
+            ax.plot(g[x], g[col], "o-", label=name)
+        ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel(f"{label} (log)"); ax.set_ylabel("wall s (log)")
+        ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+
+def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
+    # Timing-only scale points first: the quickest to fail (TorchRec's planner on many tables).
+    sc = scale(cfg, work, log) if cfg.scale_candidates else pd.DataFrame()
+    if len(sc):
+        _plot_scale(sc, img_dir / "field-scale.png")
+    probs = problems(cfg, work)
+    curves, rankings = [], []
+    for problem in probs:
+        c, r = run_problem(problem, cfg, log)
+        curves.append(c); rankings.append(r)
+    curves_df, rank_df = pd.concat(curves, ignore_index=True), pd.concat(rankings, ignore_index=True)
+    s = summary(curves_df, rank_df)
+    plain_train = {p: g.groupby("seed").plain_s.first() for p, g in rank_df.groupby("problem", sort=False)}
+    _plot_curves(curves_df, img_dir / "field-curves.png")
+    _plot_cost(s, plain_train, img_dir / "field-cost.png")
+    dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems], ignore_index=True) \
+        if cfg.dim_problems else pd.DataFrame()
+    if len(dim_df):
+        _plot_dims(dim_df, img_dir / "field-dims.png")
+    return _report(cfg, probs, curves_df, rank_df, s, plain_train, dim_df, sc)
+
+
+def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, rankings: pd.DataFrame, s: pd.DataFrame,
+            plain: dict[str, pd.Series], dims: pd.DataFrame, sc: pd.DataFrame) -> str:
+    lines = [
+        "## g. Against the field: the ERASE protocol",
+        "",
+        "Every method ranks the fields; then the same TorchRec LEM (DMP, FBGEMM fused CPU kernels, DCN-v2 tower, "
+        "16-dim tables) is retrained from scratch on the top k fields and scored on the validation split "
+        "(the protocol of ERASE, Jia et al., KDD 2024). The seed fixes the 80/20 train/validation split and the "
+        f"initialisation; mean ± std over {len(cfg.seeds)} seed(s). Rankers see only the train split: its first 80 % "
+        "to train, its last 20 % as held-out search data (AutoField's architecture steps, AdaFS's and group lasso's "
+        "read-out, SHARK, permutation importance, the greedy wrapper's scores). Code: `bench/field.py` (protocol, "
+        "tables, plots) and `bench/field_methods.py` (one function per method, each citing its paper).",
+        "",
+        "Data: " + "; ".join(f"**{p.name}**: {p.note}" for p in probs) + ".",
+        "",
+        "Methods. *Sequential Attention* is the job's own gated run with `features` = every field, so its pick order "
+        "ranks them all in one run; *+ crosses* also races 3 crosses from the job's pre-screen in the same run, and "
+        "the retrained model at k keeps those whose two fields are both among the k; *+ dims* also races the "
+        "dimension blocks (4/8/16/32) and retrains at the chosen widths. *One-shot attention*: the same gates, one "
+        "phase, no warm-up, fields ranked by the final gate. *AutoField*: keep/drop logits per field, Gumbel-softmax, "
+        "first-order DARTS (logits stepped on held-out batches, weights on training batches). *AdaFS (soft)*: a "
+        "controller network weighs the fields per example (OptFS's per-value gates would need a gate per embedding "
+        "row inside FBGEMM's fused tables, so AdaFS was the cleaner one to implement faithfully). *ShuffleGate*: "
+        "gate g mixes each field with a batch-shuffled copy of itself, L1 on g (λ = 1e-4; larger λ closed every gate). *SHARK*: first-order "
+        "Taylor importance |Σ e·∂L/∂e| of the trained all-features model. *Permutation importance*: scikit-learn's "
+        "`permutation_importance` (5 shuffles per field, AUC drop) on the same trained model. *Group lasso*: "
+        "penalty λ Σ_f RMS‖e_f‖ (λ = 0.02) on each field's pooled embedding, ranked by the norm. *MI filter*: "
+        "scikit-learn's `mutual_info_classif` on the ids. *Greedy forward*: retrains the LEM for every remaining "
+        f"field at every step ({', '.join(cfg.greedy_problems) or 'nowhere'}; elsewhere it does not fit: on Criteo the "
+        f"full order is {sum(range(2, 40))} training runs, on the planted data {sum(range(2, 41))}). *Random*: a random order per seed. *All features* is every curve's last "
+        "point (k = all).",
+        "",
+        "**Caveat found while building this section:** the planner places the small tables (Frappe: daytime, weekday, "
+        "isweekend, homework, cost, weather, country) as `data_parallel` with the `dense` compute kernel, and "
+        "`pipelines/engine.place` gives their weights to no optimizer (the fused optimizer covers only the "
+        "table-wise tables, and the Adam groups skip every `ebc.` parameter), so those tables stay at their random "
+        "initialisation in every model of this report, for every method alike. The tower still reads a distinct "
+        "random vector per id, but embedding-norm methods (group lasso) cannot shrink those fields.",
+        "",
+    ]
+    for p in probs:
+        sub = s[s.problem == p.name]
+        if not len(sub):
+            continue
+        n = int(sub.n.iloc[0])
+        ks = sorted(curves[curves.problem == p.name].k.unique())
+        allf = curves[(curves.problem == p.name) & (curves.k == n)].groupby("seed")
+        lines += [
+            f"### {p.name}: retrained AUC and log-loss at k = 25 / 50 / 75 % of {n} fields",
+            "",
+            f"All {n} fields: AUC {_ms(list(allf.auc.mean()))}, log-loss {_ms(list(allf.logloss.mean()))}. "
+            f"AUKC = area under the AUC-versus-k curve over k = 1..{n}, divided by {n - 1} (the mean AUC over k; "
+            f"trapezoids between the retrained k = {', '.join(map(str, ks))}).",
+            "",
+            _k_table(s, p.name, n),
+            "",
+        ]
+        if p.name == "Criteo":
+            lines += ["*Published* (ERASE, full Criteo, 45M rows, Wide&Deep): all 39 fields 0.8012 AUC. The 20k-row "
+                      "sample here is over 2,000 times smaller, so absolute AUCs are far lower; the ranking of methods is "
+                      "what carries over.", ""]
+        lines += [
+            f"**Selection cost ({p.name}).** Ranking wall time (mean over seeds) and training runs; one plain run = "
+            "the all-features LEM trained on the search rows, timed in the same process "
+            f"({', '.join(f'{v:.1f} s' for v in plain[p.name])} by seed; training loop only, without placement). Every method's "
+            "ranking is a full order, so its whole curve needs one ranking plus one retrained model per k.",
+            "",
+            _cost_table(s, rankings, p.name, plain[p.name]),
+            "",
+            _meaning(s, p.name, n, len(ks)),
+            "",
+        ]
+        order_rows = []
+        for method, g in rankings[(rankings.problem == p.name) & (rankings.seed == cfg.seeds[0])].groupby("method", sort=False):
+            order = g.order.iloc[0]
+            shown = ", ".join(order[:10]) + (" ..." if len(order) > 10 else "")
+            extra = f" (crosses: {', '.join(g.crosses.iloc[0])})" if g.crosses.iloc[0] else ""
+            order_rows.append([_label(method), shown + extra])
+        lines += [f"Top of each ranking ({p.name}, seed {cfg.seeds[0]}):", "", markdown_table(["method", "fields, best first"], order_rows), ""]
+    lines += ["![AUC against k](img/field-curves.png)", "", "![quality against cost](img/field-cost.png)", ""]
+    if len(dims):
+        lines += [
+            "### Embedding dimensions: memory against AUC",
+            "",
+            "Every field kept, no crosses. *Fixed*: one width for all tables (4, 8, 16, 32). *Power law*: Ginart et "
+            "al.'s mixed dimensions by cardinality (`seqattn_core.dimensions.power_law_dims`, the smallest table "
+            "gets the base width, larger ones less), snapped to the choices up to the base. *Sequential Attention "
+            "blocks*: the job's dimension race (choices 4/8/16/32) under `max_embedding_mb` = 0.5, 0.75 and 1.0 x the "
+            "fixed-16 model's memory, selected on the search rows and retrained at the chosen widths.",
+            "",
+            markdown_table(["data", "method", "setting", "embedding MB", "val AUC", "val log-loss", "fields kept"],
+                           [[prob, var, setting, f"{g.mb.mean():.3f}", _ms(list(g.auc)), _ms(list(g.logloss)),
+                             f"{g.fields.mean():.0f}" if "fields" in g and not g.fields.isna().all() else "all"]
+                            for (prob, var, setting), g in dims.groupby(["problem", "variant", "setting"], sort=False)]),
+            "",
+            _dims_meaning(dims),
+            "",
+            "![memory against AUC](img/field-dims.png)",
+            "",
+        ]
+    if len(sc):
+        lines += _scale_report(sc, cfg)
+    return "\n".join(lines)
+
+
+def _dims_meaning(dims: pd.DataFrame) -> str:
+    out = ["**What this means (dimensions).**"]
+    for problem, g in dims.groupby("problem", sort=False):
+        stats = g.groupby(["variant", "setting"], sort=False).agg(mb=("mb", "mean"), auc=("auc", "mean"))
+        sa = stats.loc["Sequential Attention blocks"]
+        best_sa = sa.auc.idxmax()
+        # The best other point that uses no more memory than Sequential Attention's best point.
+        others = stats.drop(index="Sequential Attention blocks", level=0)
+        fits = others[others.mb <= sa.loc[best_sa, "mb"] * 1.001]
+        cmp = (f"the best other method within that memory is {fits.auc.idxmax()[0]} {fits.auc.idxmax()[1]} "
+               f"({fits.auc.max():.4f} at {fits.mb[fits.auc.idxmax()]:.3f} MB)") if len(fits) else "no other method fits that memory"
+        top = others.auc.idxmax()
+        out.append(f"{problem}: Sequential Attention's best point is {best_sa} ({sa.loc[best_sa, 'auc']:.4f} at "
+                   f"{sa.loc[best_sa, 'mb']:.3f} MB); {cmp}; the best AUC overall among the others is {top[0]} {top[1]} "
+                   f"({others.auc.max():.4f} at {others.mb[top]:.3f} MB).")
+    return " ".join(out)
+
+
+def _scale_report(sc: pd.DataFrame, cfg: FieldBench) -> list[str]:
+    cand = sc[sc.axis == "candidates"].sort_values("fields")
+    rows_ = sc[sc.axis == "rows"].sort_values("train_rows")
+    table = markdown_table(
+        ["axis", "candidate fields", "rows (search-train)", "distinct ids", "k selected", "SA selection s",
+         "plain run s", "SA ÷ plain", "MI filter s"],
+        [[r.axis, r.fields, f"{r.train_rows:,}", f"{r.ids:,}", r.k, f"{r.select_s:.1f}", f"{r.plain_s:.1f}",
+          f"{r.select_s / r.plain_s:.2f}", f"{r.mi_s:.2f}"] for r in sc.itertuples()])
+    lines = [
+        "### Scale: selection time against candidates and rows (timing only)",
+        "",
+        f"Planted data (`seqattn synth`, seed 0) with more noise columns; one Sequential Attention selection run "
+        f"(k = 10 % of the fields; wall time including the job's planning), one plain training run of the same "
+        f"all-features model and the MI filter, {cfg.scale_epochs} epoch(s), batch 512, on the search rows (80 % of "
+        "the train split). No retraining and no AUC here: these points only time the search. The `large` row is the "
+        "~400-field problem with the most distinct ids this generator gives (its noise columns have at most 10,000 "
+        "ids each).",
+        "",
+        table,
+        "",
+    ]
+    if len(cand) > 1 and len(rows_) > 1:
+        lines.append(
+            f"**Measured growth.** Against candidates ({', '.join(map(str, cand.fields))} fields at "
+            f"{cand.rows.iloc[0]:,} rows): selection time ~ n^{_slope(cand.fields, cand.select_s):.2f}, the plain run "
+            f"~ n^{_slope(cand.fields, cand.plain_s):.2f}, the MI filter ~ n^{_slope(cand.fields, cand.mi_s):.2f}. "
+            f"Against rows ({', '.join(f'{r:,}' for r in rows_.train_rows)} at {rows_.fields.iloc[0]} fields): selection "
+            f"~ rows^{_slope(rows_.train_rows, rows_.select_s):.2f}, plain run ~ rows^{_slope(rows_.train_rows, rows_.plain_s):.2f}. "
+            "The selection stays a fixed multiple of one plain run (the SA ÷ plain column) while the greedy "
+            "wrapper's cost is about (number of candidates) x k plain runs: at 1,000 candidates and k = 100 that is "
+            f"{sum(range(901, 1001)):,} runs. Times are wall-clock on a "
+            "2-core machine shared with other jobs: expect ±30 % noise per point.")
+    lines += ["", "![scale](img/field-scale.png)", ""]
+    return lines
