@@ -127,6 +127,21 @@ def test_jobs_page_groups_jobs_by_state_with_progress_and_errors(tmp_path: Path)
         assert "ValueError: the planted data broke" in html[html.index('id="failed"'):]
 
 
+def test_the_polled_jobs_list_is_304_until_a_job_changes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    job, _ = store.create_job("job", "ctr", json.dumps(job_spec("ctr")))
+    c = _client(tmp_path)
+    first = c.get("/dashboard/jobs/live")
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and job.id in first.text and "<time datetime=" in first.text
+    again = c.get("/dashboard/jobs/live", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    store.claim_next_job("me")
+    store.set_progress(job.id, {"stage": "load", "stages": ["load"]})
+    moved = c.get("/dashboard/jobs/live", headers={"If-None-Match": etag})
+    assert moved.status_code == 200 and moved.headers["ETag"] != etag and "load" in moved.text
+
+
 def test_schedules_page_shows_cadence_last_and_next_run_and_outcome(tmp_path: Path) -> None:
     store = Store(tmp_path)
     body = {"name": "daily", "job": job_spec("daily-fs"), "window": {"path": "daily", "size": 2},

@@ -22,6 +22,7 @@ Example (with httpx)::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path as PathParam, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from pipelines.errors import SpecError
 from pipelines.spec import FeatureSet
@@ -38,12 +40,13 @@ from services.selector_api.dashboard import charts
 from services.selector_api.deps import Service, check_name
 from services.selector_api.errors import NotFound, status_of
 from services.selector_api.models import JobOut, VersionOut
-from services.selector_api.store import JobRow, parse_iso
+from services.selector_api.store import JobRow
 
 HERE = Path(__file__).parent
 # The pages load only their own CSS and script; the charts are inline SVG.
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+JOBS_SHOWN = 100  # the newest; older ones are at GET /v1/jobs
 DONE_STATES = ("succeeded",)
 FAILED_STATES = ("failed", "cancelled", "interrupted")
 EXAMPLE_SPEC = {"name": "ctr-main", "dataset": {"path": "synth", "label": "label"},
@@ -58,18 +61,15 @@ Version = Annotated[int, PathParam(ge=1, le=2**31)]
 
 # -- formatting, shared by the templates -----------------------------------------------------------
 def parse_time(text: str | None) -> datetime | None:
-    """The store's fixed-width UTC text or the registry's ISO text."""
+    """The store's and the registry's ISO times (``...Z`` or ``+00:00``) as aware UTC datetimes."""
     if not text:
         return None
-    try:
-        return parse_iso(text)
-    except ValueError:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    at = datetime.fromisoformat(text)  # about 20x faster than strptime: the jobs list parses hundreds
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
-def ago(text: str | None, now: datetime | None = None) -> str:
-    """``3 min ago``, ``in 2 h`` (the page shows the exact time in a tooltip)."""
+def relative(text: str | None, now: datetime | None = None) -> str:
+    """``3 min ago``, ``in 2 h``; ``never`` for no time."""
     at = parse_time(text)
     if at is None:
         return "never"
@@ -82,6 +82,16 @@ def ago(text: str | None, now: datetime | None = None) -> str:
     else:
         span = f"{s:.0f} s"
     return f"{span} ago" if past else f"in {span}"
+
+
+def ago(text: str | None) -> Markup:
+    """A ``<time>`` showing :func:`relative`; the page's script keeps it current (same wording), so
+    an unchanged jobs list need not be rendered again to move its clocks."""
+    at = parse_time(text)
+    if at is None:
+        return Markup("never")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        at.isoformat(), at.strftime("%Y-%m-%d %H:%M:%S UTC"), relative(text))
 
 
 def exact(text: str | None) -> str:
@@ -116,12 +126,12 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
                                                            "Cache-Control": "no-store"})
 
 
-def page(fn: Callable[..., HTMLResponse]) -> Callable[..., HTMLResponse]:
+def page(fn: Callable[..., Response]) -> Callable[..., Response]:
     """Bad input (an unknown name, an invalid one) becomes an HTML page with the API's status and
     message, not the API's JSON."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> HTMLResponse:
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
         try:
             return fn(*args, **kwargs)
         except SpecError as exc:
@@ -243,27 +253,45 @@ def _job(service: Service, job_id: str | None) -> JobOut | None:
         return None
 
 
-def _job_groups(service: Service) -> dict[str, list[JobOut]]:
-    jobs = [JobOut.of(j) for j in service.store.list_jobs(limit=200)]
+def _job_groups(rows: list[JobRow]) -> dict[str, list[JobOut]]:
+    jobs = [JobOut.of(j) for j in rows]
     return {"queued": [j for j in jobs if j.state == "queued"],
             "running": [j for j in jobs if j.state == "running"],
             "done": [j for j in jobs if j.state in DONE_STATES],
             "failed": [j for j in jobs if j.state in FAILED_STATES]}
 
 
+def _jobs(service: Service) -> list[JobRow]:
+    return service.store.list_jobs(limit=JOBS_SHOWN)
+
+
+def _jobs_etag(rows: list[JobRow]) -> str:
+    """Changes when any listed job's state, progress, error or result does (not with the clock)."""
+    digest = hashlib.sha256(repr([(j.id, j.state, j.progress, j.error_message, j.fs_version, j.fs_decision,
+                                   j.cancel_requested) for j in rows]).encode()).hexdigest()[:20]
+    return f'"jobs-{digest}"'
+
+
 @router.get("/jobs", response_class=HTMLResponse)
 @page
 def jobs_page(request: Request) -> HTMLResponse:
     """Jobs by state (the live part is re-fetched each second by the page's script) and the form."""
-    return render(request, "jobs.html", groups=_job_groups(service_of(request)), active="jobs",
+    return render(request, "jobs.html", groups=_job_groups(_jobs(service_of(request))), active="jobs",
                   example=json.dumps(EXAMPLE_SPEC, indent=2))
 
 
 @router.get("/jobs/live", response_class=HTMLResponse)
 @page
-def jobs_live(request: Request) -> HTMLResponse:
-    """The jobs lists alone: what the jobs page polls."""
-    return render(request, "_jobs.html", groups=_job_groups(service_of(request)))
+def jobs_live(request: Request) -> Response:
+    """The jobs lists alone: what the jobs page polls each second. With the ETag of the last answer
+    in ``If-None-Match``, an unchanged list is a bodiless 304 (one indexed read, no rendering)."""
+    rows = _jobs(service_of(request))
+    etag = _jobs_etag(rows)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    response = render(request, "_jobs.html", groups=_job_groups(rows))
+    response.headers.update({"ETag": etag, "Cache-Control": "no-cache"})
+    return response
 
 
 @router.get("/schedules", response_class=HTMLResponse)
