@@ -559,6 +559,9 @@ def test_the_shipped_schedule_and_sample_job_are_valid_and_inside_the_data_roots
     assert job.training.num_workers > 1  # the sample job runs on the Ray cluster
     cron = next(d for d in k8s_docs() if d["kind"] == "CronJob")
     assert cron["spec"]["schedule"] == schedule.cadence.cron
+    # the README's curl works on Kubernetes too: the sample-data Job writes what the sample job reads
+    synth = next(d for d in k8s_docs() if d["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert synth[:1] == ["synth"] and synth[synth.index("--out") + 1] == job.dataset.path
 
 
 def test_the_readme_documents_the_curl_that_submits_the_sample_job():
