@@ -76,7 +76,8 @@ def api(server: ServerProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def page(chromium: Any, server: ServerProcess) -> Iterator[Any]:
-    """A fresh tab at 1280×800 that fails the test on any request to another host or any script error."""
+    """A fresh tab at 1280×800 that fails the test on any request to another host, any script error
+    or any Content-Security-Policy violation."""
     context = chromium.new_context(viewport=WIDE)
     tab = context.new_page()
     tab.set_default_timeout(20_000)
@@ -84,6 +85,8 @@ def page(chromium: Any, server: ServerProcess) -> Iterator[Any]:
     errors: list[str] = []
     tab.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
     tab.on("pageerror", lambda e: errors.append(str(e)))
+    # A blocked resource or inline code shows as a console error naming the Content Security Policy.
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Content Security" in m.text else None)
     yield tab
     context.close()
     assert not outside, f"the dashboard fetched from elsewhere: {outside}"
