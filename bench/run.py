@@ -81,7 +81,7 @@ def _section_g(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
     cfg = (field.FieldBench(seeds=(0,), problems=("planted",), full_curve=False, planted_rows=8_000, planted_noise=5,
                             greedy_problems=("planted",), greedy_max_k=1, dim_problems=("planted",),
                             scale_candidates=(20, 80), scale_candidate_rows=2_000, scale_rows=(4_000, 8_000),
-                            scale_large_rows=0)
+                            scale_large_rows=0, placement_probe_fields=0)
            if quick else field.FieldBench())
     return field.run(cfg, img_dir, work, log)
 
