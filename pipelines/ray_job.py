@@ -52,6 +52,8 @@ from pipelines.spec import FeatureSet, JobSpec
 log = logging.getLogger(__name__)
 
 RESULT_FILE, ERROR_FILE = "featureset.json", "error.json"
+PLACEMENT_ENV = "SEQATTN_RAY_PLACEMENT"
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ class RayOptions:
     max_failures: int = 2
     run_name: str | None = None
     poll_s: float = 0.2
-    placement_strategy: str = "PACK"  # "SPREAD": one worker per node where it can
+    # "PACK" (fewest nodes) or "SPREAD" (one worker per node where it can: a lost node takes fewer
+    # workers with it); None: $SEQATTN_RAY_PLACEMENT, else "PACK".
+    placement_strategy: str | None = None
 
 
 @ray.remote(num_cpus=0)
@@ -194,6 +198,14 @@ def _check_capacity(workers: int) -> None:
                         f"{have}; lower training.num_workers or add nodes")
 
 
+def _placement(options: RayOptions) -> str:
+    """The placement group strategy of the worker group: the option, else the environment's."""
+    value = (options.placement_strategy or os.environ.get(PLACEMENT_ENV, "").strip() or "PACK").upper()
+    if value not in PLACEMENTS:
+        raise SpecError(PLACEMENT_ENV, f"{value!r} is not a placement strategy; use one of {', '.join(PLACEMENTS)}")
+    return value
+
+
 def _storage_path(options: RayOptions) -> str:
     if options.storage_path:
         return str(Path(options.storage_path).resolve())
@@ -228,6 +240,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     t0 = time.perf_counter()
     _emit(on_event, kind="stage", stage="load")
     source = check_parquet(spec.dataset)  # before Ray starts: bad input fails in a second
+    placement = _placement(options)
     connect()
     _check_capacity(spec.training.num_workers)
     table = read_parquet(source)
@@ -255,7 +268,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
         train_loop_config={"spec": spec.model_dump_json(), "meta": meta, "plan": plan, "bus": bus, "job_id": job_id,
                            "timings": timings},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=_use_gpu(workers),
-                                     placement_strategy=options.placement_strategy),
+                                     placement_strategy=placement),
         run_config=RunConfig(name=run_name, storage_path=_storage_path(options),
                              failure_config=FailureConfig(max_failures=options.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

@@ -4,8 +4,9 @@ A head node that only coordinates (``--num-cpus=0``, as the KubeRay manifest's h
 nodes are ``ray start --block`` processes on 127.0.0.1 (:mod:`ray_nodes`); ``seqattn serve`` runs
 in a process of its own with ``RAY_ADDRESS`` naming the head (:mod:`live_server`), as the
 docker-compose ``selector-api`` service does. A job with ``training.num_workers: 2`` is submitted
-over HTTP; once it has checkpointed, the worker node that holds a Ray Train worker is killed whole
-(SIGKILL to its process group: raylet, workers, object store). Ray Train's failure policy
+over HTTP and runs one Ray Train worker on each node (``SEQATTN_RAY_PLACEMENT=SPREAD``); once it
+has checkpointed, one worker node is killed whole (SIGKILL to its process group: raylet, workers,
+object store). Ray Train's failure policy
 (``FailureConfig(max_failures=2)`` in :mod:`pipelines.ray_job`) must start a new worker group on
 the surviving node, resume, and publish; the versions published before stay byte-for-byte.
 """
@@ -69,7 +70,8 @@ def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monke
 
     monkeypatch.setenv("RAY_ADDRESS", nodes.address)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    server = ServerProcess(home, [root]).start(timeout=120)
+    # SPREAD, as docker-compose.yml and the Kubernetes API set it: one Ray Train worker per node.
+    server = ServerProcess(home, [root], ray_placement="SPREAD").start(timeout=120)
     try:
         client = httpx.Client(base_url=server.url, timeout=30)
         spec = job_spec(NAME, selection={"features": 4},
@@ -78,20 +80,20 @@ def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monke
         assert created.status_code == 202, created.text
         job_id = created.json()["id"]
 
-        # Mid-job: the run has a registered checkpoint and a worker node holds a Ray Train worker.
-        deadline, victim, seen = time.monotonic() + 240, None, set()
-        while victim is None:
+        # Mid-job: the run has a registered checkpoint and each worker node holds a Ray Train worker.
+        deadline, seen = time.monotonic() + 240, set()
+        while not seen:
             job = client.get(f"/v1/jobs/{job_id}").json()
             assert job["state"] in ("queued", "running"), f"job ended before a node could be killed: {job}\n{server.log()}"
-            assert time.monotonic() < deadline, f"no checkpointed Ray Train run to interrupt: {job}\n{server.log()}"
+            assert time.monotonic() < deadline, (f"no checkpointed run with a worker on each node: {_train_workers(nodes)} "
+                                                 f"{job}\n{server.log()}")
             workers = _train_workers(nodes)
-            if _checkpointed(home, job_id) and any(workers.values()):
-                victim = next(i for i, w in workers.items() if w)
+            if _checkpointed(home, job_id) and len(workers) == 2 and all(workers.values()):
                 seen = set().union(*workers.values())
             else:
                 time.sleep(0.2)
+        victim, survivor = 2, 1
         nodes.kill(nodes.procs[victim])
-        survivor = 3 - victim
 
         # The failure policy starts a new worker group, on the one node left.
         restarted: set[int] = set()

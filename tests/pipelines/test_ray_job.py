@@ -201,3 +201,17 @@ def test_more_workers_than_the_cluster_holds_is_a_clear_error(cluster, planted):
         run_job(_spec(path, 16))
     assert err.value.field == "training.num_workers" and "the Ray cluster has 4" in err.value.message
     assert time.perf_counter() - start < 10
+
+
+def test_placement_comes_from_the_option_then_the_environment(monkeypatch):
+    from pipelines.ray_job import PLACEMENT_ENV, _placement
+
+    monkeypatch.delenv(PLACEMENT_ENV, raising=False)
+    assert _placement(RayOptions()) == "PACK"
+    monkeypatch.setenv(PLACEMENT_ENV, "spread")
+    assert _placement(RayOptions()) == "SPREAD"
+    assert _placement(RayOptions(placement_strategy="PACK")) == "PACK"
+    monkeypatch.setenv(PLACEMENT_ENV, "everywhere")
+    with pytest.raises(SpecError) as err:
+        _placement(RayOptions())
+    assert err.value.field == PLACEMENT_ENV and "SPREAD" in err.value.message
