@@ -502,6 +502,7 @@ def dashboard_lines(cfg: ServingBench, pairs: list[DashboardPair]) -> list[str]:
     pages = np.concatenate([p.pages for p in pairs]) * 1e3
     pooled = [np.quantile(np.concatenate([getattr(p, side).latencies for p in pairs]), 0.99) * 1e3
               for side in ("closed", "opened")]
+    quiet = min(range(len(pairs)), key=lambda k: pairs[k].closed.ms(0.99) + pairs[k].opened.ms(0.99))
     rows = [f"| {k + 1}{' (open first)' if k % 2 else ''} | {p.closed.ms(0.5):.3f} | {p.closed.ms(0.99):.3f} | "
             f"{p.opened.ms(0.5):.3f} | {p.opened.ms(0.99):.3f} | {r:.2f} | {p.closed_in_app:.2%} | "
             f"{p.opened_in_app:.2%} | {p.closed.errors + p.opened.errors} |"
@@ -526,6 +527,12 @@ def dashboard_lines(cfg: ServingBench, pairs: list[DashboardPair]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
+        f"The quietest pair (lowest p99 of its two runs together, pair {quiet + 1}) gives a ratio of "
+        f"{ratios[quiet]:.2f}. " + (
+            "The pairs disagree widely (their ratios differ by more than 3x): on this shared machine the load of "
+            "other processes comes and goes within seconds and moves a 10 s run's p99 by itself, so no single pair "
+            "decides; read the median and the quietest pair. "
+            if max(ratios) / min(ratios) > 3 else "") +
         "The in-app columns are the server's own histogram of the serving route (request received to last byte "
         "handed to uvicorn) over each run.",
         "",
