@@ -14,8 +14,12 @@ the surviving node, resume, and publish; the versions published before stay byte
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,8 +27,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live_server import API_KEY as AUTH_KEY
 from live_server import AUTH, ServerProcess, job_spec, publish_versions, wait_job
-from ray_nodes import RayNodes
+from ray_nodes import RayNodes, free_port
 
 from pipelines.synth import write_synth
 
@@ -129,3 +134,59 @@ def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monke
         server.stop()
     with sqlite3.connect(home / "seqattn.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "entrypoint.sh"
+
+
+def _entrypoint_env(home: Path, address: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQATTN_")}
+    env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "RAY_ADDRESS": address,
+                "RAY_AUTH_MODE": "disabled", "SEQATTN_HOME": str(home), "SEQATTN_API_KEY": AUTH_KEY})
+    return env
+
+
+def test_the_images_entrypoint_joins_the_cluster_without_cpus_then_serves(nodes, tmp_path):
+    """deploy/entrypoint.sh as the images run it (here with the venv's `ray` and `seqattn`)."""
+    env = _entrypoint_env(tmp_path / "home", nodes.address)
+    synth = subprocess.run(["sh", str(ENTRYPOINT), "synth", "--out", str(tmp_path / "synth"), "--rows", "1000"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert synth.returncode == 0 and (tmp_path / "synth" / "data.parquet").exists(), synth.stderr
+    before = nodes.alive_cpus()
+    port = free_port()
+    log = (tmp_path / "entrypoint.log").open("w")
+    proc = subprocess.Popen(["sh", str(ENTRYPOINT), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "entrypoint.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "entrypoint.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert sorted(before + [0.0]) == nodes.alive_cpus()  # one more node, and it offers no CPU
+    finally:
+        # `seqattn serve` (exec'd: the session's leader), then what `ray start` left in the session
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        for pid in nodes.session_pids(proc):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + 15
+        while nodes.session_pids(proc) and time.monotonic() < end:
+            time.sleep(0.5)
+        for pid in nodes.session_pids(proc):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -37,6 +38,13 @@ deadline = time.time() + float(sys.argv[3])
 while len([n for n in ray.nodes() if n["Alive"]]) < int(sys.argv[2]) and time.time() < deadline:
     time.sleep(0.5)
 print(len([n for n in ray.nodes() if n["Alive"]]))
+"""
+
+
+CPUS_PROBE = """
+import json, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+print(json.dumps(sorted(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])))
 """
 
 
@@ -122,6 +130,13 @@ class RayNodes:
             logs = "\n".join(self.log(p) for p in self.procs[1:])
             raise RuntimeError(f"{alive} of {n} nodes alive: {err[-1000:]}\n{logs}")
         return True
+
+    def alive_cpus(self) -> list[float]:
+        """The logical CPUs of each alive node, sorted (asked from a child process, as above)."""
+        out = subprocess.run([sys.executable, "-c", CPUS_PROBE, self.address], capture_output=True, text=True,
+                             env=self.env, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
     def session_pids(self, proc: subprocess.Popen) -> list[int]:
         """The processes of a node: those in the session that its ``ray start`` leads."""
