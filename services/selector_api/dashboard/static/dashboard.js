@@ -56,7 +56,11 @@ function relative(iso) {
 }
 
 function refreshTimes(root) {
-  root.querySelectorAll("time[datetime]").forEach((t) => { t.textContent = relative(t.getAttribute("datetime")); });
+  root.querySelectorAll("time[datetime]").forEach((t) => {
+    const iso = t.getAttribute("datetime");
+    t.textContent = relative(iso);
+    if (!t.title) t.title = new Date(iso).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  });
 }
 
 // Re-fetch a server-rendered fragment every second while the tab is visible; the server answers
