@@ -24,7 +24,7 @@ import httpx
 import pytest
 from live_server import API_KEY, AUTH, REPO, ServerProcess, job_spec, wait_job
 
-from pipelines.synth import write_partitioned_synth
+from pipelines.synth import write_partitioned_synth, write_synth
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -59,6 +59,14 @@ def chromium() -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Planted data of our own, smaller than the session's (5k rows: a job takes seconds, not tens)."""
+    root = tmp_path_factory.mktemp("dashboard-data")
+    write_synth(root / "synth", rows=5_000, seed=3, n_noise=6)
+    return root
 
 
 @pytest.fixture(scope="module")
