@@ -95,6 +95,17 @@ def test_version_page_shows_selection_order_scores_crosses_dims_budgets_and_the_
     assert "selection_s" in html and "3.50 s" in html and "&#34;max_embedding_mb&#34;: 2.0" in html
 
 
+def test_a_kept_version_page_follows_a_promotion(home: Path) -> None:
+    c = _client(home)
+
+    def header() -> str:
+        return c.get("/dashboard/feature-sets/ctr-main/versions/3").text.split("</h1>")[0]
+
+    assert "badge served" in header() and "badge served" in header()  # the second from the kept page
+    Store(home).promote("ctr-main", 2)
+    assert "badge served" not in header()
+
+
 def test_history_page_charts_versions_and_diffs_each_with_the_previous(home: Path) -> None:
     c = _client(home)
     html = c.get("/dashboard/feature-sets/ctr-main").text

@@ -123,10 +123,17 @@ templates.filters.update(ago=ago, exact=exact, num=num, pct=pct, took=took)
 templates.globals.update(charts=charts)
 
 
-def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = templates.get_template(template).render(request=request, now=datetime.now(timezone.utc), **context)
+def html_of(template: str, **context: Any) -> str:
+    return templates.get_template(template).render(now=datetime.now(timezone.utc), **context)
+
+
+def respond(html: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP,
                                                            "Cache-Control": "no-store"})
+
+
+def render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return respond(html_of(template, **context), status)
 
 
 def page(fn: Callable[..., Response]) -> Callable[..., Response]:
@@ -138,7 +145,7 @@ def page(fn: Callable[..., Response]) -> Callable[..., Response]:
         try:
             return fn(*args, **kwargs)
         except SpecError as exc:
-            return render(kwargs["request"], "error.html", status=status_of(exc), error=exc)
+            return render("error.html", status=status_of(exc), error=exc)
 
     return wrapper
 
@@ -147,27 +154,41 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-_parsed: OrderedDict[tuple[str, str, int], FeatureSet] = OrderedDict()
-_parsed_lock = threading.Lock()
+class Memo:
+    """A small thread-safe LRU for values that cannot go stale under their key: parsed versions
+    (immutable) and HTML rendered from exactly the state its key names. Page views then cost a
+    lookup, which keeps their CPU time, and the serving route's wait for the GIL, short (bench e)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._items, self._lock = size, OrderedDict[Any, Any](), threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> Any:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
+_parsed, _rendered = Memo(256), Memo(64)
 
 
 def feature_set(service: Service, name: str, version: int) -> FeatureSet:
-    """A version's FeatureSet, parsed from the bytes the serving cache holds (those ``/v1`` serves).
-    Versions are immutable, so the parsed objects are kept too (the newest 256): a page view then
-    costs no parsing, which keeps its CPU time, and the serving route's wait for the GIL, short."""
+    """A version's FeatureSet, parsed from the bytes the serving cache holds (those ``/v1`` serves)."""
     key = (str(service.store.home), name, version)
-    with _parsed_lock:
-        if key in _parsed:
-            _parsed.move_to_end(key)
-            return _parsed[key]
-    try:
-        fs = FeatureSet.model_validate_json(service.cache.version(name, version).body)
-    except SpecError as exc:
-        raise NotFound(exc.field, exc.message) from None
-    with _parsed_lock:
-        _parsed[key] = fs
-        while len(_parsed) > 256:
-            _parsed.popitem(last=False)
+    fs = _parsed.get(key)
+    if fs is None:
+        try:
+            fs = _parsed.put(key, FeatureSet.model_validate_json(service.cache.version(name, version).body))
+        except SpecError as exc:
+            raise NotFound(exc.field, exc.message) from None
     return fs
 
 
@@ -198,7 +219,7 @@ def feature_sets_page(request: Request) -> HTMLResponse:
         fs = feature_set(service, name, promoted.version) if promoted else None
         rows.append({"name": name, "versions": versions, "promoted": promoted, "fs": fs,
                      "budgets": budget_use(fs) if fs else []})
-    return render(request, "feature_sets.html", rows=rows, active="feature-sets")
+    return render("feature_sets.html", rows=rows, active="feature-sets")
 
 
 @router.get("/feature-sets/{name}", response_class=HTMLResponse)
@@ -227,7 +248,7 @@ def history_page(request: Request, name: str) -> HTMLResponse:
     promotions = service.store.promotions(name)
     # What Store.rollback would go back to: the version the current one replaced.
     back_to = next((p["previous_version"] for p in reversed(promotions) if p["version"] == promoted), None)
-    return render(request, "history.html", name=name, rows=list(reversed(rows)), chart=chart, promoted=promoted,
+    return render("history.html", name=name, rows=list(reversed(rows)), chart=chart, promoted=promoted,
                   back_to=back_to, promotions=list(reversed(promotions)), active="feature-sets")
 
 
@@ -237,6 +258,13 @@ def version_page(request: Request, name: str, version: Version) -> HTMLResponse:
     """One version: what was kept and why (scores), crosses, dimensions, budgets, the rest, the job."""
     service = service_of(request)
     check_name(name)
+    # The page is a function of the immutable version, its job (once ended) and which version is
+    # served; the serving cache knows the last in microseconds.
+    served = service.cache.promoted(name)
+    key = ("version", str(service.store.home), name, version, served.version if served else None)
+    cached = _rendered.get(key)
+    if cached is not None:
+        return respond(cached)
     versions = service.store.require_name(name)
     record = next((v for v in versions if v.version == version), None)
     if record is None:
@@ -252,8 +280,8 @@ def version_page(request: Request, name: str, version: Version) -> HTMLResponse:
     dims = [(f.name, float(f.embedding_dim)) for f in kept if f.embedding_dim]
     dims += [(" × ".join(c.features), float(c.embedding_dim)) for c in crosses if c.embedding_dim]
     job = _job(service, fs.job_id)
-    return render(
-        request, "version.html", name=name, record=VersionOut.of(record), fs=fs, kept=kept, crosses=crosses,
+    html = html_of(
+        "version.html", name=name, record=VersionOut.of(record), fs=fs, kept=kept, crosses=crosses,
         others=others, budgets=budget_use(fs), job=job, spec_json=json.dumps(fs.spec.model_dump(mode="json"), indent=2),
         kept_chart=charts.bars([(f"{f.rank}. {f.name}", f.score) for f in kept], scale_max=top,
                                title="attention score of each kept feature, in selection order"),
@@ -261,6 +289,9 @@ def version_page(request: Request, name: str, version: Version) -> HTMLResponse:
                                  title="attention score of each candidate not kept"),
         dims_chart=charts.bars(dims, fmt="{:.0f}", title="embedding dimensions per feature") if dims else None,
         active="feature-sets")
+    if job is None or job.state not in ("queued", "running"):
+        _rendered.put(key, html)
+    return respond(html)
 
 
 def _job(service: Service, job_id: str | None) -> JobOut | None:
@@ -284,6 +315,15 @@ def _jobs(service: Service) -> list[JobRow]:
     return service.store.list_jobs(limit=JOBS_SHOWN)
 
 
+def _jobs_fragment(rows: list[JobRow]) -> tuple[str, Markup]:
+    """The jobs lists' ETag and HTML; the HTML is rendered once per distinct ETag."""
+    etag = _jobs_etag(rows)
+    html = _rendered.get(("jobs", etag))
+    if html is None:
+        html = _rendered.put(("jobs", etag), Markup(html_of("_jobs.html", groups=_job_groups(rows))))
+    return etag, html
+
+
 def _jobs_etag(rows: list[JobRow]) -> str:
     """Changes when any listed job's state, progress, error or result does (not with the clock)."""
     digest = hashlib.sha256(repr([(j.id, j.state, j.progress, j.error_message, j.fs_version, j.fs_decision,
@@ -295,7 +335,7 @@ def _jobs_etag(rows: list[JobRow]) -> str:
 @page
 def jobs_page(request: Request) -> HTMLResponse:
     """Jobs by state (the live part is re-fetched each second by the page's script) and the form."""
-    return render(request, "jobs.html", groups=_job_groups(_jobs(service_of(request))), active="jobs",
+    return render("jobs.html", jobs_html=_jobs_fragment(_jobs(service_of(request)))[1], active="jobs",
                   example=json.dumps(EXAMPLE_SPEC, indent=2))
 
 
@@ -308,7 +348,7 @@ def jobs_live(request: Request) -> Response:
     etag = _jobs_etag(rows)
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    response = render(request, "_jobs.html", groups=_job_groups(rows))
+    response = respond(_jobs_fragment(rows)[1])
     response.headers.update({"ETag": etag, "Cache-Control": "no-cache"})
     return response
 
@@ -330,5 +370,5 @@ def schedules_page(request: Request) -> HTMLResponse:
                 last = None
         rows.append({"row": row, "spec": spec, "last": JobOut.of(last) if last else None,
                      "cadence": f"cron {cadence['cron']}" if cadence.get("cron") else f"every {cadence.get('interval')}"})
-    return render(request, "schedules.html", rows=rows, known=set(service.store.registry.names()),
+    return render("schedules.html", rows=rows, known=set(service.store.registry.names()),
                   active="schedules")
