@@ -1,9 +1,11 @@
 """The optimizers that ``place`` builds around a model (a world of one, CPU)."""
 
+import numpy as np
 import pytest
 import torch
 
 from pipelines.engine import DENSE_LR_SCALE, GATE_LR_SCALE, place
+from seqattn_core.batches import BatchSource
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
 from seqattn_core.pruning import BlockAttention, PruningConfig
 
@@ -22,3 +24,34 @@ def test_tile_logits_feature_gates_and_towers_each_get_their_own_rate():
     assert rate[id(model.feature_attention.logits)] == pytest.approx(0.01 * GATE_LR_SCALE)
     assert rate[id(model.pruner.layers[0].linear.weight)] == pytest.approx(0.01 * DENSE_LR_SCALE)
     assert len(rate) == sum(1 for n, _ in placed.model.named_parameters() if "ebc." not in n)
+
+
+def _table_weights(placed):
+    out = {}
+    for name, value in placed.forward.state_dict().items():
+        if name.startswith("ebc.") and name.endswith(".weight"):
+            shards = value.local_shards() if hasattr(value, "local_shards") else None
+            out[name] = (shards[0].tensor if shards else value).detach().clone()
+    return out
+
+
+def test_one_step_trains_every_table_small_or_large():
+    """A small table must train like a large one (the planner once replicated small tables with a
+    kernel that no optimizer stepped, so they kept their initial rows)."""
+    cfg = LEMConfig(dense=(), sparse=(SparseFeature("small", 8), SparseFeature("large", 100_000)), embedding_dim=16)
+    torch.manual_seed(0)
+    placed = place(LargeEmbeddingModel(cfg, None, device=torch.device("meta")), 0.01)
+    rng = np.random.default_rng(0)
+    n = 256
+    sparse = {name: (rng.integers(0, size, n), np.ones(n, np.int32)) for name, size in (("small", 8), ("large", 100_000))}
+    batch = BatchSource(np.zeros((n, 0), np.float32), sparse, (rng.random(n) < 0.5).astype(np.float32)).batch(0, n)
+    before = _table_weights(placed)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse), batch.labels)
+    placed.optimizer.zero_grad()
+    loss.backward()
+    placed.optimizer.step()
+    after = _table_weights(placed)
+    assert len(before) == 2
+    for name in before:
+        assert not torch.equal(before[name], after[name]), f"{name} did not train"
+    assert {s.sharding_type for s in placed.plan.plan["ebc"].values()} <= {"table_wise", "column_wise"}

@@ -91,7 +91,7 @@ def test_tables_are_sharded_across_the_two_workers(two_workers):
     plan = next(e for e in events if e["kind"] == "plan" and e["stage"] == "selection")
     assert plan["world_size"] == 2
     kinds = {t["sharding_type"] for t in plan["tables"].values()}
-    assert kinds <= {"table_wise", "column_wise", "data_parallel"}  # CPU + gloo: no row_wise
+    assert kinds <= {"table_wise", "column_wise"}  # CPU + gloo: no row_wise, no replicas
     whole_tables = [t["ranks"] for t in plan["tables"].values() if t["sharding_type"] in ("table_wise", "column_wise")]
     # Really sharded: some tables live only on worker 0, others only on worker 1.
     assert [0] in whole_tables and [1] in whole_tables
