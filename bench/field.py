@@ -571,13 +571,6 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
         f"full order is {sum(range(2, 40))} training runs, on the planted data {sum(range(2, 41))}). *Random*: a random order per seed. *All features* is every curve's last "
         "point (k = all).",
         "",
-        "**Caveat found while building this section:** the planner places the small tables (Frappe: daytime, weekday, "
-        "isweekend, homework, cost, weather, country) as `data_parallel` with the `dense` compute kernel, and "
-        "`pipelines/engine.place` gives their weights to no optimizer (the fused optimizer covers only the "
-        "table-wise tables, and the Adam groups skip every `ebc.` parameter), so those tables stay at their random "
-        "initialisation in every model of this report, for every method alike. The tower still reads a distinct "
-        "random vector per id, but embedding-norm methods (group lasso) cannot shrink those fields.",
-        "",
     ]
     for p in probs:
         sub = s[s.problem == p.name]
