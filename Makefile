@@ -9,7 +9,7 @@ TORCHREC:= torchrec==1.8.0
 # A CUDA host gets the CUDA fbgemm-gpu; a CPU host must never get it (see DESIGN.md, "The engine").
 FBGEMM  := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo fbgemm-gpu==1.8.0 || echo fbgemm-gpu-cpu==1.8.0)
 
-.PHONY: setup test test-fast demo bench bench-quick clean browser
+.PHONY: setup test test-fast demo bench bench-quick clean browser screenshots
 
 setup: $(STAMP) browser
 
@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml deploy/constraints.txt Makefile
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The README's dashboard images, taken by the browser tests against a live server with real jobs.
+screenshots: setup
+	SEQATTN_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/services/test_dashboard_browser.py
 
 demo: setup
 	$(VENV)/bin/seqattn demo

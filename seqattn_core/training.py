@@ -89,7 +89,7 @@ def train(
                 if "pruning" in picks:  # ACDC: every pruning phase starts with a fresh optimizer state
                     params += model.pruner.layer_parameters()
                 reset_optimizer_state(gate_optimizer, params)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(StepEvent(stage, epoch, step, total, rows, losses[-1], _count_picks(model)))
         mean_loss = float(np.mean(losses)) if losses else math.nan

@@ -5,8 +5,9 @@ One server for the module: its pages are first seen empty, then two jobs run on 
 (the first promoted, the second ``promote: manual``, so pending), a schedule whose job names a
 missing label fails, and a long job is submitted through the page's own form. The tests check what
 an engineer looks for (selected features, charts, diffs, live progress, the API's message for a bad
-spec, promote and rollback with the API key) and save screenshots to ``docs/img/dashboard-*.png``
-(``SEQATTN_SCREENSHOTS`` overrides the folder) at 1280×800 and 390 wide.
+spec, promote and rollback with the API key) and take screenshots at 1280×800 and 390 wide, into a
+temporary folder, or into ``$SEQATTN_SCREENSHOTS``: ``make screenshots`` refreshes the README's
+``docs/img/dashboard-*.png`` this way (a plain test run leaves the tracked images alone).
 
 Chromium comes from ``make setup`` (apt). Without it these tests skip on a developer's machine and
 FAIL in CI (``CI`` set), so a missing browser can never pass as green.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 WIDE = {"width": 1280, "height": 800}
 NARROW = {"width": 390, "height": 844}
-SHOTS = Path(os.environ.get("SEQATTN_SCREENSHOTS", REPO / "docs" / "img"))
+SHOTS = Path(os.environ.get("SEQATTN_SCREENSHOTS") or Path(tempfile.gettempdir()) / "seqattn-screenshots")
 NAME = "ctr-main"
 
 
@@ -63,9 +65,10 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Planted data of our own, smaller than the session's (5k rows: a job takes seconds, not tens)."""
+    """Planted data of our own (20k rows): enough for the jobs below to find the planted features, so
+    the pages and screenshots show a real selection rather than near-uniform scores."""
     root = tmp_path_factory.mktemp("dashboard-data")
-    write_synth(root / "synth", rows=5_000, seed=3, n_noise=6)
+    write_synth(root / "synth", rows=20_000, seed=3, n_noise=6)
     return root
 
 
@@ -119,10 +122,10 @@ def jobs_run(api: httpx.Client, data_root: Path) -> dict[str, Any]:
     """Real jobs on the planted data: versions 1 (promoted, the first) and 2 (``promote: manual``,
     so pending) of ctr-main, and a scheduled run that fails."""
     shape = {"selection": {"features": 4, "crosses": 1, "embedding_dims": [4, 8, 16]},
-             "constraints": {"max_embedding_mb": 8}}
+             "constraints": {"max_embedding_mb": 8}, "training": {"epochs": 2, "batch_size": 512}}
     specs = [job_spec(NAME, **shape),
-             job_spec(NAME, **{**shape, "selection": {**shape["selection"], "features": 5}}, promote="manual",
-                      training={"seed": 1})]
+             job_spec(NAME, **{**shape, "selection": {**shape["selection"], "features": 5},
+                               "training": {**shape["training"], "seed": 1}}, promote="manual")]
     done = []
     for spec in specs:  # one at a time: each version's diff is against the one before
         r = api.post("/v1/jobs", json=spec, headers=AUTH)
