@@ -43,11 +43,12 @@ screenshots: setup
 demo: setup
 	$(VENV)/bin/seqattn demo
 
+# BENCH_ARGS passes options on, e.g. BENCH_ARGS="--sections g" or "--out /tmp/report.md" (CI).
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: setup
-	$(PY) -m bench.run --quick
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .seqattn
