@@ -59,10 +59,10 @@ class PruningConfig:
     clip: float = 1.0
     min_blocks: int = 64
     weight_decay: float = 0.0  # L2 penalty on the pruned layers' weights (both methods): see the module doc
-    # The tile logits' Adam rate as a multiple of the run's learning rate (10: the feature gates' rate).
-    # docs/pruning_ablation.md tried 0.3, 1 and 10 with clips 1 and 8, with and without weight decay:
-    # none beat block magnitude everywhere, and amplifying fast logits (clip 8, 10x) overfits.
-    logit_lr_scale: float = 10.0
+    # The tile logits' Adam rate as a multiple of the run's learning rate. docs/pruning_ablation.md
+    # tried 0.3, 1 and 10 (the feature gates' rate) with clips 1 and 8, with and without weight decay:
+    # none beat block magnitude everywhere; 1 with clip 1 came closest, and fast logits over-fit.
+    logit_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
