@@ -1,15 +1,15 @@
 """Ablation of SequentialAttention++'s settings against block-magnitude pruning (bench section f).
 
-Section f compares the two methods at the defaults. This grid asks whether any reasonable setting of
-the attention makes it beat magnitude on our data: the clip of the attention weights (1 = they can
-only shrink tiles; 8 = they may amplify them), the tile logits' learning rate (as a multiple of the
-run's), and an L2 penalty on the pruned weights (the paper's reading of the softmax mask as a group
-sparsity penalty needs one; it is given to both methods). Every cell is one run of the product's
-TorchRec LEM, the same as section f's; the runs are independent, so they go to a process pool.
+Section f compares the two methods at the defaults. This grid asks how the attention's settings
+move it against magnitude on our data: what happens to the logits at a phase boundary (``reset``:
+folded into the weights and zeroed; ``carry``: kept into the sparsify phase), the clip of the
+attention weights (1 = they can only shrink tiles; 8 = they may amplify them), the tile logits'
+learning rate (as a multiple of the run's), and an L2 penalty on the pruned weights (the paper's
+reading of the softmax mask as a group sparsity penalty needs one; it is given to both methods).
+Every cell is one run of the product's TorchRec LEM, the same as section f's; the runs are
+independent, so they go to a process pool.
 
-    python -m bench.pruning_ablation --procs 16     # writes docs/pruning_ablation.md
-
-On 2 cores the default grid takes about 30 minutes; it was run on a 16-core machine (see the report).
+    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~15 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from bench import markdown_table
 from bench.datasets import DATA_ROOT, REPO_ROOT
 
 SPARSITIES = (0.9, 0.95)
+LOGITS = ("reset", "carry")
 CLIPS = (1.0, 8.0)
-LR_SCALES = (0.3, 1.0, 10.0)
+LR_SCALES = (1.0, 10.0)
 WEIGHT_DECAYS = (0.0, 1e-3)
 
 
 def _run(args: tuple) -> dict[str, object]:
-    """One cell: (problem, path, seed, method, sparsity, clip, logit_lr_scale, weight_decay, epochs)."""
+    """One cell: (problem, path, seed, method, sparsity, logits, clip, logit_lr_scale, weight_decay, epochs)."""
     import torch
 
     torch.set_num_threads(1)
@@ -44,21 +45,21 @@ def _run(args: tuple) -> dict[str, object]:
     from pipelines.dataset import load_dataset
     from seqattn_core.pruning import PruningConfig
 
-    problem, path, seed, method, sparsity, clip, lr_scale, wd, epochs = args
+    problem, path, seed, method, sparsity, logits, clip, lr_scale, wd, epochs = args
     spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs), seed)
     data = load_dataset(spec.dataset, seed=seed)
-    pruning = PruningConfig(sparsity=sparsity, block=8, method=method, clip=clip, logit_lr_scale=lr_scale,
-                            weight_decay=wd)
-    return {"problem": problem, "seed": seed, "method": method, "sparsity": sparsity, "clip": clip,
+    pruning = PruningConfig(sparsity=sparsity, block=8, method=method, logits=logits, clip=clip,
+                            logit_lr_scale=lr_scale, weight_decay=wd)
+    return {"problem": problem, "seed": seed, "method": method, "sparsity": sparsity, "logits": logits, "clip": clip,
             "lr_scale": lr_scale, "wd": wd, **_train(data, spec, pruning)}
 
 
 def _grid(problems: dict[str, str], seeds: tuple[int, ...], epochs: int) -> list[tuple]:
     cells = []
     for (name, path), seed, sparsity, wd in itertools.product(problems.items(), seeds, SPARSITIES, WEIGHT_DECAYS):
-        cells.append((name, path, seed, "magnitude", sparsity, 1.0, 1.0, wd, epochs))
-        cells += [(name, path, seed, "attention", sparsity, clip, lr, wd, epochs)
-                  for clip, lr in itertools.product(CLIPS, LR_SCALES)]
+        cells.append((name, path, seed, "magnitude", sparsity, "reset", 1.0, 1.0, wd, epochs))
+        cells += [(name, path, seed, "attention", sparsity, logits, clip, lr, wd, epochs)
+                  for logits, clip, lr in itertools.product(LOGITS, CLIPS, LR_SCALES)]
     return cells
 
 
@@ -68,21 +69,25 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
     att = df[df.method == "attention"].copy()
     att["diff"] = att.logloss.values - mag.reindex(list(zip(att.problem, att.sparsity, att.wd, att.seed))).values
     cols = [(p, s) for p in df.problem.unique() for s in SPARSITIES]
+    axes = ["logits", "wd", "clip", "lr_scale"]
     rows = []
-    for (wd, clip, lr), g in att.groupby(["wd", "clip", "lr_scale"]):
+    for (logits, wd, clip, lr), g in att.groupby(axes, sort=False):
         cells = []
         for p, s in cols:
             d = g[(g.problem == p) & (g.sparsity == s)]["diff"]
             cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)})")
-        rows.append([f"{wd:g}", f"{clip:g}", f"{lr:g}"] + cells)
+        rows.append([logits, f"{wd:g}", f"{clip:g}", f"{lr:g}"] + cells)
     base = [[p, f"{s:.0%}", f"{wd:g}", f"{g.logloss.mean():.4f} ± {g.logloss.std(ddof=0):.4f}"]
             for (p, s, wd), g in df[df.method == "magnitude"].groupby(["problem", "sparsity", "wd"], sort=False)]
-    def by(problem: str, column: str, value: float) -> float:
+
+    def by(problem: str, column: str, value: object) -> float:
         return float(att[(att.problem == problem) & (att[column] == value)]["diff"].mean())
 
-    best = att.groupby(["wd", "clip", "lr_scale"])["diff"].mean().idxmin()
-    wins = (att.groupby(["wd", "clip", "lr_scale", "problem", "sparsity"])["diff"].mean() <= 0).groupby(
-        level=[0, 1, 2]).all()
+    def name(key: tuple) -> str:
+        return "{} / wd {:g} / clip {:g} / lr ×{:g}".format(*key)
+
+    best = att.groupby(axes)["diff"].mean().idxmin()
+    wins = (att.groupby(axes + ["problem", "sparsity"])["diff"].mean() <= 0).groupby(level=[0, 1, 2, 3]).all()
     from bench.run import cpu_model
 
     return "\n".join([
@@ -95,21 +100,25 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         "Same model, data, split and schedule as section f of [benchmarks.md](benchmarks.md). Each cell: the "
         "attention method's validation log-loss minus block magnitude's at the same seed, sparsity and weight decay, "
         "mean ± std over seeds (in brackets: seeds where the attention was at most magnitude's). Negative is better "
-        "for SequentialAttention++.",
+        "for SequentialAttention++. *logits*: at a phase boundary the attention is folded into the weights and the "
+        "logits zeroed (`reset`), or the dense phase's logits are kept into the sparsify phase (`carry`).",
         "",
-        markdown_table(["weight decay", "clip", "logit lr ×"] + [f"{p} {s:.0%}" for p, s in cols], rows),
+        markdown_table(["logits", "weight decay", "clip", "logit lr ×"] + [f"{p} {s:.0%}" for p, s in cols], rows),
         "",
         "Block magnitude's own log-loss:",
         "",
         markdown_table(["data", "sparsity", "weight decay", "log-loss"], base),
         "",
         f"**What this means.** Settings whose mean is at most magnitude's in every column: "
-        f"{', '.join(f'wd {w:g} / clip {c:g} / lr ×{l:g}' for (w, c, l), ok in wins.items() if ok) or 'none'}. "
-        f"The smallest mean difference over all columns is wd {best[0]:g} / clip {best[1]:g} / lr ×{best[2]:g}. "
-        + " ".join(f"{p}: mean difference with clip 1 {by(p, 'clip', 1.0):+.4f}, clip 8 {by(p, 'clip', 8.0):+.4f}; "
-                   f"logit lr ×{LR_SCALES[0]:g} {by(p, 'lr_scale', LR_SCALES[0]):+.4f}, "
-                   f"×{LR_SCALES[-1]:g} {by(p, 'lr_scale', LR_SCALES[-1]):+.4f}."
-                   for p in df.problem.unique()),
+        f"{', '.join(name(k) for k, ok in wins.items() if ok) or 'none'}. "
+        f"The smallest mean difference over all columns is {name(best)}. "
+        + " ".join(f"{p}: mean difference with `reset` {by(p, 'logits', 'reset'):+.4f}, `carry` {by(p, 'logits', 'carry'):+.4f}; "
+                   f"clip 1 {by(p, 'clip', 1.0):+.4f}, clip 8 {by(p, 'clip', 8.0):+.4f}; "
+                   + ", ".join(f"logit lr ×{lr:g} {by(p, 'lr_scale', lr):+.4f}" for lr in LR_SCALES) + "."
+                   for p in df.problem.unique())
+        + " Before the attention was folded into the weights at each boundary (this file's history up to commit "
+        "e5dd205), zeroing the logits made every shrunken tile jump back to full size, and that grid found fast "
+        "logits harmful; the fold removed the jump.",
         "",
     ])
 
@@ -133,7 +142,8 @@ def main() -> None:
             for i, row in enumerate(pool.imap_unordered(_run, cells), 1):
                 rows.append(row)
                 print(f"{i}/{len(cells)} {row['problem']} seed {row['seed']} {row['method']} {row['sparsity']} "
-                      f"clip {row['clip']} lr {row['lr_scale']} wd {row['wd']}: {row['logloss']:.4f}", flush=True)
+                      f"{row['logits']} clip {row['clip']} lr {row['lr_scale']} wd {row['wd']}: {row['logloss']:.4f}",
+                      flush=True)
         seconds = time.perf_counter() - start
     args.out.write_text(report(pd.DataFrame(rows), seconds, args.procs, args.epochs))
     print(f"wrote {args.out}")

@@ -11,9 +11,15 @@ phases over training progress, each cycle being:
    (``t`` in [0, 1]), keeping the tiles with the largest importance ``||W_b|| * attention_b``;
 3. **sparse**: the support is fixed at the target sparsity ``s`` and the kept tiles fine-tune.
 
-The optimizer state of the pruned layers is reset at every phase boundary (and the logits return
-to zero), as in ACDC. **Block-magnitude pruning**, the baseline, is the same schedule with the
-importance ``||W_b||`` alone and no attention. Layers with fewer than ``min_blocks`` tiles stay dense.
+The optimizer state of the pruned layers is reset at every phase boundary, as in ACDC. There the
+attention is first folded into the weights (``W <- W * a``, so the layer computes the same function)
+and the logits return to zero: the dense phase's mask thus lives on in the tile norms that choose the
+support, and the sparsify phase's fresh logits readjust after each cut. Without the fold, resetting
+the logits would jump every shrunken tile back to full size at each boundary, a discontinuity that
+made fast logits look harmful before the fold (``docs/pruning_ablation.md``).
+
+**Block-magnitude pruning**, the baseline, is the same schedule with the importance ``||W_b||`` alone
+and no attention. Layers with fewer than ``min_blocks`` tiles stay dense.
 
 ``weight_decay`` adds ``lambda * ||W||^2`` on the pruned layers' weights (for both methods). With
 the attention method this is what makes the softmax mask a *sparsity* device, the paper's point
@@ -59,10 +65,12 @@ class PruningConfig:
     clip: float = 1.0
     min_blocks: int = 64
     weight_decay: float = 0.0  # L2 penalty on the pruned layers' weights (both methods): see the module doc
-    # The tile logits' Adam rate as a multiple of the run's learning rate. docs/pruning_ablation.md
-    # tried 0.3, 1 and 10 (the feature gates' rate) with clips 1 and 8, with and without weight decay:
-    # none beat block magnitude everywhere; 1 with clip 1 came closest, and fast logits over-fit.
-    logit_lr_scale: float = 1.0
+    # The tile logits' Adam rate as a multiple of the run's learning rate; 10 is the feature gates'
+    # rate. docs/pruning_ablation.md compares 1, 10 and 30 with clips 1 and 8.
+    logit_lr_scale: float = 10.0
+    # "reset": fold the attention and zero the logits at every phase boundary; "carry": keep the dense
+    # phase's logits (unfolded) into the sparsify phase. Equal within the seed spread in the ablation.
+    logits: Literal["carry", "reset"] = "reset"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
@@ -75,6 +83,8 @@ class PruningConfig:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if self.logit_lr_scale <= 0:
             raise ValueError(f"logit_lr_scale: must be > 0, got {self.logit_lr_scale}")
+        if self.logits not in ("carry", "reset"):
+            raise ValueError(f"logits: must be 'carry' or 'reset', got {self.logits!r}")
         if self.cycles < 1:
             raise ValueError(f"cycles: must be >= 1, got {self.cycles}")
         if len(self.phase_fractions) != 3 or min(self.phase_fractions) <= 0:
@@ -185,6 +195,13 @@ class BlockSparseLinear(nn.Module):
         self.mask.copy_(mask.view_as(self.mask))
 
     @torch.no_grad()
+    def fold_attention(self) -> None:
+        """Multiply the attention into the weight and zero the logits: the layer computes the same."""
+        if self.attention is not None:
+            self.linear.weight.copy_(self.effective_weight())
+            self.attention.logits.zero_()
+
+    @torch.no_grad()
     def release(self) -> None:
         """Free every tile again (ACDC's dense phase): pruned tiles restart from zero."""
         w = self.linear.weight
@@ -280,14 +297,15 @@ class BlockSparsifier(nn.Module):
         index = self.config.phase_at(progress)
         kind = self.config.phases()[index][0]
         new_phase = index != int(self.phase)
+        carry = kind == "sparsify" and self.config.logits == "carry"
         for layer in self.layers:
+            if new_phase and not carry:
+                layer.fold_attention()
             if kind == "dense":
                 if new_phase:
                     layer.release()
             else:
                 layer.prune_to(self.config.sparsity_at(progress))
-            if new_phase and layer.attention is not None:
-                layer.attention.logits.zero_()
         self.phase.fill_(index)
         return new_phase
 

@@ -59,6 +59,29 @@ def test_pruned_tiles_are_exactly_zero_and_dense_phase_restarts_them_from_zero()
     assert layer.mask.all() and torch.all(layer.linear.weight[pruned] == 0)
 
 
+
+@pytest.mark.parametrize("logits", ["reset", "carry"])
+def test_phase_boundaries_fold_the_attention_so_the_layer_computes_the_same(logits):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    cfg = PruningConfig(sparsity=0.75, block=8, min_blocks=16, logits=logits)
+    sparsifier = BlockSparsifier.wrap(mlp, cfg)
+    x = torch.randn(16, 64)
+    for kind, start, end in cfg.phases()[1:]:
+        for layer in sparsifier.layers:  # as if the logits had trained during the phase before
+            layer.attention.logits.data.normal_()
+        before = [layer.attention.logits.clone() for layer in sparsifier.layers]
+        y = mlp(x)
+        # a phase that starts at a boundary shared with the one before: the sparsify phase owns its
+        # start, the other phases begin just after it
+        assert sparsifier.update(start if kind == "sparsify" else start + 1e-9)
+        assert torch.allclose(mlp(x), y, atol=1e-5), kind
+        for layer, old in zip(sparsifier.layers, before):
+            carried = logits == "carry" and kind == "sparsify"
+            assert torch.equal(layer.attention.logits, old if carried else torch.zeros_like(old)), kind
+        sparsifier.update(end - 1e-9 if kind == "dense" else end)  # a dense phase does not own its end
+    assert sparsifier.block_sparsity() == pytest.approx(0.75)
+
 def _planted(n=4000, seed=0):
     rng = np.random.default_rng(seed)
     ids = {k: rng.integers(0, 20, n) for k in ("a", "b")}
@@ -129,6 +152,8 @@ def test_bad_config_names_the_field():
         PruningConfig(sparsity=0.5, weight_decay=-1e-3)
     with pytest.raises(ValueError, match="^logit_lr_scale:"):
         PruningConfig(sparsity=0.5, logit_lr_scale=0.0)
+    with pytest.raises(ValueError, match="^logits:"):
+        PruningConfig(sparsity=0.5, logits="keep")
 
 
 def test_weight_decay_penalises_only_the_pruned_weights_and_trains_them_smaller():
