@@ -32,7 +32,7 @@ SPARSITIES = (0.9, 0.95)
 LOGITS = ("reset", "carry")
 CLIPS = (1.0, 8.0)
 LR_SCALES = (1.0, 10.0)
-WEIGHT_DECAYS = (0.0, 1e-3)
+WEIGHT_DECAYS = (0.0, 1.0)
 
 
 def _run(args: tuple) -> dict[str, object]:
@@ -116,9 +116,8 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
                    f"clip 1 {by(p, 'clip', 1.0):+.4f}, clip 8 {by(p, 'clip', 8.0):+.4f}; "
                    + ", ".join(f"logit lr ×{lr:g} {by(p, 'lr_scale', lr):+.4f}" for lr in LR_SCALES) + "."
                    for p in df.problem.unique())
-        + " Before the attention was folded into the weights at each boundary (this file's history up to commit "
-        "e5dd205), zeroing the logits made every shrunken tile jump back to full size, and that grid found fast "
-        "logits harmful; the fold removed the jump.",
+        + " (Before commit bb1fcfa the attention was not folded into the weights at a boundary, so zeroing the "
+        "logits made every shrunken tile jump back to full size; this grid is after the fix.)",
         "",
     ])
 

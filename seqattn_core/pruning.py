@@ -13,10 +13,10 @@ phases over training progress, each cycle being:
 
 The optimizer state of the pruned layers is reset at every phase boundary, as in ACDC. There the
 attention is first folded into the weights (``W <- W * a``, so the layer computes the same function)
-and the logits return to zero: the dense phase's mask thus lives on in the tile norms that choose the
-support, and the sparsify phase's fresh logits readjust after each cut. Without the fold, resetting
-the logits would jump every shrunken tile back to full size at each boundary, a discontinuity that
-made fast logits look harmful before the fold (``docs/pruning_ablation.md``).
+and the logits return to zero, except (by default, ``logits="carry"``) from the dense phase into the
+sparsify phase: there the logits the dense phase trained keep scaling the tiles that the sparsify
+phase ranks, and go on adjusting after each cut. Without the fold, zeroing the logits would make
+every shrunken tile jump back to full size at a boundary.
 
 **Block-magnitude pruning**, the baseline, is the same schedule with the importance ``||W_b||`` alone
 and no attention. Layers with fewer than ``min_blocks`` tiles stay dense.
@@ -65,12 +65,14 @@ class PruningConfig:
     clip: float = 1.0
     min_blocks: int = 64
     weight_decay: float = 0.0  # L2 penalty on the pruned layers' weights (both methods): see the module doc
-    # The tile logits' Adam rate as a multiple of the run's learning rate; 10 is the feature gates'
-    # rate. docs/pruning_ablation.md compares 1, 10 and 30 with clips 1 and 8.
-    logit_lr_scale: float = 10.0
-    # "reset": fold the attention and zero the logits at every phase boundary; "carry": keep the dense
-    # phase's logits (unfolded) into the sparsify phase. Equal within the seed spread in the ablation.
-    logits: Literal["carry", "reset"] = "reset"
+    # The tile logits' Adam rate as a multiple of the run's learning rate. docs/pruning_ablation.md
+    # compares 1 and 10 (the feature gates' rate) with clips 1 and 8: faster logits or a clip that
+    # lets tiles grow over-fit the planted data.
+    logit_lr_scale: float = 1.0
+    # "carry": keep the dense phase's logits into the sparsify phase, so the mask the dense phase
+    # trained picks the support (the paper's reading); "reset": fold the attention and zero the logits
+    # at every boundary. The two are within the seed spread of each other in the ablation.
+    logits: Literal["carry", "reset"] = "carry"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
