@@ -123,7 +123,7 @@ def test_pruning_section_prunes_the_retrained_tower_and_keeps_the_chosen_heads(p
     path, truth = planted
     fs = run_job(_spec(path, truth, selection={"crosses": 0, "embedding_dims": []},
                        training={"interaction": "autoint", "attention_heads": 4, "epochs": 1},
-                       pruning={"sparsity": 0.9, "block": 8, "heads": 2}))
+                       pruning={"sparsity": 0.9, "block": 8, "heads": 2, "weight_decay": 0.1}))
     p = fs.pruning
     assert p is not None and p.method == "attention" and len(p.layers) >= 1
     assert p.block_sparsity == pytest.approx(0.9, abs=0.01)
