@@ -66,8 +66,8 @@ class PruningConfig:
     min_blocks: int = 64
     weight_decay: float = 0.0  # L2 penalty on the pruned layers' weights (both methods): see the module doc
     # The tile logits' Adam rate as a multiple of the run's learning rate. docs/pruning_ablation.md
-    # compares 1 and 10 (the feature gates' rate) with clips 1 and 8: faster logits or a clip that
-    # lets tiles grow over-fit the planted data.
+    # compares 1 and 10 (the feature gates' rate) with clips 1 and 8: faster logits, or a clip that
+    # lets tiles grow, do worse on the planted data.
     logit_lr_scale: float = 1.0
     # "carry": keep the dense phase's logits into the sparsify phase, so the mask the dense phase
     # trained picks the support (the paper's reading); "reset": fold the attention and zero the logits
