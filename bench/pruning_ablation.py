@@ -9,7 +9,7 @@ reading of the softmax mask as a group sparsity penalty needs one; it is given t
 Every cell is one run of the product's TorchRec LEM, the same as section f's; the runs are
 independent, so they go to a process pool.
 
-    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~15 min on 2 cores)
+    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~8 min on 2 cores)
 """
 
 from __future__ import annotations

@@ -177,9 +177,8 @@ class PruningSpec(_Strict):
     (``null``: no pruning); ``method`` picks SequentialAttention++'s ``attention`` importance or the
     ``magnitude`` baseline. ``weight_decay`` adds an L2 penalty on the pruned layers' weights
     (``docs/pruning_ablation.md``: 1.0 lowers the planted data's log-loss for both methods and leaves
-    Frappe's about where it was). ``heads`` keeps that many of the
-    ``interaction: autoint`` model's ``attention_heads``, chosen by Sequential Attention over the
-    heads in the selection run.
+    Frappe's about where it was). ``heads`` keeps that many of the ``interaction: autoint`` model's
+    ``attention_heads``, chosen by Sequential Attention over the heads in the selection run.
     """
 
     sparsity: float | None = Field(None, gt=0, lt=1)
