@@ -30,15 +30,12 @@ def _run(args: tuple) -> dict[str, object]:
 
     torch.set_num_threads(1)
     import pipelines.engine as engine
-    from bench.lem import _config, _train_eval
+    from bench.lem import LEMBench, Problem, _config, _spec, _train_eval
     from pipelines.dataset import load_dataset
-    from pipelines.spec import load_spec
 
     name, path, epochs, batch, seed, scale = args
     engine.EMBEDDING_LR_SCALE = scale  # read by engine.place when the optimizers are built
-    spec = load_spec({"name": "lr", "dataset": {"path": path, "label": "label"},
-                      "selection": {"features": None, "crosses": 0, "embedding_dims": []},
-                      "training": {"epochs": epochs, "batch_size": batch, "seed": seed}})
+    spec = _spec(Problem(name, path, ""), LEMBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
     metrics = _train_eval(data, spec, _config(data))
     return {"problem": f"{name}, {epochs} epoch(s), batch {batch}", "seed": seed, "scale": scale,
