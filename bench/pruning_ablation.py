@@ -71,7 +71,7 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
     cols = [(p, s) for p in df.problem.unique() for s in SPARSITIES]
     axes = ["logits", "wd", "clip", "lr_scale"]
     rows = []
-    for (logits, wd, clip, lr), g in att.groupby(axes, sort=False):
+    for (logits, wd, clip, lr), g in att.groupby(axes):  # sorted: the pool returns rows in any order
         cells = []
         for p, s in cols:
             d = g[(g.problem == p) & (g.sparsity == s)]["diff"]
