@@ -87,7 +87,7 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
     plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=dev, plan=plan)
     named = [(n, p) for n, p in dmp.named_parameters() if "ebc." not in n]
-    # SequentialAttention++'s tile logits get their own rate (PruningConfig.logit_lr_scale).
+    # SequentialAttention++'s tile logits get their own rate and eps (PruningConfig.logit_lr_scale, logit_eps).
     tiles = {id(m.logits) for m in model.modules() if isinstance(m, BlockAttention)}
     blocks = [p for n, p in named if id(p) in tiles]
     gates = [p for n, p in named if n.endswith("attention.logits") and id(p) not in tiles]
@@ -96,7 +96,8 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
         [
             {"params": dense, "lr": learning_rate * DENSE_LR_SCALE},
             {"params": gates, "lr": gate_learning_rate or learning_rate * GATE_LR_SCALE},
-            {"params": blocks, "lr": learning_rate * (model.pruner.config.logit_lr_scale if blocks else 1.0)},
+            {"params": blocks, "lr": learning_rate * (model.pruner.config.logit_lr_scale if blocks else 1.0),
+             "eps": model.pruner.config.logit_eps if blocks else 1e-8},
         ]
     )
     return Placed(dmp, model, optimizer, plan)

@@ -8,7 +8,9 @@ phases over training progress, each cycle being:
 
 1. **dense**: every tile is free (tiles pruned in the previous cycle restart from zero);
 2. **sparsify**: the block sparsity rises as ``s * (1 - e^{-4t}) / (1 - e^{-4})`` over the phase
-   (``t`` in [0, 1]), keeping the tiles with the largest importance ``||W_b|| * attention_b``;
+   (``t`` in [0, 1]), keeping the most important tiles: by default those whose weight in use
+   ``||W_b * attention_b||`` is largest (``rank_by="weight"``), or those whose attention logit is
+   largest (``rank_by="logits"``, the mask's own score; see below);
 3. **sparse**: the support is fixed at the target sparsity ``s`` and the kept tiles fine-tune.
 
 The optimizer state of the pruned layers is reset at every phase boundary, as in ACDC. There the
@@ -20,6 +22,12 @@ every shrunken tile jump back to full size at a boundary.
 
 **Block-magnitude pruning**, the baseline, is the same schedule with the importance ``||W_b||`` alone
 and no attention. Layers with fewer than ``min_blocks`` tiles stay dense.
+
+Why two rankings: with ``clip=1`` every tile whose attention is above the mean is capped at 1, so
+the tiles that survive 90 % sparsity differ only by their norm and ``rank_by="weight"`` keeps almost
+the tiles magnitude keeps. Ranking by the logits lets the attention alone pick the support. In
+``docs/pruning_ablation.md`` that wins clearly on the planted data (noise fields, XOR pairs) and
+loses on Frappe, so it is an option, not the default.
 
 ``weight_decay`` adds ``lambda * ||W||^2`` on the pruned layers' weights (for both methods). With
 the attention method this is what makes the softmax mask a *sparsity* device, the paper's point
@@ -65,14 +73,22 @@ class PruningConfig:
     clip: float = 1.0
     min_blocks: int = 64
     weight_decay: float = 0.0  # L2 penalty on the pruned layers' weights (both methods): see the module doc
-    # The tile logits' Adam rate as a multiple of the run's learning rate. docs/pruning_ablation.md
-    # compares 1 and 10 (the feature gates' rate) with clips 1 and 8: faster logits, or a clip that
-    # lets tiles grow, do worse on the planted data.
-    logit_lr_scale: float = 1.0
     # "carry": keep the dense phase's logits into the sparsify phase, so the mask the dense phase
     # trained picks the support (the paper's reading); "reset": fold the attention and zero the logits
     # at every boundary. The two are within the seed spread of each other in the ablation.
     logits: Literal["carry", "reset"] = "carry"
+    # "weight": rank tiles by ||W_b * a_b||; "logits": by the attention logit, the norm breaking ties.
+    rank_by: Literal["weight", "logits"] = "weight"
+    # The tile logits' Adam rate as a multiple of the run's learning rate (None: 1 when ranking by
+    # weight, 100 by logits). docs/pruning_ablation.md compares 1 and 10 with clips 1 and 8 for the
+    # weight ranking: faster logits, or a clip that lets tiles grow, do worse on the planted data.
+    logit_lr_scale: float | None = None
+    # Adam's eps for the tile logits (None: Adam's 1e-8 when ranking by weight, 1e-3 by logits).
+    # Adam moves every logit by about its rate per step whatever the gradient's size, so a tile whose
+    # gradient is tiny but steady gets as large a logit as one that matters. A large eps makes the
+    # steps follow the gradient's size (momentum SGD at rate / eps): a logit then sums how much its
+    # tile lowers the loss, which is what ranking by the logits needs.
+    logit_eps: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
@@ -83,8 +99,17 @@ class PruningConfig:
             raise ValueError(f"method: must be 'attention' or 'magnitude', got {self.method!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.rank_by not in ("weight", "logits"):
+            raise ValueError(f"rank_by: must be 'weight' or 'logits', got {self.rank_by!r}")
+        by_logits = self.rank_by == "logits"
+        if self.logit_lr_scale is None:
+            object.__setattr__(self, "logit_lr_scale", 100.0 if by_logits else 1.0)
+        if self.logit_eps is None:
+            object.__setattr__(self, "logit_eps", 1e-3 if by_logits else 1e-8)
         if self.logit_lr_scale <= 0:
             raise ValueError(f"logit_lr_scale: must be > 0, got {self.logit_lr_scale}")
+        if self.logit_eps <= 0:
+            raise ValueError(f"logit_eps: must be > 0, got {self.logit_eps}")
         if self.logits not in ("carry", "reset"):
             raise ValueError(f"logits: must be 'carry' or 'reset', got {self.logits!r}")
         if self.cycles < 1:
@@ -154,10 +179,12 @@ class BlockSparseLinear(nn.Module):
         True
     """
 
-    def __init__(self, linear: nn.Linear, block: int, method: Method = "attention", clip: float = 1.0) -> None:
+    def __init__(self, linear: nn.Linear, block: int, method: Method = "attention", clip: float = 1.0,
+                 rank_by: Literal["weight", "logits"] = "weight") -> None:
         super().__init__()
         self.linear = linear
         self.block = block
+        self.rank_by = rank_by
         out_f, in_f = linear.weight.shape
         shape = (math.ceil(out_f / block), math.ceil(in_f / block))
         self.register_buffer("mask", torch.ones(shape, dtype=torch.bool, device=linear.weight.device))
@@ -181,11 +208,16 @@ class BlockSparseLinear(nn.Module):
 
     @torch.no_grad()
     def importance(self) -> torch.Tensor:
-        """Frobenius norm of each tile of the weight the layer uses (0 for a masked tile)."""
+        """Per tile: the Frobenius norm of the weight the layer uses (0 for a masked tile), or with
+        ``rank_by="logits"`` the attention logit, the norm (scaled below any logit gap) breaking ties
+        and masked tiles last, so a sparsify phase never brings a cut tile back."""
         w = self.effective_weight()
         padded = F.pad(w, (0, self.mask.shape[1] * self.block - w.shape[1], 0, self.mask.shape[0] * self.block - w.shape[0]))
-        tiles = padded.view(self.mask.shape[0], self.block, self.mask.shape[1], self.block)
-        return tiles.pow(2).sum(dim=(1, 3)).sqrt()
+        norm = padded.view(self.mask.shape[0], self.block, self.mask.shape[1], self.block).pow(2).sum(dim=(1, 3)).sqrt()
+        if self.rank_by == "weight" or self.attention is None:
+            return norm
+        score = self.attention.logits + 1e-6 * norm / norm.max().clamp_min(1e-12)
+        return torch.where(self.mask, score, torch.full_like(score, -math.inf))
 
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
@@ -279,7 +311,7 @@ class BlockSparsifier(nn.Module):
                 out_f, in_f = child.weight.shape
                 if math.ceil(out_f / config.block) * math.ceil(in_f / config.block) < config.min_blocks:
                     continue  # too small to prune: left dense
-                layer = BlockSparseLinear(child, config.block, config.method, config.clip)
+                layer = BlockSparseLinear(child, config.block, config.method, config.clip, config.rank_by)
                 setattr(parent, name, layer)
                 layers.append(layer)
         return cls(layers, config)
