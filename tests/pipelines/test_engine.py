@@ -20,10 +20,23 @@ def test_tile_logits_feature_gates_and_towers_each_get_their_own_rate():
     placed = place(model, 0.01)
     rate = {id(p): group["lr"] for group in placed.optimizer.param_groups for p in group["params"]}
     tiles = [m.logits for m in model.modules() if isinstance(m, BlockAttention)]
-    assert tiles and all(rate[id(p)] == pytest.approx(0.03) for p in tiles)
+    eps = {id(p): group["eps"] for group in placed.optimizer.param_groups for p in group["params"]}
+    assert tiles and all(rate[id(p)] == pytest.approx(0.03) and eps[id(p)] == 1e-8 for p in tiles)
     assert rate[id(model.feature_attention.logits)] == pytest.approx(0.01 * GATE_LR_SCALE)
     assert rate[id(model.pruner.layers[0].linear.weight)] == pytest.approx(0.01 * DENSE_LR_SCALE)
     assert len(rate) == sum(1 for n, _ in placed.model.named_parameters() if "ebc." not in n)
+
+
+def test_tile_logits_ranked_by_their_value_take_sgd_like_steps():
+    cfg = LEMConfig(dense=("d",), sparse=tuple(SparseFeature(f"s{i}", 40) for i in range(3)), embedding_dim=8,
+                    hidden=(128, 64))
+    model = LargeEmbeddingModel(cfg, None, device=torch.device("meta"),
+                                pruning=PruningConfig(sparsity=0.9, rank_by="logits"))
+    placed = place(model, 0.01)
+    tiles = {id(m.logits) for m in model.modules() if isinstance(m, BlockAttention)}
+    groups = [g for g in placed.optimizer.param_groups if any(id(p) in tiles for p in g["params"])]
+    assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == tiles
+    assert groups[0]["lr"] == pytest.approx(1.0) and groups[0]["eps"] == 1e-3
 
 
 def _table_weights(placed):

@@ -147,6 +147,7 @@ def test_specs_are_frozen() -> None:
         (with_("pruning.sparsity", 1.0), "pruning.sparsity", "less than 1"),
         (with_("pruning.method", "random"), "pruning.method", "'attention' or 'magnitude'"),
         (with_("pruning.block", 0), "pruning.block", "greater than or equal to 1"),
+        (with_("pruning.rank_by", "norm"), "pruning.rank_by", "'weight' or 'logits'"),
         (with_("pruning.weight_decay", -0.1), "pruning.weight_decay", "greater than or equal to 0"),
         (with_("pruning.heads", 2), "pruning.heads", "needs training.interaction: autoint"),
         (with_("training.interaction", "dlrm"), "training.interaction", "'dcn' or 'autoint'"),

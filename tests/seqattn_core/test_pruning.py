@@ -34,11 +34,11 @@ def test_sparsity_at_every_phase_boundary(cycles):
             assert cfg.sparsity_at(start) == 0.9 and cfg.sparsity_at(end) == 0.9
 
 
-@pytest.mark.parametrize("method", ["attention", "magnitude"])
-def test_masks_follow_the_schedule_and_small_layers_stay_dense(method):
+@pytest.mark.parametrize("method, rank_by", [("attention", "weight"), ("attention", "logits"), ("magnitude", "weight")])
+def test_masks_follow_the_schedule_and_small_layers_stay_dense(method, rank_by):
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
-    cfg = PruningConfig(sparsity=0.9, block=8, method=method)
+    cfg = PruningConfig(sparsity=0.9, block=8, method=method, rank_by=rank_by)
     sparsifier = BlockSparsifier.wrap(mlp, cfg)
     assert [type(m) for m in mlp] == [BlockSparseLinear, nn.ReLU, nn.Linear]  # 64 -> 1 has 8 tiles: dense
     for kind, start, end in cfg.phases():
@@ -58,6 +58,38 @@ def test_pruned_tiles_are_exactly_zero_and_dense_phase_restarts_them_from_zero()
     layer.release()
     assert layer.mask.all() and torch.all(layer.linear.weight[pruned] == 0)
 
+
+def test_logit_ranking_keeps_the_largest_logits_and_never_brings_a_cut_tile_back():
+    torch.manual_seed(0)
+    layer = BlockSparseLinear(nn.Linear(64, 64), block=8, method="attention", rank_by="logits")  # 8 x 8 tiles
+    with torch.no_grad():
+        layer.attention.logits.copy_(torch.randn(8, 8) * 0.1)
+        layer.linear.weight[:8, :8] *= 100  # the largest tile by norm, with the smallest logit
+        layer.attention.logits[0, 0] = -1.0
+    layer.prune_to(0.5)
+    top = torch.argsort(layer.attention.logits.flatten(), descending=True)[:32]
+    assert set(layer.mask.flatten().nonzero().flatten().tolist()) == set(top.tolist())
+    assert not layer.mask[0, 0]  # ranking by weight would have kept it first
+    cut = (~layer.mask).nonzero()[0]
+    with torch.no_grad():
+        layer.attention.logits[tuple(cut)] = 10.0  # a cut tile's logit rises above every kept one
+    layer.prune_to(0.75)
+    assert not layer.mask[tuple(cut)] and layer.block_sparsity() == 0.75
+    # Equal logits (as after a reset): the weight's norm breaks the tie.
+    layer.release()
+    with torch.no_grad():
+        layer.attention.logits.zero_()
+        layer.linear.weight[:8, :8] = torch.randn(8, 8) * 100
+    layer.prune_to(63 / 64)
+    assert layer.mask[0, 0]
+
+
+def test_logit_ranking_gets_sgd_like_logits_unless_told_otherwise():
+    assert (PruningConfig(sparsity=0.5).logit_lr_scale, PruningConfig(sparsity=0.5).logit_eps) == (1.0, 1e-8)
+    by_logits = PruningConfig(sparsity=0.5, rank_by="logits")
+    assert (by_logits.logit_lr_scale, by_logits.logit_eps) == (100.0, 1e-3)
+    own = PruningConfig(sparsity=0.5, rank_by="logits", logit_lr_scale=3.0, logit_eps=1e-6)
+    assert (own.logit_lr_scale, own.logit_eps) == (3.0, 1e-6)
 
 
 @pytest.mark.parametrize("logits", ["reset", "carry"])
@@ -154,6 +186,10 @@ def test_bad_config_names_the_field():
         PruningConfig(sparsity=0.5, logit_lr_scale=0.0)
     with pytest.raises(ValueError, match="^logits:"):
         PruningConfig(sparsity=0.5, logits="keep")
+    with pytest.raises(ValueError, match="^rank_by:"):
+        PruningConfig(sparsity=0.5, rank_by="norm")
+    with pytest.raises(ValueError, match="^logit_eps:"):
+        PruningConfig(sparsity=0.5, logit_eps=0.0)
 
 
 def test_weight_decay_penalises_only_the_pruned_weights_and_trains_them_smaller():
