@@ -6,10 +6,13 @@ folded into the weights and zeroed; ``carry``: kept into the sparsify phase), th
 attention weights (1 = they can only shrink tiles; 8 = they may amplify them), the tile logits'
 learning rate (as a multiple of the run's), and an L2 penalty on the pruned weights (the paper's
 reading of the softmax mask as a group sparsity penalty needs one; it is given to both methods).
-Every cell is one run of the product's TorchRec LEM, the same as section f's; the runs are
-independent, so they go to a process pool.
+A second study ranks the tiles two ways (``PruningConfig.rank_by``: the tile's norm in use, or the
+attention logits) on seeds section f does not use, and with more rows (planted 400k and 1M) or more
+steps (Frappe: 6 epochs, or batch 256), against block magnitude. Every cell is one run of the
+product's TorchRec LEM, the same as section f's; the runs are independent, so they go to a process
+pool.
 
-    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~8 min on 2 cores)
+    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~25 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -33,10 +36,17 @@ LOGITS = ("reset", "carry")
 CLIPS = (1.0, 8.0)
 LR_SCALES = (1.0, 10.0)
 WEIGHT_DECAYS = (0.0, 1.0)
+# The ranking study: (data, planted rows or None for Frappe, epochs, batch, seeds). Section f runs
+# seeds 0-2 at 3 epochs, batch 1024 on 100k planted rows; the first two lines use other seeds.
+REGIMES = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)),
+           ("planted", 400_000, 3, 1024, range(5)), ("planted", 1_000_000, 3, 1024, range(3)),
+           ("Frappe", None, 6, 1024, range(5)), ("Frappe", None, 3, 256, range(5)))
+RANKINGS = {"magnitude": {"method": "magnitude"}, "SA++, by weight": {"rank_by": "weight"},
+            "SA++, by logits": {"rank_by": "logits"}}
 
 
-def _run(args: tuple) -> dict[str, object]:
-    """One cell: (problem, path, seed, method, sparsity, logits, clip, logit_lr_scale, weight_decay, epochs)."""
+def _run(cell: tuple) -> dict[str, object]:
+    """One run: (problem, rows, path, seed, epochs, batch, sparsity, variant, PruningConfig settings)."""
     import torch
 
     torch.set_num_threads(1)
@@ -45,26 +55,70 @@ def _run(args: tuple) -> dict[str, object]:
     from pipelines.dataset import load_dataset
     from seqattn_core.pruning import PruningConfig
 
-    problem, path, seed, method, sparsity, logits, clip, lr_scale, wd, epochs = args
-    spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs), seed)
+    problem, rows, path, seed, epochs, batch, sparsity, variant, settings = cell
+    spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
-    pruning = PruningConfig(sparsity=sparsity, block=8, method=method, logits=logits, clip=clip,
-                            logit_lr_scale=lr_scale, weight_decay=wd)
-    return {"problem": problem, "seed": seed, "method": method, "sparsity": sparsity, "logits": logits, "clip": clip,
-            "lr_scale": lr_scale, "wd": wd, **_train(data, spec, pruning)}
+    return {"problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
+            "variant": variant, **settings, **_train(data, spec, PruningConfig(sparsity=sparsity, block=8, **settings))}
 
 
 def _grid(problems: dict[str, str], seeds: tuple[int, ...], epochs: int) -> list[tuple]:
     cells = []
     for (name, path), seed, sparsity, wd in itertools.product(problems.items(), seeds, SPARSITIES, WEIGHT_DECAYS):
-        cells.append((name, path, seed, "magnitude", sparsity, "reset", 1.0, 1.0, wd, epochs))
-        cells += [(name, path, seed, "attention", sparsity, logits, clip, lr, wd, epochs)
-                  for logits, clip, lr in itertools.product(LOGITS, CLIPS, LR_SCALES)]
+        grid = [("magnitude", "reset", 1.0, 1.0)] + [("attention", *x) for x in itertools.product(LOGITS, CLIPS, LR_SCALES)]
+        cells += [(name, None, path, seed, epochs, 1024, sparsity, "grid",
+                   {"method": m, "logits": logits, "clip": clip, "logit_lr_scale": lr, "weight_decay": wd})
+                  for m, logits, clip, lr in grid]
     return cells
 
 
+def _rankings(paths: dict[tuple[str, int | None], str]) -> list[tuple]:
+    return [(name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, settings)
+            for name, rows, epochs, batch, seeds in REGIMES for seed in seeds for sparsity in SPARSITIES
+            for variant, settings in RANKINGS.items()]
+
+
+def ranking_report(df: pd.DataFrame) -> str:
+    """Each ranking's log-loss (and AUC) minus magnitude's, paired by seed, per regime and sparsity."""
+    df = df.assign(regime=[f"{p}{f' {int(r) // 1000}k' if r == r else ''}, {e} epochs, batch {b}"
+                           for p, r, e, b in zip(df.problem, df.rows, df.epochs, df.batch)])
+    keys = ["regime", "sparsity", "seed"]
+    mag = df[df.variant == "magnitude"].set_index(keys).sort_index()
+    rows, wins = [], {}
+    for (problem, regime, s), g in df[df.variant != "magnitude"].groupby(["problem", "regime", "sparsity"], sort=False):
+        seeds = sorted(g.seed.unique())
+        cells = [regime, f"{s:.0%}", f"{seeds[0]}-{seeds[-1]}", f"{mag.loc[(regime, s)].logloss.mean():.4f}"]
+        for variant in list(RANKINGS)[1:]:
+            v = g[g.variant == variant].set_index(keys)
+            d, auc = (v[m] - mag[m].reindex(v.index) for m in ("logloss", "auc"))
+            won, cells_ = wins.get((variant, problem), (0, 0))
+            wins[variant, problem] = (won + int(d.mean() <= 0), cells_ + 1)
+            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)}); AUC {auc.mean():+.4f}")
+        rows.append(cells)
+    return "\n".join([
+        "## Ranking the tiles by weight or by the attention logits",
+        "",
+        "`rank_by: weight` (the default) keeps the tiles whose weight in use, `||W_b * a_b||`, is largest. With the "
+        "attention clipped at 1, every tile above the mean attention is capped, so the kept tiles differ only by "
+        "their norm and this ranking keeps nearly magnitude's tiles. `rank_by: logits` keeps the tiles with the "
+        "largest attention logits (the mask's own score) and gives the logits momentum-SGD-like steps (Adam eps "
+        "1e-3, rate x100), so a logit sums how much its tile lowers the loss. Each cell: log-loss minus block "
+        "magnitude's at the same seed, mean ± std (seeds at or below magnitude's); then the AUC difference. The "
+        "first two regimes are section f's on other seeds.",
+        "",
+        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + list(RANKINGS)[1:], rows),
+        "",
+        "**What this means.** Cells where the mean is at most magnitude's: "
+        + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in wins.items()) + ".",
+        "",
+    ])
+
+
 def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
-    """Log-loss of each attention setting minus magnitude's (same seed, sparsity and weight decay)."""
+    """Log-loss of each attention setting minus magnitude's (same seed, sparsity and weight decay),
+    then :func:`ranking_report` on the ranking study's runs."""
+    runs, rankings = len(df), df[df.variant != "grid"]
+    df = df[df.variant == "grid"].rename(columns={"logit_lr_scale": "lr_scale", "weight_decay": "wd"})
     mag = df[df.method == "magnitude"].set_index(["problem", "sparsity", "wd", "seed"]).logloss
     att = df[df.method == "attention"].copy()
     att["diff"] = att.logloss.values - mag.reindex(list(zip(att.problem, att.sparsity, att.wd, att.seed))).values
@@ -95,9 +149,11 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         "",
         f"*Generated by `python -m bench.pruning_ablation --procs {procs}` on "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC ({os.cpu_count()} CPUs, {cpu_model()}; {seconds / 60:.1f} min; "
-        f"{len(df)} runs of {epochs} epochs, one thread each).*",
+        f"{runs} runs, one thread each).*",
         "",
-        "Same model, data, split and schedule as section f of [benchmarks.md](benchmarks.md). Each cell: the "
+        "## The attention's settings",
+        "",
+        f"Same model, data, split, schedule and {epochs} epochs as section f of [benchmarks.md](benchmarks.md). Each cell: the "
         "attention method's validation log-loss minus block magnitude's at the same seed, sparsity and weight decay, "
         "mean ± std over seeds (in brackets: seeds where the attention was at most magnitude's). Negative is better "
         "for SequentialAttention++. *logits*: at a phase boundary the attention is folded into the weights and the "
@@ -119,6 +175,7 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         + " (Before commit bb1fcfa the attention was not folded into the weights at a boundary, so zeroing the "
         "logits made every shrunken tile jump back to full size; this grid is after the fix.)",
         "",
+        ranking_report(rankings),
     ])
 
 
@@ -132,17 +189,21 @@ def main() -> None:
     from pipelines.synth import write_synth
 
     with tempfile.TemporaryDirectory() as work:
-        write_synth(Path(work) / "planted", rows=100_000, seed=0, n_noise=6)  # section f's planted problem
-        problems = {"Frappe": str(DATA_ROOT / "frappe" / "frappe.parquet"), "planted": str(Path(work) / "planted")}
-        cells = _grid(problems, tuple(range(args.seeds)), args.epochs)
+        paths = {("Frappe", None): str(DATA_ROOT / "frappe" / "frappe.parquet")}
+        for rows in sorted({r for _, r, *_ in REGIMES if r}):  # 100k is section f's planted problem
+            paths["planted", rows] = str(Path(work) / f"planted{rows}")
+            write_synth(Path(paths["planted", rows]), rows=rows, seed=0, n_noise=6)
+        problems = {"Frappe": paths["Frappe", None], "planted": paths["planted", 100_000]}
+        # The longest runs first, so the pool ends together.
+        cells = sorted(_rankings(paths), key=lambda c: -(c[1] or 0) * c[4]) + _grid(problems, tuple(range(args.seeds)), args.epochs)
         start = time.perf_counter()
         with get_context("spawn").Pool(args.procs) as pool:
             rows = []
             for i, row in enumerate(pool.imap_unordered(_run, cells), 1):
                 rows.append(row)
-                print(f"{i}/{len(cells)} {row['problem']} seed {row['seed']} {row['method']} {row['sparsity']} "
-                      f"{row['logits']} clip {row['clip']} lr {row['lr_scale']} wd {row['wd']}: {row['logloss']:.4f}",
-                      flush=True)
+                print(f"{i}/{len(cells)} {row['problem']} seed {row['seed']} {row['variant']} {row['sparsity']} "
+                      f"{ {k: row[k] for k in ('method', 'rank_by', 'logits', 'clip', 'logit_lr_scale', 'weight_decay') if k in row} }: "
+                      f"{row['logloss']:.4f}", flush=True)
         seconds = time.perf_counter() - start
     args.out.write_text(report(pd.DataFrame(rows), seconds, args.procs, args.epochs))
     print(f"wrote {args.out}")
