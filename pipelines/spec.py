@@ -176,10 +176,10 @@ class PruningSpec(_Strict):
     ``sparsity`` prunes the hidden layers of the MLP tower into ``block`` x ``block`` tiles
     (``null``: no pruning); ``method`` picks SequentialAttention++'s ``attention`` importance or the
     ``magnitude`` baseline; ``rank_by`` is how the attention picks the tiles it keeps: ``weight``
-    (the tile's norm in use) or ``logits`` (the attention's own score; better on the planted data,
-    worse on Frappe: ``docs/pruning_ablation.md``). ``weight_decay`` adds an L2 penalty on the pruned layers' weights
-    (``docs/pruning_ablation.md``: 1.0 lowers the planted data's log-loss for both methods and leaves
-    Frappe's about where it was). ``heads`` keeps that many of the ``interaction: autoint`` model's
+    (the tile's norm in use) or ``logits`` (the attention's own score). ``weight_decay`` adds an L2
+    penalty on the pruned layers' weights. ``docs/pruning_ablation.md`` measures both: ranking by
+    the logits wins on the planted data and loses on Frappe; weight decay 1.0 lowers the planted
+    data's log-loss for both methods and leaves Frappe's about where it was. ``heads`` keeps that many of the ``interaction: autoint`` model's
     ``attention_heads``, chosen by Sequential Attention over the heads in the selection run.
     """
 
