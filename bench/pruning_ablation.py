@@ -99,8 +99,8 @@ def ranking_report(df: pd.DataFrame) -> str:
         "## Ranking the tiles by weight or by the attention logits",
         "",
         "`rank_by: weight` (the default) keeps the tiles whose weight in use, `||W_b * a_b||`, is largest. With the "
-        "attention clipped at 1, every tile above the mean attention is capped, so the kept tiles differ only by "
-        "their norm and this ranking keeps nearly magnitude's tiles. `rank_by: logits` keeps the tiles with the "
+        "attention clipped at 1, every tile above the mean attention is capped, so among the tiles the attention "
+        "favours this ranks by the norm alone, as magnitude does. `rank_by: logits` keeps the tiles with the "
         "largest attention logits (the mask's own score) and gives the logits momentum-SGD-like steps (Adam eps "
         "1e-3, rate x100), so a logit sums how much its tile lowers the loss. Each cell: log-loss minus block "
         "magnitude's at the same seed, mean ± std (seeds at or below magnitude's); then the AUC difference. The "

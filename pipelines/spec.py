@@ -179,8 +179,9 @@ class PruningSpec(_Strict):
     (the tile's norm in use) or ``logits`` (the attention's own score). ``weight_decay`` adds an L2
     penalty on the pruned layers' weights. ``docs/pruning_ablation.md`` measures both: ranking by
     the logits wins on the planted data and loses on Frappe; weight decay 1.0 lowers the planted
-    data's log-loss for both methods and leaves Frappe's about where it was. ``heads`` keeps that many of the ``interaction: autoint`` model's
-    ``attention_heads``, chosen by Sequential Attention over the heads in the selection run.
+    data's log-loss for both methods and leaves Frappe's about where it was. ``heads`` keeps that
+    many of the ``interaction: autoint`` model's ``attention_heads``, chosen by Sequential Attention
+    over the heads in the selection run.
     """
 
     sparsity: float | None = Field(None, gt=0, lt=1)

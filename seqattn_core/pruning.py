@@ -24,10 +24,10 @@ every shrunken tile jump back to full size at a boundary.
 and no attention. Layers with fewer than ``min_blocks`` tiles stay dense.
 
 Why two rankings: with ``clip=1`` every tile whose attention is above the mean is capped at 1, so
-the tiles that survive 90 % sparsity differ only by their norm and ``rank_by="weight"`` keeps almost
-the tiles magnitude keeps. Ranking by the logits lets the attention alone pick the support. In
-``docs/pruning_ablation.md`` that wins clearly on the planted data (noise fields, XOR pairs) and
-loses on Frappe, so it is an option, not the default.
+among the tiles the attention favours ``rank_by="weight"`` ranks by the norm alone, as magnitude
+does; the attention moves the ranking only through the tiles it shrinks. Ranking by the logits lets
+the attention alone pick the support. In ``docs/pruning_ablation.md`` that wins clearly on the
+planted data (noise fields, XOR pairs) and loses on Frappe, so it is an option, not the default.
 
 ``weight_decay`` adds ``lambda * ||W||^2`` on the pruned layers' weights (for both methods). With
 the attention method this is what makes the softmax mask a *sparsity* device, the paper's point
