@@ -91,8 +91,8 @@ def ranking_report(df: pd.DataFrame) -> str:
         for variant in list(RANKINGS)[1:]:
             v = g[g.variant == variant].set_index(keys)
             d, auc = (v[m] - mag[m].reindex(v.index) for m in ("logloss", "auc"))
-            won, cells_ = wins.get((variant, problem), (0, 0))
-            wins[variant, problem] = (won + int(d.mean() <= 0), cells_ + 1)
+            won, seen = wins.get((variant, problem), (0, 0))
+            wins[variant, problem] = (won + int(d.mean() <= 0), seen + 1)
             cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)}); AUC {auc.mean():+.4f}")
         rows.append(cells)
     return "\n".join([
@@ -195,14 +195,14 @@ def main() -> None:
             write_synth(Path(paths["planted", rows]), rows=rows, seed=0, n_noise=6)
         problems = {"Frappe": paths["Frappe", None], "planted": paths["planted", 100_000]}
         # The longest runs first, so the pool ends together.
-        cells = sorted(_rankings(paths), key=lambda c: -(c[1] or 0) * c[4]) + _grid(problems, tuple(range(args.seeds)), args.epochs)
+        cells = sorted(_rankings(paths), key=lambda c: -(c[1] or 0) * c[4])
+        cells += _grid(problems, tuple(range(args.seeds)), args.epochs)
         start = time.perf_counter()
         with get_context("spawn").Pool(args.procs) as pool:
             rows = []
             for i, row in enumerate(pool.imap_unordered(_run, cells), 1):
                 rows.append(row)
-                print(f"{i}/{len(cells)} {row['problem']} seed {row['seed']} {row['variant']} {row['sparsity']} "
-                      f"{ {k: row[k] for k in ('method', 'rank_by', 'logits', 'clip', 'logit_lr_scale', 'weight_decay') if k in row} }: "
+                print(f"{i}/{len(cells)} {row['problem']} seed {row['seed']} {row['variant']} {row['sparsity']}: "
                       f"{row['logloss']:.4f}", flush=True)
         seconds = time.perf_counter() - start
     args.out.write_text(report(pd.DataFrame(rows), seconds, args.procs, args.epochs))
