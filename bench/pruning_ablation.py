@@ -30,6 +30,7 @@ import pandas as pd
 
 from bench import markdown_table
 from bench.datasets import DATA_ROOT, REPO_ROOT
+from bench.pruning import MAGNITUDE, METHODS, SA, SA_LOGITS
 
 SPARSITIES = (0.9, 0.95)
 LOGITS = ("reset", "carry")
@@ -41,8 +42,7 @@ WEIGHT_DECAYS = (0.0, 1.0)
 REGIMES = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)),
            ("planted", 400_000, 3, 1024, range(5)), ("planted", 1_000_000, 3, 1024, range(3)),
            ("Frappe", None, 6, 1024, range(5)), ("Frappe", None, 3, 256, range(5)))
-RANKINGS = {"magnitude": {"method": "magnitude"}, "SA++, by weight": {"rank_by": "weight"},
-            "SA++, by logits": {"rank_by": "logits"}}
+RANKINGS = (SA, SA_LOGITS)  # each against MAGNITUDE, with section f's settings (bench.pruning.METHODS)
 
 
 def _run(cell: tuple) -> dict[str, object]:
@@ -75,7 +75,7 @@ def _grid(problems: dict[str, str], seeds: tuple[int, ...], epochs: int) -> list
 def _rankings(paths: dict[tuple[str, int | None], str]) -> list[tuple]:
     return [(name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, settings)
             for name, rows, epochs, batch, seeds in REGIMES for seed in seeds for sparsity in SPARSITIES
-            for variant, settings in RANKINGS.items()]
+            for variant, settings in METHODS.items()]
 
 
 def ranking_report(df: pd.DataFrame) -> str:
@@ -83,12 +83,12 @@ def ranking_report(df: pd.DataFrame) -> str:
     df = df.assign(regime=[f"{p}{f' {int(r) // 1000}k' if r == r else ''}, {e} epochs, batch {b}"
                            for p, r, e, b in zip(df.problem, df.rows, df.epochs, df.batch)])
     keys = ["regime", "sparsity", "seed"]
-    mag = df[df.variant == "magnitude"].set_index(keys).sort_index()
+    mag = df[df.variant == MAGNITUDE].set_index(keys).sort_index()
     rows, wins = [], {}
-    for (problem, regime, s), g in df[df.variant != "magnitude"].groupby(["problem", "regime", "sparsity"], sort=False):
+    for (problem, regime, s), g in df[df.variant != MAGNITUDE].groupby(["problem", "regime", "sparsity"], sort=False):
         seeds = sorted(g.seed.unique())
         cells = [regime, f"{s:.0%}", f"{seeds[0]}-{seeds[-1]}", f"{mag.loc[(regime, s)].logloss.mean():.4f}"]
-        for variant in list(RANKINGS)[1:]:
+        for variant in RANKINGS:
             v = g[g.variant == variant].set_index(keys)
             d, auc = (v[m] - mag[m].reindex(v.index) for m in ("logloss", "auc"))
             won, seen = wins.get((variant, problem), (0, 0))
@@ -106,7 +106,7 @@ def ranking_report(df: pd.DataFrame) -> str:
         "magnitude's at the same seed, mean ± std (seeds at or below magnitude's); then the AUC difference. The "
         "first two regimes are section f's on other seeds.",
         "",
-        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + list(RANKINGS)[1:], rows),
+        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS], rows),
         "",
         "**What this means.** Cells where the mean is at most magnitude's: "
         + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in wins.items()) + ".",
