@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils import benchmark
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from bench import markdown_table, mean_std
 from bench.lem import Problem, _config, _problems, _spec, _train_eval
@@ -41,7 +42,7 @@ METHODS = {SA: {"method": "attention"}, SA_LOGITS: {"method": "attention", "rank
 ABLATION = ("The logit ranking's settings (rate ×100, Adam eps 1e-3) were chosen on these seeds, so "
             "[pruning_ablation.md](pruning_ablation.md) (`python -m bench.pruning_ablation`) checks both rankings on "
             "other seeds and with more rows or steps; it also ablates the attention's clip, the logits' learning "
-            "rate and weight decay.")
+            "rate and weight decay, and shows which inputs each ranking's kept tiles read.")
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class PruningBench:
     heads_kept: tuple[int, ...] = (1, 2, 4)
 
 
-def _train(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None) -> dict[str, float]:
-    """One run of the LEM (every feature, no crosses) with the tower pruned by ``pruning``."""
+def _train(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None, inspect: bool = False) -> dict[str, object]:
+    """One run of the LEM (every feature, no crosses) with the tower pruned by ``pruning``. With
+    ``inspect``, also the training rows' log-loss and :func:`kept_by_input` of the first pruned layer."""
     config = _config(data)
     names = tuple(f.name for f in config.sparse)
     t = spec.training
@@ -73,7 +75,30 @@ def _train(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None) -
           steps, t.epochs, gate_optimizer=placed.optimizer)
     metrics = _evaluate(placed, _source(data.valid, data, config.dense, names, ()))
     achieved = model.pruner.block_sparsity() if model.pruner is not None else 0.0
-    return {"auc": metrics["auc"], "logloss": metrics["logloss"], "achieved": achieved}
+    out: dict[str, object] = {"auc": metrics["auc"], "logloss": metrics["logloss"], "achieved": achieved}
+    if inspect:
+        out["train_logloss"] = _evaluate(placed, source)["logloss"]
+        if model.pruner is not None:
+            out["kept_by_input"] = kept_by_input(model, next(iter(source.batches(t.batch_size, seed=0))).sparse)
+    return out
+
+
+@torch.no_grad()
+def kept_by_input(model: LargeEmbeddingModel, sparse: KeyedJaggedTensor) -> dict[str, int]:
+    """Kept tiles of the first pruned layer, by the input each tile column reads: ``"dense"`` (the
+    dense projection) or a feature's embedding. The tower's input is the DCN's output, whose column
+    ``j`` is input column ``j`` scaled, so a tile column reads one field (the dims are multiples of the
+    block; a straddling tile counts for its first column)."""
+    if model.interaction is not None:
+        raise ValueError("kept_by_input: with AutoInt the tower's columns are attention heads, not fields")
+    kt = model.embeddings(sparse)  # the KeyedTensor's order is the sharding's, as in forward
+    columns = ["dense"] * (model.config.dense_dim if model.n_dense else 0)
+    columns += [key for key, width in zip(kt.keys(), kt.length_per_key()) for _ in range(width)]
+    layer = model.pruner.layers[0]
+    counts: dict[str, int] = {}
+    for j, kept in enumerate(layer.mask.sum(0).tolist()):
+        counts[columns[j * layer.block]] = counts.get(columns[j * layer.block], 0) + int(kept)
+    return counts
 
 
 def quality(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, object]]:

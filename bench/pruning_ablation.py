@@ -8,7 +8,8 @@ learning rate (as a multiple of the run's), and an L2 penalty on the pruned weig
 reading of the softmax mask as a group sparsity penalty needs one; it is given to both methods).
 A second study ranks the tiles two ways (``PruningConfig.rank_by``: the tile's norm in use, or the
 attention logits) on seeds section f does not use, and with more rows (planted 400k and 1M) or more
-steps (Frappe: 6 epochs, or batch 256), against block magnitude. Every cell is one run of the
+steps (Frappe: 6 epochs, or batch 256), against block magnitude, and shows which inputs each
+method's kept tiles read (:func:`bench.pruning.kept_by_input`). Every cell is one run of the
 product's TorchRec LEM, the same as section f's; the runs are independent, so they go to a process
 pool.
 
@@ -42,6 +43,10 @@ WEIGHT_DECAYS = (0.0, 1.0)
 REGIMES = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)),
            ("planted", 400_000, 3, 1024, range(5)), ("planted", 1_000_000, 3, 1024, range(3)),
            ("Frappe", None, 6, 1024, range(5)), ("Frappe", None, 3, 256, range(5)))
+# inputs_report's regimes: ((problem, rows, epochs, batch), label): section f's two, and Frappe at 6 epochs,
+# where the logit ranking loses clearly.
+INPUTS = ((("Frappe", None, 3, 1024), "Frappe, 3 epochs"), (("Frappe", None, 6, 1024), "Frappe, 6 epochs"),
+          (("planted", 100_000, 3, 1024), "planted 100k, 3 epochs"))
 RANKINGS = (SA, SA_LOGITS)  # each against MAGNITUDE, with section f's settings (bench.pruning.METHODS)
 
 
@@ -58,8 +63,10 @@ def _run(cell: tuple) -> dict[str, object]:
     problem, rows, path, seed, epochs, batch, sparsity, variant, settings = cell
     spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
+    pruning = PruningConfig(sparsity=sparsity, block=8, **settings)
     return {"problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
-            "variant": variant, **settings, **_train(data, spec, PruningConfig(sparsity=sparsity, block=8, **settings))}
+            "variant": variant, **settings, **_train(data, spec, pruning, inspect=variant != "grid"),
+            "cardinalities": data.cardinalities}
 
 
 def _grid(problems: dict[str, str], seeds: tuple[int, ...], epochs: int) -> list[tuple]:
@@ -114,9 +121,39 @@ def ranking_report(df: pd.DataFrame) -> str:
     ])
 
 
+def inputs_report(df: pd.DataFrame) -> str:
+    """Where each method's kept tiles read from, with the training rows' log-loss beside the
+    validation's, in section f's regimes (on the ranking study's seeds) and Frappe at 6 epochs."""
+    rows = []
+    for (problem, rows_, epochs, batch), regime in INPUTS:
+        g = df[(df.problem == problem) & (df.epochs == epochs) & (df.batch == batch) & (df.sparsity == 0.9)
+               & ((df.rows == rows_) if rows_ else df.rows.isna())]
+        for variant in METHODS:
+            v = g[g.variant == variant]
+            if v.empty:
+                continue
+            share = pd.DataFrame(list(v.kept_by_input)).fillna(0).pipe(lambda k: k.div(k.sum(axis=1), axis=0)).mean()
+            card = v.cardinalities.iloc[0]
+            top = ", ".join(f"{name}{f' ({card[name]:,})' if name in card else ''} {x:.0%}"
+                            for name, x in share.sort_values(ascending=False).items() if x >= 0.03)
+            rows.append([regime, variant, f"{v.train_logloss.mean():.4f}", f"{v.logloss.mean():.4f}", top])
+    return "\n".join([
+        "### Where the kept tiles read from",
+        "",
+        "The first pruned layer's kept tiles by the input their columns read (a feature's embedding, with the "
+        "feature's number of ids in the first seed's training split in brackets, or `dense`: the dense "
+        "projection), share of the kept tiles, mean "
+        "over the seeds above at 90 % sparsity (inputs under 3 % left out); with the log-loss on the training "
+        "rows beside the validation log-loss.",
+        "",
+        markdown_table(["data, training", "method", "train log-loss", "validation log-loss", "kept tiles read"], rows),
+        "",
+    ])
+
+
 def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
     """Log-loss of each attention setting minus magnitude's (same seed, sparsity and weight decay),
-    then :func:`ranking_report` on the ranking study's runs."""
+    then :func:`ranking_report` and :func:`inputs_report` on the ranking study's runs."""
     runs, rankings = len(df), df[df.variant != "grid"]
     df = df[df.variant == "grid"].rename(columns={"logit_lr_scale": "lr_scale", "weight_decay": "wd"})
     mag = df[df.method == "magnitude"].set_index(["problem", "sparsity", "wd", "seed"]).logloss
@@ -176,6 +213,7 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         "logits made every shrunken tile jump back to full size; this grid is after the fix.)",
         "",
         ranking_report(rankings),
+        inputs_report(rankings),
     ])
 
 
