@@ -15,6 +15,7 @@ import pandas as pd
 from bench import markdown_table, mean_std
 from bench.field import FRACTIONS, SA_METHODS, FieldBench, Problem, _slope, aukc, k_at
 from bench.field_methods import METHODS
+from pipelines.engine import PLANNER_MAX_TABLES
 
 # -- the report -----------------------------------------------------------------------------------
 def _label(name: str) -> str:
@@ -391,7 +392,10 @@ def _scale_report(sc: pd.DataFrame, cfg: FieldBench, probe: dict[str, Any] | Non
     if probe is not None:
         if probe["placed"]:
             lines += ["", f"**{probe['fields']:,} candidate fields** ({probe['rows']:,} rows, {probe['ids']:,} distinct "
-                          f"ids): placement alone took {probe['seconds']:.0f} s."]
+                          f"ids): placement alone took {probe['seconds']:.0f} s"
+                          + (f". Past {PLANNER_MAX_TABLES:,} tables a world of one builds its plan directly, every "
+                             "table whole on rank 0, instead of running TorchRec's planner, whose time grows as "
+                             "measured above (`pipelines/engine.py`)." if probe["tables"] > PLANNER_MAX_TABLES else ".")]
         else:
             lines += ["", f"**{probe['fields']:,} candidate fields** ({probe['rows']:,} rows of `seqattn synth`): the "
                           f"placement alone (TorchRec's sharding planner for one table per field, then DMP) had not "

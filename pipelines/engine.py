@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
 from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -42,6 +43,15 @@ GATE_LR_SCALE = 10.0
 # stayed at their initialisation (found by bench section g; tests/pipelines/test_engine.py).
 CPU_SHARDING_TYPES = (ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE)
 GPU_SHARDING_TYPES = CPU_SHARDING_TYPES + (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
+
+
+# TorchRec's planner searches every table's options, in time that grows about as n^2 with the tables
+# (0.6 s at 200 tables, 2.6 s at 400, 16.5 s at 1,000 on this CPU; at 4,000 it had not finished after
+# 300 s, bench section g). On a world of one it has nothing to balance: every table goes whole to
+# rank 0 (table_wise or a one-shard column_wise, whichever its cost model prefers). Past this many
+# tables a world of one gets that plan built directly, table-wise; below it the planner still plans,
+# so placements (and the results that depend on them) stay as they were.
+PLANNER_MAX_TABLES = 1_000
 
 
 def sharding_types(device_type: str) -> list[str]:
@@ -72,19 +82,14 @@ class Placed:
 
 
 def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: float | None = None) -> Placed:
-    """Shard ``model``'s tables with the planner's choice and build the optimizers."""
+    """Shard ``model``'s tables with the planner's choice (see ``PLANNER_MAX_TABLES``) and build the optimizers."""
     ensure_process_group()
     dev = device()
     if model.ebc is not None:
         apply_optimizer_in_backward(
             RowWiseAdagrad, model.ebc.parameters(), {"lr": learning_rate * EMBEDDING_LR_SCALE}
         )
-    topology = Topology(world_size=dist.get_world_size(), compute_device=dev.type)
-    allowed = sharding_types(dev.type)
-    tables = model.config.table_configs() if model.ebc is not None else []
-    constraints = {t.name: ParameterConstraints(sharding_types=allowed) for t in tables}
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
+    plan = _plan(model, dev)
     dmp = DistributedModelParallel(model, device=dev, plan=plan)
     named = [(n, p) for n, p in dmp.named_parameters() if "ebc." not in n]
     # SequentialAttention++'s tile logits get their own rate and eps (PruningConfig.logit_lr_scale, logit_eps).
@@ -101,6 +106,18 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
         ]
     )
     return Placed(dmp, model, optimizer, plan)
+
+
+def _plan(model: LargeEmbeddingModel, dev: torch.device) -> ShardingPlan:
+    """The planner's sharding plan, or on a world of one with many tables every table on rank 0."""
+    tables = model.config.table_configs() if model.ebc is not None else []
+    world = dist.get_world_size()
+    if world == 1 and len(tables) > PLANNER_MAX_TABLES:
+        whole = {t.name: table_wise(rank=0, compute_kernel="fused") for t in tables}
+        return ShardingPlan({"ebc": construct_module_sharding_plan(model.ebc, whole, world_size=1, device_type=dev.type)})
+    constraints = {t.name: ParameterConstraints(sharding_types=sharding_types(dev.type)) for t in tables}
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=dev.type), constraints=constraints)
+    return planner.collective_plan(model, pg=dist.GroupMember.WORLD)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines import engine
 from pipelines.engine import DENSE_LR_SCALE, GATE_LR_SCALE, place
 from seqattn_core.batches import BatchSource
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
@@ -48,9 +49,18 @@ def _table_weights(placed):
     return out
 
 
-def test_one_step_trains_every_table_small_or_large():
+@pytest.mark.parametrize("planner", [True, False], ids=["planner", "direct plan"])
+def test_one_step_trains_every_table_small_or_large(planner, monkeypatch):
     """A small table must train like a large one (the planner once replicated small tables with a
-    kernel that no optimizer stepped, so they kept their initial rows)."""
+    kernel that no optimizer stepped, so they kept their initial rows); so must every table of a
+    world of one with more tables than the planner is given (here: more than none)."""
+    if not planner:
+        monkeypatch.setattr(engine, "PLANNER_MAX_TABLES", 0)
+
+        def no_planner(*args, **kwargs):
+            raise AssertionError("the planner ran on a world of one past PLANNER_MAX_TABLES")
+
+        monkeypatch.setattr(engine, "EmbeddingShardingPlanner", no_planner)
     cfg = LEMConfig(dense=(), sparse=(SparseFeature("small", 8), SparseFeature("large", 100_000)), embedding_dim=16)
     torch.manual_seed(0)
     placed = place(LargeEmbeddingModel(cfg, None, device=torch.device("meta")), 0.01)
@@ -67,4 +77,6 @@ def test_one_step_trains_every_table_small_or_large():
     assert len(before) == 2
     for name in before:
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
-    assert {s.sharding_type for s in placed.plan.plan["ebc"].values()} <= {"table_wise", "column_wise"}
+    shardings = placed.plan.plan["ebc"].values()
+    assert {s.sharding_type for s in shardings} <= ({"table_wise", "column_wise"} if planner else {"table_wise"})
+    assert all(s.ranks == [0] and s.compute_kernel == "fused" for s in shardings)
