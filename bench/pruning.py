@@ -13,6 +13,7 @@ methods as rows, block sparsities as columns.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -95,10 +96,10 @@ def kept_by_input(model: LargeEmbeddingModel, sparse: KeyedJaggedTensor) -> dict
     columns = ["dense"] * (model.config.dense_dim if model.n_dense else 0)
     columns += [key for key, width in zip(kt.keys(), kt.length_per_key()) for _ in range(width)]
     layer = model.pruner.layers[0]
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for j, kept in enumerate(layer.mask.sum(0).tolist()):
-        counts[columns[j * layer.block]] = counts.get(columns[j * layer.block], 0) + int(kept)
-    return counts
+        counts[columns[j * layer.block]] += int(kept)
+    return dict(counts)
 
 
 def quality(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, object]]:

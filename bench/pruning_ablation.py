@@ -142,9 +142,8 @@ def inputs_report(df: pd.DataFrame) -> str:
         "",
         "The first pruned layer's kept tiles by the input their columns read (a feature's embedding, with the "
         "feature's number of ids in the first seed's training split in brackets, or `dense`: the dense "
-        "projection), share of the kept tiles, mean "
-        "over the seeds above at 90 % sparsity (inputs under 3 % left out); with the log-loss on the training "
-        "rows beside the validation log-loss.",
+        "projection), share of the kept tiles, mean over the seeds above at 90 % sparsity (inputs under 3 % "
+        "left out); with the log-loss on the training rows beside the validation log-loss.",
         "",
         markdown_table(["data, training", "method", "train log-loss", "validation log-loss", "kept tiles read"], rows),
         "",
