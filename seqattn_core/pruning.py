@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Method = Literal["attention", "magnitude"]
+RankBy = Literal["weight", "logits"]
 PHASES = ("dense", "sparsify", "sparse")
 
 
@@ -82,7 +83,7 @@ class PruningConfig:
     # at every boundary. The two are within the seed spread of each other in the ablation.
     logits: Literal["carry", "reset"] = "carry"
     # "weight": rank tiles by ||W_b * a_b||; "logits": by the attention logit, the norm breaking ties.
-    rank_by: Literal["weight", "logits"] = "weight"
+    rank_by: RankBy = "weight"
     # The tile logits' Adam rate as a multiple of the run's learning rate (None: 1 when ranking by
     # weight, 100 by logits). docs/pruning_ablation.md compares 1 and 10 with clips 1 and 8 for the
     # weight ranking: faster logits, or a clip that lets tiles grow, do worse on the planted data.
@@ -184,7 +185,7 @@ class BlockSparseLinear(nn.Module):
     """
 
     def __init__(self, linear: nn.Linear, block: int, method: Method = "attention", clip: float = 1.0,
-                 rank_by: Literal["weight", "logits"] = "weight") -> None:
+                 rank_by: RankBy = "weight") -> None:
         super().__init__()
         self.linear = linear
         self.block = block
