@@ -393,9 +393,10 @@ def _scale_report(sc: pd.DataFrame, cfg: FieldBench, probe: dict[str, Any] | Non
         if probe["placed"]:
             lines += ["", f"**{probe['fields']:,} candidate fields** ({probe['rows']:,} rows, {probe['ids']:,} distinct "
                           f"ids): placement alone took {probe['seconds']:.0f} s"
-                          + (f". Past {PLANNER_MAX_TABLES:,} tables a world of one builds its plan directly, every "
-                             "table whole on rank 0, instead of running TorchRec's planner, whose time grows as "
-                             "measured above (`pipelines/engine.py`)." if probe["tables"] > PLANNER_MAX_TABLES else ".")]
+                          + (f". Past {PLANNER_MAX_TABLES:,} tables the plan is built directly, every table whole "
+                             "on one rank, the largest first to the least-loaded rank (here a world of one: all on "
+                             "rank 0), instead of running TorchRec's planner, whose time grows as measured above "
+                             "(`pipelines/engine.py`)." if probe["tables"] > PLANNER_MAX_TABLES else ".")]
         else:
             lines += ["", f"**{probe['fields']:,} candidate fields** ({probe['rows']:,} rows of `seqattn synth`): the "
                           f"placement alone (TorchRec's sharding planner for one table per field, then DMP) had not "

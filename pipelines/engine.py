@@ -46,11 +46,14 @@ GPU_SHARDING_TYPES = CPU_SHARDING_TYPES + (ShardingType.ROW_WISE, ShardingType.T
 
 
 # TorchRec's planner searches every table's options, in time that grows about as n^2 with the tables
-# (0.6 s at 200 tables, 2.6 s at 400, 16.5 s at 1,000 on this CPU; at 4,000 it had not finished after
-# 300 s, bench section g). On a world of one it has nothing to balance: every table goes whole to
-# rank 0 (table_wise or a one-shard column_wise, whichever its cost model prefers). Past this many
-# tables a world of one gets that plan built directly, table-wise; below it the planner still plans,
-# so placements (and the results that depend on them) stay as they were.
+# (on this CPU, a world of one: 0.6 s at 200 tables, 2.6 s at 400, 16.5 s at 1,000, and not done after
+# 300 s at 4,000, bench section g; a gloo world of two: 22 s at 1,000). Past this many tables the plan
+# is built directly instead (1.6 s for 1,001 tables on the world of two): every table whole on one
+# rank (table_wise, the fused kernel), the largest first, each to the rank holding the fewest
+# parameters so far (longest-processing-time first, the classic greedy balance). On a world of one
+# that is what the planner chooses anyway (table_wise or a one-shard column_wise on rank 0). Below the
+# threshold the planner still plans, so placements (and the results that depend on them) stay as they
+# were.
 PLANNER_MAX_TABLES = 1_000
 
 
@@ -109,15 +112,38 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
 
 
 def _plan(model: LargeEmbeddingModel, dev: torch.device) -> ShardingPlan:
-    """The planner's sharding plan, or on a world of one with many tables every table on rank 0."""
+    """The planner's sharding plan, or past ``PLANNER_MAX_TABLES`` tables the :func:`balanced_ranks` one."""
     tables = model.config.table_configs() if model.ebc is not None else []
     world = dist.get_world_size()
-    if world == 1 and len(tables) > PLANNER_MAX_TABLES:
-        whole = {t.name: table_wise(rank=0, compute_kernel="fused") for t in tables}
-        return ShardingPlan({"ebc": construct_module_sharding_plan(model.ebc, whole, world_size=1, device_type=dev.type)})
+    if len(tables) > PLANNER_MAX_TABLES:
+        ranks = balanced_ranks({t.name: t.num_embeddings * t.embedding_dim for t in tables}, world)
+        whole = {name: table_wise(rank=rank, compute_kernel="fused") for name, rank in ranks.items()}
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return ShardingPlan({"ebc": construct_module_sharding_plan(model.ebc, whole, local_size=local, world_size=world,
+                                                                   device_type=dev.type)})
     constraints = {t.name: ParameterConstraints(sharding_types=sharding_types(dev.type)) for t in tables}
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=dev.type), constraints=constraints)
     return planner.collective_plan(model, pg=dist.GroupMember.WORLD)
+
+
+def balanced_ranks(sizes: dict[str, int], world: int) -> dict[str, int]:
+    """Each table's rank: largest first, to the rank holding the fewest parameters so far.
+
+    Deterministic (equal sizes in name order, equal loads to the lower rank), so every worker
+    builds the same plan without a collective.
+
+    Example::
+
+        >>> balanced_ranks({"a": 10, "b": 6, "c": 5, "d": 1}, world=2)
+        {'a': 0, 'b': 1, 'c': 1, 'd': 0}
+    """
+    load = [0] * world
+    out = {}
+    for name, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        out[name] = rank
+        load[rank] += size
+    return out
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -1,4 +1,7 @@
-"""The optimizers that ``place`` builds around a model (a world of one, CPU)."""
+"""The sharding plan and the optimizers that ``place`` builds around a model (CPU, gloo)."""
+
+import doctest
+import multiprocessing as mp
 
 import numpy as np
 import pytest
@@ -44,8 +47,11 @@ def _table_weights(placed):
     out = {}
     for name, value in placed.forward.state_dict().items():
         if name.startswith("ebc.") and name.endswith(".weight"):
-            shards = value.local_shards() if hasattr(value, "local_shards") else None
-            out[name] = (shards[0].tensor if shards else value).detach().clone()
+            if hasattr(value, "local_shards"):  # a ShardedTensor: only the shards this rank holds
+                if not value.local_shards():
+                    continue
+                value = value.local_shards()[0].tensor
+            out[name] = value.detach().clone()
     return out
 
 
@@ -80,3 +86,73 @@ def test_one_step_trains_every_table_small_or_large(planner, monkeypatch):
     shardings = placed.plan.plan["ebc"].values()
     assert {s.sharding_type for s in shardings} <= ({"table_wise", "column_wise"} if planner else {"table_wise"})
     assert all(s.ranks == [0] and s.compute_kernel == "fused" for s in shardings)
+
+
+def test_balanced_ranks_puts_the_largest_tables_first_on_the_emptiest_rank():
+    sizes = {f"t{i}": size for i, size in enumerate([100, 90, 50, 40, 30, 5, 5, 1])}
+    ranks = engine.balanced_ranks(sizes, world=3)
+    load = [sum(sizes[n] for n, r in ranks.items() if r == rank) for rank in range(3)]
+    assert sorted(load) == [100, 101, 120] and ranks["t0"] == 0 and ranks["t1"] == 1
+    assert engine.balanced_ranks(sizes, world=1) == dict.fromkeys(sizes, 0)
+    assert engine.balanced_ranks(dict(reversed(sizes.items())), world=3) == ranks  # same plan on every worker
+    assert doctest.testmod(engine).failed == 0
+
+
+SIZES = (("a", 5_000), ("b", 3_000), ("c", 2_000), ("d", 8))
+
+
+def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
+    """One of two gloo ranks: place a model past PLANNER_MAX_TABLES, train one step, report."""
+    torch.set_num_threads(1)
+    engine.PLANNER_MAX_TABLES = 0
+    engine.EmbeddingShardingPlanner = None  # calling it would fail: past the threshold the planner must not run
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        cfg = LEMConfig(dense=(), sparse=tuple(SparseFeature(n, s) for n, s in SIZES), embedding_dim=8)
+        torch.manual_seed(0)
+        placed = place(LargeEmbeddingModel(cfg, None, device=torch.device("meta")), 0.01)
+        rng = np.random.default_rng(rank)
+        n = 128
+        batch = BatchSource(np.zeros((n, 0), np.float32), {name: (rng.integers(0, s, n), np.ones(n, np.int32))
+                                                            for name, s in SIZES},
+                            (rng.random(n) < 0.5).astype(np.float32)).batch(0, n)
+        before = _table_weights(placed)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse), batch.labels)
+        placed.optimizer.zero_grad()
+        loss.backward()
+        placed.optimizer.step()
+        after = _table_weights(placed)
+        trained = sorted(k.split(".")[-2].removeprefix("t_") for k in before if not torch.equal(before[k], after[k]))
+        plan = {k.removeprefix("t_"): (s.sharding_type, s.ranks, s.compute_kernel) for k, s in placed.plan.plan["ebc"].items()}
+        out.put((rank, plan, trained))
+    except Exception as err:  # reported, so the test fails at once instead of waiting on the queue
+        out.put((rank, repr(err), None))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_direct_plan_spreads_whole_tables_over_two_workers(tmp_path):
+    """Past PLANNER_MAX_TABLES a world of two gets the balanced table-wise plan (no planner), and the
+    tables each rank holds train."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_direct_plan_worker, args=(rank, str(tmp_path / "store"), out)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in procs:
+            rank, plan, trained = out.get(timeout=180)
+            results[rank] = (plan, trained)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    expected = {"a": [0], "b": [1], "c": [1], "d": [0]}  # 5,000 | 3,000 + 2,000 rows; the 8-row table to rank 0
+    assert sorted(results) == [0, 1]
+    for rank, (plan, trained) in results.items():
+        assert trained is not None, plan
+        assert {name: ranks for name, (_, ranks, _) in plan.items()} == expected
+        assert {(kind, kernel) for kind, _, kernel in plan.values()} == {("table_wise", "fused")}
+        assert trained == sorted(n for n, r in expected.items() if r == [rank])
