@@ -9,7 +9,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from pipelines.synth import write_synth
 
@@ -33,13 +32,3 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     """A planted dataset large enough for marginal statistics (20k rows), written once."""
     out = tmp_path_factory.mktemp("synth")
     return out, write_synth(out, rows=20_000, seed=3, n_noise=6)
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Any:
-    """One torch thread for a module's runs: on a busy 2-core box, spinning OpenMP threads make a
-    run up to 20x slower. Modules opt in with ``pytest.mark.usefixtures("one_thread")``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -12,14 +12,7 @@ import torch
 from seqattn_core.attention import SelectionSchedule, SequentialAttention, reset_optimizer_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny models: on a busy 2-core box torch's OpenMP threads spin against each other and a
-    # 300-step loop went from ~1 s to ~25 s (measured). One thread is what the selector uses too.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _set_logits(sa: SequentialAttention, values: list[float]) -> None:

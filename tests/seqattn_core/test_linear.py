@@ -16,12 +16,7 @@ from seqattn_core.selector import SequentialAttentionSelector
 N, D, K = 400, 120, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small solves: threads only spin on a busy 2-core box
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def correlated_design(seed: int) -> tuple[np.ndarray, np.ndarray]:

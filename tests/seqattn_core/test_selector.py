@@ -18,13 +18,7 @@ from seqattn_core.selector import SequentialAttentionSelector
 FIT = {"epochs": 20, "batch_size": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The selector itself trains on one thread; the tests' own torch calls do the same.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- scikit-learn's generic checks ---------------------------------------------------------------
