@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines import engine
-from pipelines.engine import DENSE_LR_SCALE, GATE_LR_SCALE, place
+from pipelines.engine import DENSE_LR_SCALE, GATE_LR_SCALE, Placed, place
 from seqattn_core.batches import BatchSource
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
 from seqattn_core.pruning import BlockAttention, PruningConfig
@@ -55,6 +55,25 @@ def _table_weights(placed):
     return out
 
 
+def _place_and_step(sizes: dict[str, int], seed: int) -> tuple[Placed, list[str]]:
+    """Place a LEM with one table per ``sizes`` entry, train one step on random ids, and return the
+    placed model with the tables whose local rows changed (those this rank holds)."""
+    cfg = LEMConfig(dense=(), sparse=tuple(SparseFeature(n, s) for n, s in sizes.items()), embedding_dim=8)
+    torch.manual_seed(0)
+    placed = place(LargeEmbeddingModel(cfg, None, device=torch.device("meta")), 0.01)
+    rng = np.random.default_rng(seed)
+    n = 256
+    sparse = {name: (rng.integers(0, size, n), np.ones(n, np.int32)) for name, size in sizes.items()}
+    batch = BatchSource(np.zeros((n, 0), np.float32), sparse, (rng.random(n) < 0.5).astype(np.float32)).batch(0, n)
+    before = _table_weights(placed)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse), batch.labels)
+    placed.optimizer.zero_grad()
+    loss.backward()
+    placed.optimizer.step()
+    after = _table_weights(placed)
+    return placed, sorted(k.split(".")[-2].removeprefix("t_") for k in before if not torch.equal(before[k], after[k]))
+
+
 @pytest.mark.parametrize("planner", [True, False], ids=["planner", "direct plan"])
 def test_one_step_trains_every_table_small_or_large(planner, monkeypatch):
     """A small table must train like a large one (the planner once replicated small tables with a
@@ -67,22 +86,8 @@ def test_one_step_trains_every_table_small_or_large(planner, monkeypatch):
             raise AssertionError("the planner ran on a world of one past PLANNER_MAX_TABLES")
 
         monkeypatch.setattr(engine, "EmbeddingShardingPlanner", no_planner)
-    cfg = LEMConfig(dense=(), sparse=(SparseFeature("small", 8), SparseFeature("large", 100_000)), embedding_dim=16)
-    torch.manual_seed(0)
-    placed = place(LargeEmbeddingModel(cfg, None, device=torch.device("meta")), 0.01)
-    rng = np.random.default_rng(0)
-    n = 256
-    sparse = {name: (rng.integers(0, size, n), np.ones(n, np.int32)) for name, size in (("small", 8), ("large", 100_000))}
-    batch = BatchSource(np.zeros((n, 0), np.float32), sparse, (rng.random(n) < 0.5).astype(np.float32)).batch(0, n)
-    before = _table_weights(placed)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse), batch.labels)
-    placed.optimizer.zero_grad()
-    loss.backward()
-    placed.optimizer.step()
-    after = _table_weights(placed)
-    assert len(before) == 2
-    for name in before:
-        assert not torch.equal(before[name], after[name]), f"{name} did not train"
+    placed, trained = _place_and_step({"small": 8, "large": 100_000}, seed=0)
+    assert trained == ["large", "small"], "every table must train"
     shardings = placed.plan.plan["ebc"].values()
     assert {s.sharding_type for s in shardings} <= ({"table_wise", "column_wise"} if planner else {"table_wise"})
     assert all(s.ranks == [0] and s.compute_kernel == "fused" for s in shardings)
@@ -98,7 +103,7 @@ def test_balanced_ranks_puts_the_largest_tables_first_on_the_emptiest_rank():
     assert doctest.testmod(engine).failed == 0
 
 
-SIZES = (("a", 5_000), ("b", 3_000), ("c", 2_000), ("d", 8))
+SIZES = {"a": 5_000, "b": 3_000, "c": 2_000, "d": 8}
 
 
 def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
@@ -108,21 +113,7 @@ def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
     engine.EmbeddingShardingPlanner = None  # calling it would fail: past the threshold the planner must not run
     torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, 2), rank=rank, world_size=2)
     try:
-        cfg = LEMConfig(dense=(), sparse=tuple(SparseFeature(n, s) for n, s in SIZES), embedding_dim=8)
-        torch.manual_seed(0)
-        placed = place(LargeEmbeddingModel(cfg, None, device=torch.device("meta")), 0.01)
-        rng = np.random.default_rng(rank)
-        n = 128
-        batch = BatchSource(np.zeros((n, 0), np.float32), {name: (rng.integers(0, s, n), np.ones(n, np.int32))
-                                                            for name, s in SIZES},
-                            (rng.random(n) < 0.5).astype(np.float32)).batch(0, n)
-        before = _table_weights(placed)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse), batch.labels)
-        placed.optimizer.zero_grad()
-        loss.backward()
-        placed.optimizer.step()
-        after = _table_weights(placed)
-        trained = sorted(k.split(".")[-2].removeprefix("t_") for k in before if not torch.equal(before[k], after[k]))
+        placed, trained = _place_and_step(SIZES, seed=rank)
         plan = {k.removeprefix("t_"): (s.sharding_type, s.ranks, s.compute_kernel) for k, s in placed.plan.plan["ebc"].items()}
         out.put((rank, plan, trained))
     except Exception as err:  # reported, so the test fails at once instead of waiting on the queue
