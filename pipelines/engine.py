@@ -17,8 +17,15 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+from torchrec.distributed.sharding_plan import (
+    ParameterShardingGenerator,
+    column_wise,
+    construct_module_sharding_plan,
+    row_wise,
+    table_wise,
+)
 from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
@@ -51,9 +58,10 @@ GPU_SHARDING_TYPES = CPU_SHARDING_TYPES + (ShardingType.ROW_WISE, ShardingType.T
 # Past this many tables the plan is built directly instead (on the world of two, same command: 1.4 s
 # at 1,001 tables, 6.1 s at 4,000): every table whole on one rank (table_wise, the fused kernel), the
 # largest first, each to the rank holding the fewest parameters so far (longest-processing-time
-# first, the classic greedy balance). On a world of one that is what the planner chooses anyway
-# (table_wise or a one-shard column_wise on rank 0). Below the threshold the planner still plans, so
-# placements (and the results that depend on them) stay as they were.
+# first, the classic greedy balance); only a table larger than a rank's fair share is split over all
+# ranks (_direct_plan). On a world of one that is what the planner chooses anyway (table_wise or a
+# one-shard column_wise on rank 0). Below the threshold the planner still plans, so placements (and
+# the results that depend on them) stay as they were.
 PLANNER_MAX_TABLES = 1_000
 
 
@@ -112,18 +120,33 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
 
 
 def _plan(model: LargeEmbeddingModel, dev: torch.device) -> ShardingPlan:
-    """The planner's sharding plan, or past ``PLANNER_MAX_TABLES`` tables the :func:`balanced_ranks` one."""
+    """The planner's sharding plan, or past ``PLANNER_MAX_TABLES`` tables :func:`_direct_plan`."""
     tables = model.config.table_configs() if model.ebc is not None else []
     world = dist.get_world_size()
     if len(tables) > PLANNER_MAX_TABLES:
-        ranks = balanced_ranks({t.name: t.num_embeddings * t.embedding_dim for t in tables}, world)
-        whole = {name: table_wise(rank=rank, compute_kernel="fused") for name, rank in ranks.items()}
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        return ShardingPlan({"ebc": construct_module_sharding_plan(model.ebc, whole, local_size=local, world_size=world,
+        return ShardingPlan({"ebc": construct_module_sharding_plan(model.ebc, _direct_plan(tables, world, dev.type),
+                                                                   local_size=local, world_size=world,
                                                                    device_type=dev.type)})
     constraints = {t.name: ParameterConstraints(sharding_types=sharding_types(dev.type)) for t in tables}
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=dev.type), constraints=constraints)
     return planner.collective_plan(model, pg=dist.GroupMember.WORLD)
+
+
+def _direct_plan(tables: list[EmbeddingBagConfig], world: int, device_type: str) -> dict[str, ParameterShardingGenerator]:
+    """Whole tables over the ranks by :func:`balanced_ranks`, except a table larger than a rank's fair
+    share (a giant ID table among many small ones), which no placement of whole tables balances: it is
+    spread over every rank, row-wise on GPU and column-wise on CPU (the sharding types each supports
+    here; on CPU only when its dims divide evenly, else it stays whole)."""
+    sizes = {t.name: t.num_embeddings * t.embedding_dim for t in tables}
+    fair = sum(sizes.values()) / world
+    spread = {t.name for t in tables if world > 1 and sizes[t.name] > fair
+              and (device_type == "cuda" or t.embedding_dim % world == 0)}
+    every = list(range(world))
+    plan = {name: row_wise(compute_kernel="fused") if device_type == "cuda" else column_wise(ranks=every, compute_kernel="fused")
+            for name in spread}
+    whole = balanced_ranks({name: size for name, size in sizes.items() if name not in spread}, world)
+    return plan | {name: table_wise(rank=rank, compute_kernel="fused") for name, rank in whole.items()}
 
 
 def balanced_ranks(sizes: dict[str, int], world: int) -> dict[str, int]:

@@ -103,7 +103,7 @@ def test_balanced_ranks_puts_the_largest_tables_first_on_the_emptiest_rank():
     assert doctest.testmod(engine).failed == 0
 
 
-SIZES = {"a": 5_000, "b": 3_000, "c": 2_000, "d": 8}
+SIZES = {"big": 50_000, "a": 5_000, "b": 3_000, "c": 2_000, "d": 8}
 
 
 def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
@@ -123,8 +123,8 @@ def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
 
 
 def test_direct_plan_spreads_whole_tables_over_two_workers(tmp_path):
-    """Past PLANNER_MAX_TABLES a world of two gets the balanced table-wise plan (no planner), and the
-    tables each rank holds train."""
+    """Past PLANNER_MAX_TABLES a world of two gets the direct plan (no planner): whole tables
+    balanced over the ranks, a table larger than a rank's share split over both; every shard trains."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_direct_plan_worker, args=(rank, str(tmp_path / "store"), out)) for rank in (0, 1)]
@@ -140,10 +140,13 @@ def test_direct_plan_spreads_whole_tables_over_two_workers(tmp_path):
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    expected = {"a": [0], "b": [1], "c": [1], "d": [0]}  # 5,000 | 3,000 + 2,000 rows; the 8-row table to rank 0
+    # "big" holds 5/6 of the parameters, more than a rank's fair share: split column-wise over both
+    # ranks. The rest go whole: 5,000 rows | 3,000 + 2,000; the 8-row table to the emptier rank 0.
+    expected = {"big": ("column_wise", [0, 1]), "a": ("table_wise", [0]), "b": ("table_wise", [1]),
+                "c": ("table_wise", [1]), "d": ("table_wise", [0])}
     assert sorted(results) == [0, 1]
     for rank, (plan, trained) in results.items():
         assert trained is not None, plan
-        assert {name: ranks for name, (_, ranks, _) in plan.items()} == expected
-        assert {(kind, kernel) for kind, _, kernel in plan.values()} == {("table_wise", "fused")}
-        assert trained == sorted(n for n, r in expected.items() if r == [rank])
+        assert {name: (kind, ranks) for name, (kind, ranks, _) in plan.items()} == expected
+        assert {kernel for _, _, kernel in plan.values()} == {"fused"}
+        assert trained == sorted(n for n, (_, ranks) in expected.items() if rank in ranks)
