@@ -9,11 +9,12 @@ reading of the softmax mask as a group sparsity penalty needs one; it is given t
 A second study ranks the tiles two ways (``PruningConfig.rank_by``: the tile's norm in use, or the
 attention logits) on seeds section f does not use, and with more rows (planted 400k and 1M) or more
 steps (Frappe: 6 epochs, or batch 256), against block magnitude, and shows which inputs each
-method's kept tiles read (:func:`bench.pruning.kept_by_input`). Every cell is one run of the
+method's kept tiles read (:func:`bench.pruning.kept_by_input`). Two follow-ups give every method
+weight decay 1, and try the logit ranking's rate where it loses most. Every cell is one run of the
 product's TorchRec LEM, the same as section f's; the runs are independent, so they go to a process
 pool.
 
-    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~25 min on 2 cores)
+    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~30 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ REGIMES = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024
 INPUTS = ((("Frappe", None, 3, 1024), "Frappe, 3 epochs"), (("Frappe", None, 6, 1024), "Frappe, 6 epochs"),
           (("planted", 100_000, 3, 1024), "planted 100k, 3 epochs"))
 RANKINGS = (SA, SA_LOGITS)  # each against MAGNITUDE, with section f's settings (bench.pruning.METHODS)
+# Two follow-ups on the ranking study: every method with weight decay 1 on section f's regimes
+# (held-out seeds), and the logit ranking's rate on Frappe at 6 epochs (where ×100 loses clearly).
+DECAYED = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)))
+LOGIT_RATES, RATE_SEEDS = (10.0, 25.0, 50.0), range(5)
 
 
 def _run(cell: tuple) -> dict[str, object]:
-    """One run: (problem, rows, path, seed, epochs, batch, sparsity, variant, PruningConfig settings)."""
+    """One run: (study, problem, rows, path, seed, epochs, batch, sparsity, variant, PruningConfig settings)."""
     import torch
 
     torch.set_num_threads(1)
@@ -60,12 +65,12 @@ def _run(cell: tuple) -> dict[str, object]:
     from pipelines.dataset import load_dataset
     from seqattn_core.pruning import PruningConfig
 
-    problem, rows, path, seed, epochs, batch, sparsity, variant, settings = cell
+    study, problem, rows, path, seed, epochs, batch, sparsity, variant, settings = cell
     spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
     pruning = PruningConfig(sparsity=sparsity, block=8, **settings)
-    return {"problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
-            "variant": variant, **settings, **_train(data, spec, pruning, inspect=variant != "grid"),
+    return {"study": study, "problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
+            "variant": variant, **settings, **_train(data, spec, pruning, inspect=study == "ranking"),
             "cardinalities": data.cardinalities}
 
 
@@ -73,20 +78,28 @@ def _grid(problems: dict[str, str], seeds: tuple[int, ...], epochs: int) -> list
     cells = []
     for (name, path), seed, sparsity, wd in itertools.product(problems.items(), seeds, SPARSITIES, WEIGHT_DECAYS):
         grid = [("magnitude", "reset", 1.0, 1.0)] + [("attention", *x) for x in itertools.product(LOGITS, CLIPS, LR_SCALES)]
-        cells += [(name, None, path, seed, epochs, 1024, sparsity, "grid",
+        cells += [("grid", name, None, path, seed, epochs, 1024, sparsity, "grid",
                    {"method": m, "logits": logits, "clip": clip, "logit_lr_scale": lr, "weight_decay": wd})
                   for m, logits, clip, lr in grid]
     return cells
 
 
 def _rankings(paths: dict[tuple[str, int | None], str]) -> list[tuple]:
-    return [(name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, settings)
-            for name, rows, epochs, batch, seeds in REGIMES for seed in seeds for sparsity in SPARSITIES
-            for variant, settings in METHODS.items()]
+    """The ranking study's cells, then the two follow-ups' (``DECAYED``, ``LOGIT_RATES``)."""
+    cells = [("ranking", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, settings)
+             for name, rows, epochs, batch, seeds in REGIMES for seed in seeds for sparsity in SPARSITIES
+             for variant, settings in METHODS.items()]
+    cells += [("decay", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, {**settings, "weight_decay": 1.0})
+              for name, rows, epochs, batch, seeds in DECAYED for seed in seeds for sparsity in SPARSITIES
+              for variant, settings in METHODS.items()]
+    return cells + [("rate", "Frappe", None, paths["Frappe", None], seed, 6, 1024, sparsity, f"{SA_LOGITS} ×{rate:g}",
+                     {**METHODS[SA_LOGITS], "logit_lr_scale": rate})
+                    for seed in RATE_SEEDS for sparsity in SPARSITIES for rate in LOGIT_RATES]
 
 
-def ranking_report(df: pd.DataFrame) -> str:
-    """Each ranking's log-loss (and AUC) minus magnitude's, paired by seed, per regime and sparsity."""
+def _versus_magnitude(df: pd.DataFrame, variants: tuple[str, ...]) -> tuple[list[list[str]], dict[tuple[str, str], tuple[int, int]]]:
+    """Per regime and sparsity: the seeds, magnitude's mean log-loss, then each variant's log-loss
+    (and AUC) minus magnitude's, paired by seed; with, per (variant, data), the cells at or below."""
     df = df.assign(regime=[f"{p}{f' {int(r) // 1000}k' if r == r else ''}, {e} epochs, batch {b}"
                            for p, r, e, b in zip(df.problem, df.rows, df.epochs, df.batch)])
     keys = ["regime", "sparsity", "seed"]
@@ -95,13 +108,19 @@ def ranking_report(df: pd.DataFrame) -> str:
     for (problem, regime, s), g in df[df.variant != MAGNITUDE].groupby(["problem", "regime", "sparsity"], sort=False):
         seeds = sorted(g.seed.unique())
         cells = [regime, f"{s:.0%}", f"{seeds[0]}-{seeds[-1]}", f"{mag.loc[(regime, s)].logloss.mean():.4f}"]
-        for variant in RANKINGS:
+        for variant in variants:
             v = g[g.variant == variant].set_index(keys)
             d, auc = (v[m] - mag[m].reindex(v.index) for m in ("logloss", "auc"))
             won, seen = wins.get((variant, problem), (0, 0))
             wins[variant, problem] = (won + int(d.mean() <= 0), seen + 1)
             cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)}); AUC {auc.mean():+.4f}")
         rows.append(cells)
+    return rows, wins
+
+
+def ranking_report(df: pd.DataFrame) -> str:
+    """Each ranking's log-loss (and AUC) minus magnitude's, paired by seed, per regime and sparsity."""
+    rows, wins = _versus_magnitude(df, RANKINGS)
     return "\n".join([
         "## Ranking the tiles by weight or by the attention logits",
         "",
@@ -117,6 +136,57 @@ def ranking_report(df: pd.DataFrame) -> str:
         "",
         "**What this means.** Cells where the mean is at most magnitude's: "
         + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in wins.items()) + ".",
+        "",
+    ])
+
+
+def _in_regime(df: pd.DataFrame, regime: tuple) -> pd.DataFrame:
+    """The rows of one ``(problem, rows, epochs, batch, seeds)`` regime (any seed)."""
+    name, rows, epochs, batch, _ = regime
+    return df[(df.problem == name) & (df.epochs == epochs) & (df.batch == batch) & ((df.rows == rows) if rows else df.rows.isna())]
+
+
+def followups_report(df: pd.DataFrame) -> str:
+    """The ranking study's two follow-ups (``DECAYED``, ``LOGIT_RATES``), each against magnitude."""
+    decay = df[df.study == "decay"]
+    decay_rows, decay_wins = _versus_magnitude(decay, RANKINGS)
+    plain = df[(df.study == "ranking") & (df.variant == MAGNITUDE)]
+    shift = []
+    for regime in DECAYED:
+        with_decay = _in_regime(decay[decay.variant == MAGNITUDE], regime)
+        worst = with_decay.loc[with_decay.logloss.idxmax()]
+        without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]
+        shift.append(f"{regime[0]} {without.logloss.mean():.4f} without, {with_decay.logloss.mean():.4f} with "
+                     f"(its worst run: seed {worst.seed}, {worst.sparsity:.0%}, {worst.logloss:.4f})")
+    rated = tuple(f"{SA_LOGITS} ×{r:g}" for r in (*LOGIT_RATES, 100.0))
+    six = df[(df.problem == "Frappe") & (df.epochs == 6) & (df.batch == 1024)
+             & ((df.study == "rate") | ((df.study == "ranking") & df.variant.isin([MAGNITUDE, SA_LOGITS])))]
+    rate_rows, rate_wins = _versus_magnitude(six.replace({"variant": {SA_LOGITS: rated[-1]}}), rated)
+    return "\n".join([
+        "### Follow-up: weight decay 1 for every method",
+        "",
+        "The paper reads the softmax mask, with an L2 penalty on the weights, as a group-sparsity regulariser. "
+        "Here every method, magnitude included, gets weight decay 1 on the pruned layers, on the first two "
+        "regimes above (section f's, held-out seeds). Cells as above, against magnitude with the same decay.",
+        "",
+        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS],
+                       decay_rows),
+        "",
+        "**What this means.** Cells where the mean is at most magnitude's: "
+        + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in decay_wins.items())
+        + ". Magnitude's own mean log-loss (both sparsities, the same seeds) without and with the decay: "
+        + "; ".join(shift) + ".",
+        "",
+        "### Follow-up: the logit ranking's rate on Frappe at 6 epochs",
+        "",
+        "Where the logit ranking loses most (Frappe, 6 epochs): is it because the logits move too far in twice "
+        "the steps? Each column is the logits' rate (× the run's, Adam eps 1e-3); ×100 is the ranking study's.",
+        "",
+        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"rate ×{v.rsplit('×', 1)[1]}" for v in rated],
+                       rate_rows),
+        "",
+        "**What this means.** Cells where the mean is at most magnitude's: "
+        + "; ".join(f"{v.rsplit(' ', 1)[1]}: {won} of {n}" for (v, _), (won, n) in rate_wins.items()) + ".",
         "",
     ])
 
@@ -153,8 +223,8 @@ def inputs_report(df: pd.DataFrame) -> str:
 def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
     """Log-loss of each attention setting minus magnitude's (same seed, sparsity and weight decay),
     then :func:`ranking_report` and :func:`inputs_report` on the ranking study's runs."""
-    runs, rankings = len(df), df[df.variant != "grid"]
-    df = df[df.variant == "grid"].rename(columns={"logit_lr_scale": "lr_scale", "weight_decay": "wd"})
+    runs, rankings = len(df), df[df.study != "grid"]
+    df = df[df.study == "grid"].rename(columns={"logit_lr_scale": "lr_scale", "weight_decay": "wd"})
     mag = df[df.method == "magnitude"].set_index(["problem", "sparsity", "wd", "seed"]).logloss
     att = df[df.method == "attention"].copy()
     att["diff"] = att.logloss.values - mag.reindex(list(zip(att.problem, att.sparsity, att.wd, att.seed))).values
@@ -211,8 +281,9 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         + " (Before commit bb1fcfa the attention was not folded into the weights at a boundary, so zeroing the "
         "logits made every shrunken tile jump back to full size; this grid is after the fix.)",
         "",
-        ranking_report(rankings),
-        inputs_report(rankings),
+        ranking_report(rankings[rankings.study == "ranking"]),
+        inputs_report(rankings[rankings.study == "ranking"]),
+        followups_report(rankings),
     ])
 
 
@@ -232,7 +303,7 @@ def main() -> None:
             write_synth(Path(paths["planted", rows]), rows=rows, seed=0, n_noise=6)
         problems = {"Frappe": paths["Frappe", None], "planted": paths["planted", 100_000]}
         # The longest runs first, so the pool ends together.
-        cells = sorted(_rankings(paths), key=lambda c: -(c[1] or 0) * c[4])
+        cells = sorted(_rankings(paths), key=lambda c: -(c[2] or 0) * c[5])
         cells += _grid(problems, tuple(range(args.seeds)), args.epochs)
         start = time.perf_counter()
         with get_context("spawn").Pool(args.procs) as pool:
