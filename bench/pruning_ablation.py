@@ -53,6 +53,7 @@ RANKINGS = (SA, SA_LOGITS)  # each against MAGNITUDE, with section f's settings 
 # (held-out seeds), and the logit ranking's rate on Frappe at 6 epochs (where ×100 loses clearly).
 DECAYED = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)))
 LOGIT_RATES, RATE_SEEDS = (10.0, 25.0, 50.0), range(5)
+PAIRED_HEADER = ["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS]
 
 
 def _run(cell: tuple) -> dict[str, object]:
@@ -142,7 +143,7 @@ def ranking_report(df: pd.DataFrame) -> str:
         "magnitude's at the same seed, mean ± std (seeds at or below magnitude's); then the AUC difference. The "
         "first two regimes are section f's on other seeds.",
         "",
-        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS], rows),
+        markdown_table(PAIRED_HEADER, rows),
         "",
         "**What this means.** Cells where the mean is at most magnitude's: "
         + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in wins.items()) + ".",
@@ -170,8 +171,8 @@ def followups_report(df: pd.DataFrame) -> str:
         shift.append(f"{regime[0]} {without.logloss.mean():.4f} without, {with_decay.logloss.mean():.4f} with "
                      f"(its worst run: seed {worst.seed}, {worst.sparsity:.0%}, {worst.logloss:.4f})")
     rated = tuple(f"{SA_LOGITS} ×{r:g}" for r in (*LOGIT_RATES, 100.0))
-    six = df[(df.problem == "Frappe") & (df.epochs == 6) & (df.batch == 1024)
-             & ((df.study == "rate") | ((df.study == "ranking") & df.variant.isin([MAGNITUDE, SA_LOGITS])))]
+    six = _in_regime(df, ("Frappe", None, 6, 1024, RATE_SEEDS))[
+        lambda d: (d.study == "rate") | ((d.study == "ranking") & d.variant.isin([MAGNITUDE, SA_LOGITS]))]
     rate_rows, rate_wins = _versus_magnitude(six.replace({"variant": {SA_LOGITS: rated[-1]}}), rated)
     return "\n".join([
         "### Follow-up: weight decay 1 for every method",
@@ -180,8 +181,7 @@ def followups_report(df: pd.DataFrame) -> str:
         "Here every method, magnitude included, gets weight decay 1 on the pruned layers, on the first two "
         "regimes above (section f's, held-out seeds). Cells as above, against magnitude with the same decay.",
         "",
-        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS],
-                       decay_rows),
+        markdown_table(PAIRED_HEADER, decay_rows),
         "",
         "**What this means.** Cells where the mean is at most magnitude's: "
         + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in decay_wins.items())
@@ -189,8 +189,7 @@ def followups_report(df: pd.DataFrame) -> str:
         + "; ".join(shift) + ". One run that collapses can decide a mean, so here is the same table without the "
         "seed of magnitude's worst run in each regime:",
         "",
-        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS],
-                       _versus_magnitude(kept, RANKINGS)[0]),
+        markdown_table(PAIRED_HEADER, _versus_magnitude(kept, RANKINGS)[0]),
         "",
         "### Follow-up: the logit ranking's rate on Frappe at 6 epochs",
         "",
@@ -211,8 +210,7 @@ def inputs_report(df: pd.DataFrame) -> str:
     validation's, in section f's regimes (on the ranking study's seeds) and Frappe at 6 epochs."""
     rows = []
     for (problem, rows_, epochs, batch), regime in INPUTS:
-        g = df[(df.problem == problem) & (df.epochs == epochs) & (df.batch == batch) & (df.sparsity == 0.9)
-               & ((df.rows == rows_) if rows_ else df.rows.isna())]
+        g = _in_regime(df, (problem, rows_, epochs, batch, None))[lambda d: d.sparsity == 0.9]
         for variant in METHODS:
             v = g[g.variant == variant]
             if v.empty:
@@ -237,7 +235,8 @@ def inputs_report(df: pd.DataFrame) -> str:
 
 def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
     """Log-loss of each attention setting minus magnitude's (same seed, sparsity and weight decay),
-    then :func:`ranking_report` and :func:`inputs_report` on the ranking study's runs."""
+    then :func:`ranking_report` and :func:`inputs_report` on the ranking study's runs, and
+    :func:`followups_report`."""
     runs, rankings = len(df), df[df.study != "grid"]
     df = df[df.study == "grid"].rename(columns={"logit_lr_scale": "lr_scale", "weight_decay": "wd"})
     mag = df[df.method == "magnitude"].set_index(["problem", "sparsity", "wd", "seed"]).logloss
