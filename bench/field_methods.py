@@ -317,16 +317,20 @@ def _job_spec(search: Search, **selection: Any) -> JobSpec:
     return search.spec.model_copy(update={"selection": search.spec.selection.model_copy(update=selection)})
 
 
-def _sequential(search: Search, crosses: bool, dims: bool, one_shot: bool = False) -> Ranking:
+def _sequential(search: Search, crosses: bool, dims: bool, one_shot: bool = False,
+                warmup: float | None = None) -> Ranking:
     """Sequential Attention's job: ONE gated run selects every field in order (``features`` = all),
     and optionally crosses and dimension blocks in the same run; ``one_shot`` takes the whole order
-    at once from a single phase with no warm-up (the top-k of the trained gates)."""
+    at once from a single phase with no warm-up (the top-k of the trained gates); ``warmup``
+    replaces the job's warm-up (:mod:`bench.warmup`)."""
     data, n = search.data, len(search.fields)
     spec = _job_spec(search, features=n, crosses=search.crosses if crosses else 0,
                      embedding_dims=list(DIM_CHOICES) if dims else [])
     start = time.perf_counter()
     plan = plan_job(spec, data)
     selection = replace(plan.selection, per_step=n, warmup=0.0) if one_shot else plan.selection
+    if warmup is not None:
+        selection = replace(selection, warmup=warmup)
     train_src = _source(data.train, data, plan.search.dense, tuple(data.sparse_names), plan.crosses)
     placed, _ = _fit(plan.search, selection, train_src, spec, "selection", None)
     outcome = _outcome(placed.model, 0.0)

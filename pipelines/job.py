@@ -31,7 +31,7 @@ from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
-from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
+from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature, warmup_for
 from seqattn_core.pruning import PruningConfig
 from seqattn_core.training import StepEvent, binary_metrics, predict, train
 
@@ -331,7 +331,7 @@ def plan_job(spec: JobSpec, data: EncodedDataset) -> Plan:
     search_cfg = replace(base, crosses=crosses, embedding_dim=search_dim)
     selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
                                 max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim,
-                                heads=spec.pruning.heads)
+                                heads=spec.pruning.heads, warmup=warmup_for(spec.training.epochs))
     return Plan(base, search_cfg, selection, crosses, screen, len(data.train), len(data.valid), timings)
 
 

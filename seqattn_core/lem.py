@@ -48,6 +48,25 @@ class SparseFeature:
     multi_valued: bool = False
 
 
+def warmup_for(epochs: int) -> float:
+    """The races' warm-up, as a fraction of the selection run: half of a one-epoch run, else 10 %.
+
+    During the warm-up every gate is 1 and the whole model trains. In a single pass an id's
+    embedding trains only when a row holding it comes by, so after 10 % of the pass most ids of the
+    large tables are still at their initial values: the first phases then favour the small tables,
+    whose few ids are already trained, whatever their worth (on Frappe in one epoch the first pick
+    scored AUC 0.50 on its own). With two or more passes the later phases see trained embeddings,
+    and a longer warm-up only leaves fewer steps per pick. ``python -m bench.warmup`` measures
+    both (``docs/warmup.md``).
+
+    Example::
+
+        >>> warmup_for(1), warmup_for(2)
+        (0.5, 0.1)
+    """
+    return 0.5 if epochs == 1 else 0.1
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     """What the gates search for.

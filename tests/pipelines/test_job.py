@@ -117,6 +117,14 @@ def test_frappe_finds_the_user_field_that_is_useless_alone():
     assert [f.name for f in sorted(fs.features, key=lambda f: f.rank)] == ["item", "user"]
 
 
+def test_a_one_epoch_race_waits_until_the_large_tables_have_trained():
+    # Ten picks in one epoch: with a 10 % warm-up the first pick was a 3-value field (cost or
+    # isweekend, seeds 0 and 1), whose few ids had trained while item's 4,083 mostly had not.
+    spec = _frappe_spec(features=10)
+    fs = run_job(spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})}))
+    assert min(fs.features, key=lambda f: f.rank).name == "item"
+
+
 def test_frappe_crosses_beat_all_features_without_crosses():
     fs = run_job(_frappe_spec(features=None, crosses=3))
     assert {"user", "item"} in [set(c.features) for c in fs.crosses]
