@@ -79,9 +79,10 @@ class SelectionConfig:
     crosses: int = 0
     dim_choices: tuple[int, ...] = ()
     per_step: int = 1
-    warmup: float = 0.1
+    warmup: float = 0.1  # of the feature, cross and head races (the job sets it by warmup_for)
     max_embedding_bytes: float | None = None
     dims_start: float = 0.6
+    dims_warmup: float = 0.1  # of the dimension race's own span: its tables trained through the feature race
     reference_dim: int | None = None  # without a memory budget, dims re-spend kept tables x this
     heads: int | None = None  # attention heads to keep (needs LEMConfig.interaction == "autoint")
 
@@ -285,7 +286,7 @@ class LargeEmbeddingModel(nn.Module):
             # Enough phases to react to the scores, few enough that each phase trains a while.
             per_step = max(1, math.ceil(len(self.blocks) / 8))
             self.dim_attention = SequentialAttention(
-                len(self.blocks), len(self.blocks), per_step, s.warmup,
+                len(self.blocks), len(self.blocks), per_step, s.dims_warmup,
                 costs=self.blocks.costs(), prerequisites=self.blocks.prerequisites(),
             )
         if s.heads is not None:
