@@ -16,6 +16,7 @@ from bench import markdown_table, mean_std
 from bench.field import FRACTIONS, SA_METHODS, FieldBench, Problem, _slope, aukc, k_at
 from bench.field_methods import METHODS
 from pipelines.engine import PLANNER_MAX_TABLES
+from seqattn_core.lem import warmup_for
 
 # -- the report -----------------------------------------------------------------------------------
 def _label(name: str) -> str:
@@ -243,7 +244,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
         "these machines cannot do. The shared raw Criteo/Avazu samples (8-9k rows) are smaller than the 20k sample.",
         "",
         "Methods. *Sequential Attention* is the job's own gated run with `features` = every field, so its pick order "
-        "ranks them all in one run; *+ crosses* also races 3 crosses from the job's pre-screen in the same run, and "
+        "ranks them all in one run (the races start after the job's warm-up, [warmup.md](warmup.md): "
+        + ", ".join(f"{p.name} {warmup_for(p.epochs):.0%}" for p in probs) + "); *+ crosses* also races 3 crosses from the job's pre-screen in the same run, and "
         "the retrained model at k keeps those whose two fields are both among the k; *+ dims* also races the "
         "dimension blocks (4/8/16/32) and retrains at the chosen widths. *One-shot attention*: the same gates, one "
         "phase, no warm-up, fields ranked by the final gate. *AutoField*: keep/drop logits per field, Gumbel-softmax, "
