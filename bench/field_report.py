@@ -226,6 +226,7 @@ def render(cfg: FieldBench, probs: list[Problem], curves_df: pd.DataFrame, rank_
 def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, rankings: pd.DataFrame, s: pd.DataFrame,
             plain: dict[str, pd.Series], dims: pd.DataFrame, sc: pd.DataFrame,
             probe: dict[str, Any] | None = None) -> str:
+    warmups = ", ".join(f"{p.name} {warmup_for(p.epochs):.0%}" for p in probs)
     lines = [
         "## g. Against the field: the ERASE protocol",
         "",
@@ -245,7 +246,7 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
         "",
         "Methods. *Sequential Attention* is the job's own gated run with `features` = every field, so its pick order "
         "ranks them all in one run (the races start after the job's warm-up, [warmup.md](warmup.md): "
-        + ", ".join(f"{p.name} {warmup_for(p.epochs):.0%}" for p in probs) + "); *+ crosses* also races 3 crosses from the job's pre-screen in the same run, and "
+        f"{warmups}); *+ crosses* also races 3 crosses from the job's pre-screen in the same run, and "
         "the retrained model at k keeps those whose two fields are both among the k; *+ dims* also races the "
         "dimension blocks (4/8/16/32) and retrains at the chosen widths. *One-shot attention*: the same gates, one "
         "phase, no warm-up, fields ranked by the final gate. *AutoField*: keep/drop logits per field, Gumbel-softmax, "
