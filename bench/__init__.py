@@ -1,12 +1,18 @@
 """Benchmarks that write docs/benchmarks.md: run with ``python -m bench.run [--quick]``.
 
-Shared by the sections: the method labels, the markdown table writer and the selection timer.
+Shared by the sections: the method labels, the markdown table writer and the selection timer; and by
+the tuning studies beside them (``python -m bench.embedding_lr``, ``bench.warmup``,
+``bench.pruning_ablation``): their options and their process pool.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,3 +51,22 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def study_parser(doc: str, report: str, seeds: int) -> argparse.ArgumentParser:
+    """The options of a tuning study: worker processes, seeds, and its report (``docs/<report>``)."""
+    from bench.datasets import REPO_ROOT
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / report)
+    return parser
+
+
+def pool_map(fn: Callable[[Any], Any], cells: Sequence[Any], procs: int) -> tuple[list[Any], float]:
+    """``fn`` over independent cells in ``procs`` spawned processes: (results in order, wall seconds)."""
+    start = time.perf_counter()
+    with get_context("spawn").Pool(procs) as pool:
+        out = pool.map(fn, cells)
+    return out, time.perf_counter() - start

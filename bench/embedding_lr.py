@@ -8,18 +8,15 @@ batch sizes the benchmarks use. The runs are independent, so they go to a proces
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import tempfile
-import time
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 
-from bench import markdown_table, mean_std
-from bench.datasets import DATA_ROOT, REPO_ROOT
+from bench import markdown_table, mean_std, pool_map, study_parser
+from bench.datasets import DATA_ROOT
 
 SCALES = (1.0, 2.0, 3.0, 5.0)
 
@@ -43,11 +40,7 @@ def _run(args: tuple) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "embedding_lr.md")
-    args = parser.parse_args()
+    args = study_parser(__doc__, "embedding_lr.md", seeds=2).parse_args()
     from bench.run import cpu_model
     from pipelines.synth import write_synth
 
@@ -58,10 +51,8 @@ def main() -> None:
                     ("Frappe", str(DATA_ROOT / "frappe" / "frappe.parquet"), 2, 1024),
                     ("planted 100k", f"{work}/planted100k", 3, 1024), ("planted 40k", f"{work}/planted40k", 2, 256)]
         cells = [(*p, seed, scale) for p in problems for seed in range(args.seeds) for scale in SCALES]
-        start = time.perf_counter()
-        with get_context("spawn").Pool(args.procs) as pool:
-            df = pd.DataFrame(pool.map(_run, cells))
-        seconds = time.perf_counter() - start
+        results, seconds = pool_map(_run, cells, args.procs)
+        df = pd.DataFrame(results)
     rows = [[problem] + [f"{mean_std(list(g[g.scale == s].auc), 4)} / {mean_std(list(g[g.scale == s].logloss), 4)}"
                          for s in SCALES] for problem, g in df.groupby("problem", sort=False)]
     args.out.write_text("\n".join([

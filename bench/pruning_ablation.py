@@ -19,7 +19,6 @@ pool.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import itertools
 import os
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import markdown_table
-from bench.datasets import DATA_ROOT, REPO_ROOT
+from bench import markdown_table, study_parser
+from bench.datasets import DATA_ROOT
 from bench.pruning import MAGNITUDE, METHODS, SA, SA_LOGITS
 
 SPARSITIES = (0.9, 0.95)
@@ -302,11 +301,8 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser = study_parser(__doc__, "pruning_ablation.md", seeds=3)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "pruning_ablation.md")
     args = parser.parse_args()
     from pipelines.synth import write_synth
 

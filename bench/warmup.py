@@ -9,19 +9,15 @@ The runs are independent, so they go to a process pool.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import tempfile
-import time
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 
-from bench import markdown_table, mean_std
-from bench.datasets import REPO_ROOT
+from bench import markdown_table, mean_std, pool_map, study_parser
 
 WARMUPS = (0.1, 0.25, 0.5)
 EPOCHS = (1, 2)
@@ -78,11 +74,7 @@ def report(df: pd.DataFrame, default) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seeds", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "warmup.md")
-    args = parser.parse_args()
+    args = study_parser(__doc__, "warmup.md", seeds=6).parse_args()
     from bench import field
     from bench.run import cpu_model
     from seqattn_core.lem import warmup_for
@@ -90,10 +82,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         problems = field.problems(field.FieldBench(), Path(work))  # writes section g's planted data
         cells = [(replace(p, epochs=e), seed) for p in problems for e in EPOCHS for seed in range(args.seeds)]
-        start = time.perf_counter()
-        with get_context("spawn").Pool(args.procs) as pool:
-            df = pd.DataFrame([r for rows in pool.map(_cell, cells) for r in rows])
-        seconds = time.perf_counter() - start
+        results, seconds = pool_map(_cell, cells, args.procs)
+        df = pd.DataFrame([r for rows in results for r in rows])
     notes = {p.name: f"{p.note.split(';')[0]}; batch {p.batch_size}" for p in problems}
     args.out.write_text("\n".join([
         "# Warm-up of the Sequential Attention races",
