@@ -12,18 +12,23 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from bench import markdown_table, mean_std, pool_map, study_parser
 
+if TYPE_CHECKING:  # bench.field imports torch: the pool's workers import it themselves
+    from bench.field import Problem
+
 WARMUPS = (0.1, 0.25, 0.5)
 EPOCHS = (1, 2)
 
 
-def cell(problem, seed: int, warmups=WARMUPS) -> list[dict[str, object]]:
+def cell(problem: Problem, seed: int, warmups: Sequence[float] = WARMUPS) -> list[dict[str, object]]:
     """One problem (a :class:`bench.field.Problem`, its epochs set) and seed: the area under the
     AUC-versus-k curve of Sequential Attention's order at each warm-up, and the AUC at k = 1."""
     import torch
@@ -44,7 +49,7 @@ def cell(problem, seed: int, warmups=WARMUPS) -> list[dict[str, object]]:
         ranking = _sequential(search, crosses=False, dims=False, warmup=warmup)
         aucs = [retrain(ranking.order[:k], ranking)["auc"] for k in ks]
         out.append({"problem": problem.name, "epochs": problem.epochs, "seed": seed, "warmup": warmup,
-                    "aukc": field.aukc(ks, aucs, n), "auc_k1": aucs[0], "first": ranking.order[0]})
+                    "aukc": field.aukc(ks, aucs, n), "auc_k1": aucs[0]})
     return out
 
 
@@ -52,7 +57,7 @@ def _cell(args: tuple) -> list[dict[str, object]]:
     return cell(*args)
 
 
-def report(df: pd.DataFrame, default) -> list[str]:
+def report(df: pd.DataFrame, default: Callable[[int], float]) -> list[str]:
     """One row per data set, epochs and warm-up: AUKC and AUC at k = 1 (mean ± std), and the AUKC
     minus that of 10 % paired by seed (seeds where it is higher)."""
     rows = []
