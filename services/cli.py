@@ -219,12 +219,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded_int(low: int, high: int | None = None) -> Any:
+    """An argparse type: an int in ``[low, high]``, else argparse's one-line usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqattn", description="Sequential Attention feature selection for recommender models")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("synth", help="write a planted-truth Parquet dataset and its truth.json")
     s.add_argument("--out", required=True)
-    s.add_argument("--rows", type=int, default=200_000)
+    s.add_argument("--rows", type=_bounded_int(1), default=200_000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
     s = sub.add_parser("select", help="run one selection job in this process")
@@ -237,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("demo", help="run the main job on planted data")
-    s.add_argument("--rows", type=int, default=DEMO_ROWS)
+    s.add_argument("--rows", type=_bounded_int(1), default=DEMO_ROWS)
     s.set_defaults(func=cmd_demo)
     s = sub.add_parser("pipeline", help="continual pipelines")
     pipe = s.add_subparsers(dest="pipeline_command", required=True)
@@ -248,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_pipeline_run)
     s = sub.add_parser("serve", help="start the HTTP API (jobs, feature sets, schedules)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_bounded_int(1, 65535), default=8000)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request (off: /metrics has the latencies)")
     s.set_defaults(func=cmd_serve)

@@ -101,3 +101,16 @@ def test_serve_names_a_bad_setting(monkeypatch, capsys):
     monkeypatch.setenv("SEQATTN_JOB_CONCURRENCY", "many")
     assert main(["serve", "--port", "1"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: SEQATTN_JOB_CONCURRENCY: ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "99999"], "argument --port: must be from 1 to 65535, got 99999"),
+    (["serve", "--port", "http"], "argument --port: must be an integer, got 'http'"),
+    (["synth", "--out", "x", "--rows", "-5"], "argument --rows: must be at least 1, got -5"),
+    (["demo", "--rows", "0"], "argument --rows: must be at least 1, got 0"),
+])
+def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error: before any server or file exists
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(message)
