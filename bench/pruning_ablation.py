@@ -10,7 +10,7 @@ A second study ranks the tiles two ways (``PruningConfig.rank_by``: the tile's n
 attention logits) on seeds section f does not use, and with more rows (planted 400k and 1M) or more
 steps (Frappe: 6 epochs, or batch 256), against block magnitude, and shows which inputs each
 method's kept tiles read (:func:`bench.pruning.kept_by_input`). Two follow-ups give every method
-weight decay 1, and try the logit ranking's rate where it loses most. Every cell is one run of the
+weight decay (1e-2, and 1), and try the logit ranking's rate where it loses most. Every cell is one run of the
 product's TorchRec LEM, the same as section f's; the runs are independent, so they go to a process
 pool.
 
@@ -37,20 +37,25 @@ SPARSITIES = (0.9, 0.95)
 LOGITS = ("reset", "carry")
 CLIPS = (1.0, 8.0)
 LR_SCALES = (1.0, 10.0)
-WEIGHT_DECAYS = (0.0, 1.0)
+# ``weight_decay`` is lambda in ``lambda * sum ||W||^2`` added to the mean log-loss: 1e-3 and 1e-2 move
+# the tower's weights a little, 1 pins them near zero (on Frappe it can collapse a run).
+WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1.0)
 # The ranking study: (data, planted rows or None for Frappe, epochs, batch, seeds). Section f runs
-# seeds 0-2 at 3 epochs, batch 1024 on 100k planted rows; the first two lines use other seeds.
+# seeds 0-2 at 3 epochs, batch 1024 on 100k planted rows; the first two lines use other seeds. The
+# last two train Frappe shorter, where the pruned tower is still worse than the dense one.
 REGIMES = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)),
            ("planted", 400_000, 3, 1024, range(5)), ("planted", 1_000_000, 3, 1024, range(3)),
-           ("Frappe", None, 6, 1024, range(5)), ("Frappe", None, 3, 256, range(5)))
+           ("Frappe", None, 6, 1024, range(5)), ("Frappe", None, 3, 256, range(5)),
+           ("Frappe", None, 1, 1024, range(10)), ("Frappe", None, 2, 1024, range(10)))
 # inputs_report's regimes: ((problem, rows, epochs, batch), label): section f's two, and Frappe at 6 epochs,
 # where the logit ranking loses clearly.
 INPUTS = ((("Frappe", None, 3, 1024), "Frappe, 3 epochs"), (("Frappe", None, 6, 1024), "Frappe, 6 epochs"),
           (("planted", 100_000, 3, 1024), "planted 100k, 3 epochs"))
 RANKINGS = (SA, SA_LOGITS)  # each against MAGNITUDE, with section f's settings (bench.pruning.METHODS)
-# Two follow-ups on the ranking study: every method with weight decay 1 on section f's regimes
+# Two follow-ups on the ranking study: every method with the weight decays DECAYS on section f's regimes
 # (held-out seeds), and the logit ranking's rate on Frappe at 6 epochs (where ×100 loses clearly).
 DECAYED = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)))
+DECAYS = (1e-2, 1.0)
 LOGIT_RATES, RATE_SEEDS = (10.0, 25.0, 50.0), range(5)
 PAIRED_HEADER = ["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS]
 
@@ -89,9 +94,9 @@ def _rankings(paths: dict[tuple[str, int | None], str]) -> list[tuple]:
     cells = [("ranking", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, settings)
              for name, rows, epochs, batch, seeds in REGIMES for seed in seeds for sparsity in SPARSITIES
              for variant, settings in METHODS.items()]
-    cells += [("decay", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, {**settings, "weight_decay": 1.0})
+    cells += [("decay", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, {**settings, "weight_decay": wd})
               for name, rows, epochs, batch, seeds in DECAYED for seed in seeds for sparsity in SPARSITIES
-              for variant, settings in METHODS.items()]
+              for wd in DECAYS for variant, settings in METHODS.items()]
     return cells + [("rate", "Frappe", None, paths["Frappe", None], seed, 6, 1024, sparsity, f"{SA_LOGITS} ×{rate:g}",
                      {**METHODS[SA_LOGITS], "logit_lr_scale": rate})
                     for seed in RATE_SEEDS for sparsity in SPARSITIES for rate in LOGIT_RATES]
@@ -111,8 +116,14 @@ def _spans(seeds: list[int]) -> str:
 def _versus_magnitude(df: pd.DataFrame, variants: tuple[str, ...]) -> tuple[list[list[str]], dict[tuple[str, str], tuple[int, int]]]:
     """Per regime and sparsity: the seeds, magnitude's mean log-loss, then each variant's log-loss
     (and AUC) minus magnitude's, paired by seed; with, per (variant, data), the cells at or below."""
+    if "weight_decay" not in df:
+        df = df.assign(weight_decay=float("nan"))
+    # Rows in a fixed order (the pool returns runs in any): planted before Frappe, then by size and length.
+    df = df.sort_values(["problem", "rows", "epochs", "batch", "weight_decay", "sparsity", "seed"],
+                        ascending=[False, True, True, False, True, True, True])
     df = df.assign(regime=[f"{p}{f' {int(r) // 1000}k' if r == r else ''}, {e} epochs, batch {b}"
-                           for p, r, e, b in zip(df.problem, df.rows, df.epochs, df.batch)])
+                           f"{f', weight decay {w:g}' if w == w else ''}"
+                           for p, r, e, b, w in zip(df.problem, df.rows, df.epochs, df.batch, df.weight_decay)])
     keys = ["regime", "sparsity", "seed"]
     mag = df[df.variant == MAGNITUDE].set_index(keys).sort_index()
     rows, wins = [], {}
@@ -159,34 +170,37 @@ def _in_regime(df: pd.DataFrame, regime: tuple) -> pd.DataFrame:
 def followups_report(df: pd.DataFrame) -> str:
     """The ranking study's two follow-ups (``DECAYED``, ``LOGIT_RATES``), each against magnitude."""
     decay = df[df.study == "decay"]
-    decay_rows, decay_wins = _versus_magnitude(decay, RANKINGS)
+    decay_rows = _versus_magnitude(decay, RANKINGS)[0]
     plain = df[(df.study == "ranking") & (df.variant == MAGNITUDE)]
-    shift, kept = [], decay
-    for regime in DECAYED:
-        with_decay = _in_regime(decay[decay.variant == MAGNITUDE], regime)
-        worst = with_decay.loc[with_decay.logloss.idxmax()]
-        kept = kept.drop(_in_regime(kept, regime)[lambda g: g.seed == worst.seed].index)
-        without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]
-        shift.append(f"{regime[0]} {without.logloss.mean():.4f} without, {with_decay.logloss.mean():.4f} with "
-                     f"(its worst run: seed {worst.seed}, {worst.sparsity:.0%}, {worst.logloss:.4f})")
+    verdicts, shift, kept = [], [], decay
+    for wd in DECAYS:
+        wins = _versus_magnitude(decay[decay.weight_decay == wd], RANKINGS)[1]
+        verdicts.append(f"decay {wd:g}: " + ", ".join(f"{v} on {p} {won} of {n}" for (v, p), (won, n) in wins.items()))
+        for regime in DECAYED:
+            with_decay = _in_regime(decay[(decay.variant == MAGNITUDE) & (decay.weight_decay == wd)], regime)
+            worst = with_decay.loc[with_decay.logloss.idxmax()]
+            kept = kept.drop(_in_regime(kept, regime)[lambda g: (g.seed == worst.seed) & (g.weight_decay == wd)].index)
+            without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]
+            shift.append(f"{regime[0]}, decay {wd:g}: {without.logloss.mean():.4f} without, {with_decay.logloss.mean():.4f} "
+                         f"with (its worst run: seed {worst.seed}, {worst.sparsity:.0%}, {worst.logloss:.4f})")
     rated = tuple(f"{SA_LOGITS} ×{r:g}" for r in (*LOGIT_RATES, 100.0))
     six = _in_regime(df, ("Frappe", None, 6, 1024, RATE_SEEDS))[
         lambda d: (d.study == "rate") | ((d.study == "ranking") & d.variant.isin([MAGNITUDE, SA_LOGITS]))]
     rate_rows, rate_wins = _versus_magnitude(six.replace({"variant": {SA_LOGITS: rated[-1]}}), rated)
     return "\n".join([
-        "### Follow-up: weight decay 1 for every method",
+        "### Follow-up: weight decay for every method",
         "",
         "The paper reads the softmax mask, with an L2 penalty on the weights, as a group-sparsity regulariser. "
-        "Here every method, magnitude included, gets weight decay 1 on the pruned layers, on the first two "
-        "regimes above (section f's, held-out seeds). Cells as above, against magnitude with the same decay.",
+        f"Here every method, magnitude included, gets the same weight decay ({' and '.join(f'{wd:g}' for wd in DECAYS)}: "
+        "lambda in lambda * sum ||W||^2, added to the mean log-loss) on the pruned layers, on the first two regimes "
+        "above (section f's, held-out seeds). Cells as above, against magnitude with the same decay.",
         "",
         markdown_table(PAIRED_HEADER, decay_rows),
         "",
-        "**What this means.** Cells where the mean is at most magnitude's: "
-        + "; ".join(f"{v} on {p}: {won} of {n}" for (v, p), (won, n) in decay_wins.items())
+        "**What this means.** Cells where the mean is at most magnitude's, " + "; ".join(verdicts)
         + ". Magnitude's own mean log-loss (both sparsities, the same seeds) without and with the decay: "
         + "; ".join(shift) + ". One run that collapses can decide a mean, so here is the same table without the "
-        "seed of magnitude's worst run in each regime:",
+        "seed of magnitude's worst run in each regime and decay:",
         "",
         markdown_table(PAIRED_HEADER, _versus_magnitude(kept, RANKINGS)[0]),
         "",
@@ -251,7 +265,7 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
             cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)})")
         rows.append([logits, f"{wd:g}", f"{clip:g}", f"{lr:g}"] + cells)
     base = [[p, f"{s:.0%}", f"{wd:g}", f"{g.logloss.mean():.4f} ± {g.logloss.std(ddof=0):.4f}"]
-            for (p, s, wd), g in df[df.method == "magnitude"].groupby(["problem", "sparsity", "wd"], sort=False)]
+            for (p, s, wd), g in df[df.method == "magnitude"].groupby(["problem", "sparsity", "wd"])]
 
     def by(problem: str, column: str, value: object) -> float:
         return float(att[(att.problem == problem) & (att[column] == value)]["diff"].mean())
