@@ -178,8 +178,8 @@ class PruningSpec(_Strict):
     ``magnitude`` baseline; ``rank_by`` is how the attention picks the tiles it keeps: ``weight``
     (the tile's norm in use) or ``logits`` (the attention's own score). ``weight_decay`` adds an L2
     penalty on the pruned layers' weights. ``docs/pruning_ablation.md`` measures both: ranking by
-    the logits wins on the planted data and loses on Frappe; weight decay 1.0 lowers the planted
-    data's log-loss for both methods and leaves Frappe's about where it was. ``heads`` keeps that
+    the logits wins on the planted data and ties or loses on Frappe; weight decay 0.01 lowers the
+    planted data's log-loss for every method and leaves Frappe's where it was. ``heads`` keeps that
     many of the ``interaction: autoint`` model's ``attention_heads``, chosen by Sequential Attention
     over the heads in the selection run.
     """
