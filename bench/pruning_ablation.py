@@ -7,14 +7,14 @@ attention weights (1 = they can only shrink tiles; 8 = they may amplify them), t
 learning rate (as a multiple of the run's), and an L2 penalty on the pruned weights (the paper's
 reading of the softmax mask as a group sparsity penalty needs one; it is given to both methods).
 A second study ranks the tiles two ways (``PruningConfig.rank_by``: the tile's norm in use, or the
-attention logits) on seeds section f does not use, and with more rows (planted 400k and 1M) or more
-steps (Frappe: 6 epochs, or batch 256), against block magnitude, and shows which inputs each
-method's kept tiles read (:func:`bench.pruning.kept_by_input`). Two follow-ups give every method
-weight decay (1e-2, and 1), and try the logit ranking's rate where it loses most. Every cell is one run of the
-product's TorchRec LEM, the same as section f's; the runs are independent, so they go to a process
-pool.
+attention logits) on seeds section f does not use, with more rows (planted 400k and 1M), more steps
+(Frappe: 6 epochs, or batch 256) or fewer (Frappe: 1 and 2 epochs), against block magnitude, and
+shows which inputs each method's kept tiles read (:func:`bench.pruning.kept_by_input`). Two
+follow-ups give every method the same weight decay (1e-2, and 1), and try the logit ranking's rate
+where it loses most. Every cell is one run of the product's TorchRec LEM, the same as section f's;
+the runs are independent, so they go to a process pool.
 
-    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~30 min on 2 cores)
+    python -m bench.pruning_ablation --procs 2     # writes docs/pruning_ablation.md (~50 min on 2 cores)
 """
 
 from __future__ import annotations
