@@ -1,4 +1,5 @@
-"""The ``seqattn`` command line. Exit codes: 0 success, 2 bad input (one line naming the field), 1 else.
+"""The ``seqattn`` command line. Exit codes: 0 success, 2 bad input (one line naming the field), 3 the
+server could not start (uvicorn's code, e.g. its port is taken), 1 else.
 
     seqattn synth --out DIR [--rows N] [--seed S]
     seqattn select SPEC.yaml [--out FS.json]
