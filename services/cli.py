@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bounded_int(low: int, high: int | None = None) -> Any:
+def _bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an int in ``[low, high]``, else argparse's one-line usage error (exit 2)."""
 
     def parse(text: str) -> int:
