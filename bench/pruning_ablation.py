@@ -179,10 +179,11 @@ def followups_report(df: pd.DataFrame) -> str:
     plain = df[(df.study == "ranking") & (df.variant == MAGNITUDE)]
     verdicts, shift, kept = [], [], decay
     for wd in DECAYS:
-        wins = _versus_magnitude(decay[decay.weight_decay == wd], RANKINGS)[1]
+        at = decay[decay.weight_decay == wd]
+        wins = _versus_magnitude(at, RANKINGS)[1]
         verdicts.append(f"decay {wd:g}: " + ", ".join(f"{v} on {p} {won} of {n}" for (v, p), (won, n) in wins.items()))
         for regime in DECAYED:
-            with_decay = _in_regime(decay[(decay.variant == MAGNITUDE) & (decay.weight_decay == wd)], regime)
+            with_decay = _in_regime(at[at.variant == MAGNITUDE], regime)
             worst = with_decay.loc[with_decay.logloss.idxmax()]
             kept = kept.drop(_in_regime(kept, regime)[lambda g: (g.seed == worst.seed) & (g.weight_decay == wd)].index)
             without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]
