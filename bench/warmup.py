@@ -1,10 +1,10 @@
 """How long the Sequential Attention races should wait: section g's protocol (Sequential Attention
 ranks every field in one run, then the LEM is retrained on the top k and scored on the validation
 split) with the races' warm-up at 10 %, 25 % and 50 % of the selection run, on Criteo, Frappe and the
-planted data, at one and two epochs. ``seqattn_core.lem.warmup_for`` takes its rule from here.
+planted data, at one, two and three epochs. ``seqattn_core.lem.warmup_for`` takes its rule from here.
 The runs are independent, so they go to a process pool.
 
-    python -m bench.warmup --procs 2     # writes docs/warmup.md (~10 min on 2 cores)
+    python -m bench.warmup --procs 2     # writes docs/warmup.md (~20 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # bench.field imports torch: the pool's workers import it the
     from bench.field import Problem
 
 WARMUPS = (0.1, 0.25, 0.5)
-EPOCHS = (1, 2)
+EPOCHS = (1, 2, 3)
 
 
 def cell(problem: Problem, seed: int, warmups: Sequence[float] = WARMUPS) -> list[dict[str, object]]:
@@ -109,7 +109,7 @@ def main() -> None:
         "",
         "Reading: in one pass an id's embedding trains only when a row holding it comes by, so after 10 % of the pass "
         "most ids of the large tables are untrained and the first picks go to small tables (on Frappe the first pick "
-        "alone scores about AUC 0.5); with two passes the later phases see trained embeddings, and a longer warm-up "
+        "alone scores about AUC 0.5); with two or more passes the later phases see trained embeddings, and a longer warm-up "
         "leaves fewer steps per pick.",
         "",
     ]))
