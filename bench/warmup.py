@@ -109,8 +109,8 @@ def main() -> None:
         "",
         "Reading: in one pass an id's embedding trains only when a row holding it comes by, so after 10 % of the pass "
         "most ids of the large tables are untrained and the first picks go to small tables (on Frappe the first pick "
-        "alone scores about AUC 0.5); with two or more passes the later phases see trained embeddings, and a longer warm-up "
-        "leaves fewer steps per pick.",
+        "alone scores about AUC 0.5); with two or more passes the later phases see trained embeddings, and a longer "
+        "warm-up leaves fewer steps per pick.",
         "",
     ]))
     print(f"wrote {args.out}")
