@@ -43,7 +43,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipelines.checkpoints import CheckpointedStages
 from pipelines.cluster import connect
 from pipelines.dataset import EncodedDataset, EncodedSplit, encode_table
-from pipelines.engine import Placed
+from pipelines.engine import Placed, device
 from pipelines.errors import SpecError
 from pipelines.job import Event, _emit, plan_job, run_stages, seed_everything
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
@@ -126,7 +126,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Sharded tables make every step a collective: all workers must take the same number of steps.
         import torch
 
-        n = torch.tensor([len(train)])
+        n = torch.tensor([len(train)], device=device())  # NCCL (GPU workers) reduces CUDA tensors only
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
         if int(n) < len(train):
             keep = int(n)

@@ -27,6 +27,13 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device) -> Batch:
+        """This batch on ``device``: batches are sliced on the CPU and a GPU model trains on CUDA
+        copies of them (itself where it already is there)."""
+        if self.labels.device == device:
+            return self
+        return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device))
+
 
 def first_ids(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """One id per row (the first; 0, the out-of-vocabulary id, for an empty row)."""

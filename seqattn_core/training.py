@@ -49,6 +49,13 @@ def _count_picks(model: LargeEmbeddingModel) -> dict[str, int]:
     return out
 
 
+def model_device(forward: nn.Module) -> torch.device:
+    """Where ``forward`` computes (its parameters' device): the CPU, or the GPU that
+    ``DistributedModelParallel`` placed it on."""
+    param = next(forward.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def train(
     forward: nn.Module,
     model: LargeEmbeddingModel,
@@ -67,6 +74,7 @@ def train(
     ``batches(epoch)`` yields the epoch's batches. ``gate_optimizer`` is the torch optimizer that
     holds the gate logits: its state for a gate is reset whenever that gate's race picks.
     """
+    device = model_device(forward)
     total = steps_per_epoch * epochs
     step = start_epoch * steps_per_epoch
     rows = 0
@@ -75,6 +83,7 @@ def train(
         forward.train()
         losses = []
         for batch in batches(epoch):
+            batch = batch.to(device)
             logits = forward(batch.dense, batch.sparse)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
             objective = loss + model.pruner.penalty() if model.pruner is not None else loss
@@ -105,9 +114,10 @@ def train(
 def predict(forward: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels over ``batches``, in eval mode (gates never select in eval)."""
     forward.eval()
+    device = model_device(forward)
     probs, labels = [], []
     for batch in batches:
-        probs.append(torch.sigmoid(forward(batch.dense, batch.sparse)).numpy())
+        probs.append(torch.sigmoid(forward(batch.dense.to(device), batch.sparse.to(device))).cpu().numpy())
         labels.append(batch.labels.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
