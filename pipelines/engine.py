@@ -71,7 +71,9 @@ def sharding_types(device_type: str) -> list[str]:
 
 
 def device() -> torch.device:
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    """The current CUDA device where there is a GPU (a Ray Train worker makes its own GPU current
+    first: ``ray.train.torch.get_device``), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def ensure_process_group() -> None:

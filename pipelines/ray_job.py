@@ -109,9 +109,13 @@ def _plan_tables(placed: Placed) -> dict[str, dict[str, Any]]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: its shard -> the shared stages, checkpointed every epoch."""
+    import torch
     import torch.distributed as dist
     import ray.train
+    import ray.train.torch
 
+    if torch.cuda.is_available():  # the GPU Ray gave this worker: engine.device() and NCCL use the current one
+        torch.cuda.set_device(ray.train.torch.get_device())
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     bus = config["bus"]
@@ -124,8 +128,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard_s = time.perf_counter() - t0
     if dist.is_initialized() and world > 1:
         # Sharded tables make every step a collective: all workers must take the same number of steps.
-        import torch
-
         n = torch.tensor([len(train)], device=device())  # NCCL (GPU workers) reduces CUDA tensors only
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
         if int(n) < len(train):

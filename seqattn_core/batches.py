@@ -28,8 +28,8 @@ class Batch:
         return int(self.labels.shape[0])
 
     def to(self, device: torch.device) -> Batch:
-        """This batch on ``device``: batches are sliced on the CPU and a GPU model trains on CUDA
-        copies of them (itself where it already is there)."""
+        """This batch on ``device`` (itself if it is there already): batches are sliced on the
+        CPU, and a model on a GPU trains on CUDA copies of them."""
         if self.labels.device == device:
             return self
         return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device))

@@ -117,7 +117,8 @@ def predict(forward: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, n
     device = model_device(forward)
     probs, labels = [], []
     for batch in batches:
-        probs.append(torch.sigmoid(forward(batch.dense.to(device), batch.sparse.to(device))).cpu().numpy())
+        on = batch.to(device)
+        probs.append(torch.sigmoid(forward(on.dense, on.sparse)).cpu().numpy())
         labels.append(batch.labels.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
