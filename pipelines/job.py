@@ -28,7 +28,7 @@ from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
 from pipelines.spec import Candidate, Compression, FeatureSet, JobSpec, PrunedLayer, SelectedCross, SelectedFeature
 from seqattn_core.batches import BatchSource, first_ids
-from seqattn_core.crosses import CrossFeature, prescreen_pairs
+from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature, warmup_for
@@ -320,7 +320,7 @@ def plan_job(spec: JobSpec, data: EncodedDataset) -> Plan:
         single = [n for n in data.sparse_names if n not in data.multi_valued]
         ids = {n: first_ids(*data.train.sparse[n]) for n in single}
         ranked = prescreen_pairs(ids, data.cardinalities, data.train.labels, max_candidates=max(16, 4 * sel.crosses),
-                                 seed=spec.training.seed)
+                                 max_buckets=bucket_budget(len(data.train)), seed=spec.training.seed)
         crosses = tuple(c for c, _ in ranked)
         screen = {c.name: g for c, g in ranked}
         timings["prescreen_s"] = time.perf_counter() - t0
