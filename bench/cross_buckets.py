@@ -48,10 +48,10 @@ def report(df: pd.DataFrame) -> list[str]:
     for (name, k), g in df.groupby(["data", "crosses"], sort=False):
         wide = g.pivot_table(index="seed", columns="budgeted", values="auc")
         diff = wide[True] - wide[False]
+        picked = g.set_index(["seed", "budgeted"]).picked
         for seed in wide.index:
-            picked = g.set_index(["seed", "budgeted"]).picked
-            rows.append([name, k, seed, f"{wide.at[seed, True]:.4f}", f"{wide.at[seed, False]:.4f}", f"{diff[seed]:+.4f}",
-                         picked[(seed, True)], picked[(seed, False)]])
+            rows.append([name, k, seed, f"{wide.at[seed, True]:.4f}", f"{wide.at[seed, False]:.4f}",
+                         f"{diff[seed]:+.4f}", picked[(seed, True)], picked[(seed, False)]])
         lines.append(f"- {name}, {k} cross(es): the budget minus flat 65,536 is {diff.mean():+.4f} AUC on average; "
                      f"higher on {int((diff > 0).sum())}, equal on {int((diff == 0).sum())}, lower on "
                      f"{int((diff < 0).sum())} of {len(diff)} seeds.")

@@ -32,7 +32,8 @@ def main() -> None:
     print(f"device {device()} (cuda available: {torch.cuda.is_available()})", flush=True)
     for seed in args.seeds:
         spec = load_spec({"name": "gpu-check", "dataset": {"path": out, "label": "label"},
-                          "selection": {"features": len(truth["relevant_alone"]), "crosses": len(truth["pairs"] + truth["interactions"]),
+                          "selection": {"features": len(truth["relevant_alone"]),
+                                        "crosses": len(truth["pairs"] + truth["interactions"]),
                                         "embedding_dims": [4, 8, 16]},
                           "training": {"epochs": 2, "batch_size": 512, "seed": seed}})
         t = time.perf_counter()

@@ -7,7 +7,8 @@ from bench.cross_buckets import report
 
 def test_report_pairs_the_budget_with_the_flat_cap_at_each_seed():
     rows = [{"data": "planted", "crosses": 1, "seed": seed, "budgeted": budgeted,
-             "auc": 0.80 + (0.01 if budgeted and seed == 0 else 0.0), "picked": "a x b (143)" if budgeted else "c x d (65,536)"}
+             "auc": 0.80 + (0.01 if budgeted and seed == 0 else 0.0),
+             "picked": "a x b (143)" if budgeted else "c x d (65,536)"}
             for seed in range(3) for budgeted in (True, False)]
     table, _, summary = report(pd.DataFrame(rows))
     assert "| planted | 1 | 0 | 0.8100 | 0.8000 | +0.0100 | a x b (143) | c x d (65,536) |" in table

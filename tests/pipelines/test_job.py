@@ -33,7 +33,8 @@ def _planted_crosses(truth) -> set[frozenset[str]]:
 
 def _spec(path, truth, **over):
     spec = {"name": "t", "dataset": {"path": str(path), "label": "label"},
-            "selection": {"features": len(truth["relevant_alone"]), "crosses": len(truth["pairs"] + truth["interactions"]),
+            "selection": {"features": len(truth["relevant_alone"]),
+                          "crosses": len(truth["pairs"] + truth["interactions"]),
                           "embedding_dims": [4, 8, 16]},
             "training": {"epochs": 2, "batch_size": 512}}
     for k, v in over.items():
@@ -51,7 +52,8 @@ def result(planted):
 def _keeps_the_relevant_features_and_one_duplicate(fs, truth) -> bool:
     kept = {f.name for f in fs.features}
     (dup, original), = truth["duplicate_of"].items()
-    return len(kept & {dup, original}) == 1 and set(truth["relevant_alone"]) <= {original if k == dup else k for k in kept}
+    as_original = {original if k == dup else k for k in kept}
+    return len(kept & {dup, original}) == 1 and set(truth["relevant_alone"]) <= as_original
 
 
 def test_relevant_features_are_kept_and_one_of_the_duplicates(result, planted):
