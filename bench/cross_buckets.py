@@ -17,8 +17,8 @@ import pandas as pd
 
 from bench import markdown_table, pool_map, study_parser
 from bench.datasets import DATA_ROOT
+from seqattn_core.crosses import MAX_BUCKETS as FLAT
 
-FLAT = 1 << 16
 # (data, selection.crosses, features, batch size)
 CASES = (("Frappe", 3, None, 1024), ("planted", 1, 8, 512), ("planted", 3, 8, 512))
 

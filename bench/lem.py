@@ -39,12 +39,11 @@ from pipelines.job import _evaluate, _fit, _source, plan_job, run_job
 from pipelines.spec import JobSpec, load_spec
 from pipelines.synth import write_synth
 from seqattn_core.batches import first_ids
-from seqattn_core.crosses import CrossFeature, cross_buckets, prescreen_pairs
+from seqattn_core.crosses import MAX_BUCKETS, CrossFeature, cross_buckets, prescreen_pairs  # section c: a flat cap
 from seqattn_core.dimensions import heuristic_dims, mb
 from seqattn_core.lem import LEMConfig, SelectionConfig, SparseFeature
 
 DIM_CHOICES = (4, 8, 16, 32)
-MAX_BUCKETS = 1 << 16  # the job's cap on a cross table's rows
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,11 @@ def cross_buckets(card_a: int, card_b: int, max_buckets: int) -> int:
     return int(min(card_a * card_b, max_buckets))
 
 
+MAX_BUCKETS = 1 << 16
 ROWS_PER_BUCKET = 8
 
 
-def bucket_budget(train_rows: int, ceiling: int = 1 << 16, floor: int = 256) -> int:
+def bucket_budget(train_rows: int, ceiling: int = MAX_BUCKETS, floor: int = 256) -> int:
     """The most buckets a cross may hash into: one per ``ROWS_PER_BUCKET`` training rows, within
     ``[floor, ceiling]`` (see the module docstring for why).
 
@@ -144,7 +145,7 @@ def prescreen_pairs(
     cardinalities: Mapping[str, int],
     labels: np.ndarray,
     max_candidates: int,
-    max_buckets: int = 1 << 16,
+    max_buckets: int = MAX_BUCKETS,
     sample_rows: int = 200_000,
     seed: int = 0,
     smooth: float = 20.0,
