@@ -75,7 +75,7 @@ def _run(cell: tuple) -> dict[str, object]:
     study, problem, rows, path, seed, epochs, batch, sparsity, variant, settings = cell
     spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
-    pruning = PruningConfig(sparsity=sparsity, block=8, **settings)
+    pruning = PruningConfig(sparsity=sparsity, **{"block": 8, **settings})  # bench.pruning_schedule sets block
     return {"study": study, "problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
             "variant": variant, **settings, **_train(data, spec, pruning, inspect=study == "ranking"),
             "cardinalities": data.cardinalities}
