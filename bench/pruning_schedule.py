@@ -6,7 +6,7 @@ f's two regimes, and pairs each method with magnitude at the same seed and sched
 the tie between the two methods on Frappe is an artefact of that one schedule. Every cell is one run of
 section f's TorchRec LEM, through the ablation's runner and process pool.
 
-    python -m bench.pruning_schedule --procs 2     # writes docs/pruning_schedule.md (~16 min on 2 cores)
+    python -m bench.pruning_schedule --procs 2     # writes docs/pruning_schedule.md (~25 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 from bench import markdown_table, pool_map, study_parser
 from bench.datasets import DATA_ROOT
-from bench.pruning import MAGNITUDE, METHODS, SA
+from bench.pruning import MAGNITUDE, METHODS, SA, SA_LOGITS
 from bench.pruning_ablation import SPARSITIES, _run
 
 # (tile size, cycles); the first is section f's schedule.
@@ -33,29 +33,38 @@ def _cells(paths: dict[str, str], seeds: range) -> list[tuple]:
     return [("schedule", name, None, path, seed, 3, 1024, sparsity, variant,
              {**METHODS[variant], "block": block, "cycles": cycles})
             for (name, path), seed, sparsity, (block, cycles), variant
-            in itertools.product(paths.items(), seeds, SPARSITIES, SCHEDULES, (SA, MAGNITUDE))]
+            in itertools.product(paths.items(), seeds, SPARSITIES, SCHEDULES, METHODS)]
 
 
 def _label(block: int, cycles: int) -> str:
     return f"{block}x{block} tiles, {cycles} cycle{'s' if cycles > 1 else ''}"
 
 
-def report(df: pd.DataFrame, seconds: float, procs: int) -> str:
-    """SA++ minus magnitude per data, sparsity and schedule (paired by seed), and each one's own log-loss."""
+def _paired(df: pd.DataFrame, variant: str) -> tuple[list[list[str]], list[str]]:
+    """Rows of ``variant`` minus magnitude (paired by seed) per data and sparsity, one column per schedule;
+    and the schedules where its mean is at most magnitude's in every row."""
     keys = ["problem", "sparsity", "block", "cycles", "seed"]
-    sa = df[df.variant == SA].set_index(keys).logloss
-    mag = df[df.variant == MAGNITUDE].set_index(keys).logloss
-    diff = (sa - mag.reindex(sa.index)).groupby(level=[0, 1, 2, 3])
+    ours = df[df.variant == variant].set_index(keys).logloss
+    diff = (ours - df[df.variant == MAGNITUDE].set_index(keys).logloss.reindex(ours.index)).groupby(level=[0, 1, 2, 3])
     mean, std, wins, n = diff.mean(), diff.std(ddof=0), diff.apply(lambda d: int((d <= 0).sum())), diff.count()
-    groups = sorted({k[:2] for k in mean.index}, key=lambda k: (k[0] != "planted", k[1]))
-    paired = [[p, f"{s:.0%}"] + [f"{mean[p, s, b, c]:+.4f} ± {std[p, s, b, c]:.4f} ({wins[p, s, b, c]}/{n[p, s, b, c]})"
-                                 for b, c in SCHEDULES] for p, s in groups]
-    own = {v: df[df.variant == v].groupby(["problem", "sparsity", "block", "cycles"]).logloss.mean() for v in (SA, MAGNITUDE)}
-    absolute = [[p, f"{s:.0%}"] + [f"{own[SA][p, s, b, c]:.4f} / {own[MAGNITUDE][p, s, b, c]:.4f}" for b, c in SCHEDULES]
-                for p, s in groups]
-    at_or_below = [_label(b, c) for b, c in SCHEDULES if all(mean[p, s, b, c] <= 0 for p, s in groups)]
-    best = {p: min(SCHEDULES, key=lambda bc: sum(own[SA][p, s, bc[0], bc[1]] for q, s in groups if q == p))
-            for p, _ in groups}
+    rows = [[p, f"{s:.0%}"] + [f"{mean[p, s, b, c]:+.4f} ± {std[p, s, b, c]:.4f} ({wins[p, s, b, c]}/{n[p, s, b, c]})"
+                               for b, c in SCHEDULES] for p, s in _groups(df)]
+    return rows, [_label(b, c) for b, c in SCHEDULES if all(mean[p, s, b, c] <= 0 for p, s in _groups(df))]
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[str, float]]:
+    return sorted({(p, s) for p, s in zip(df.problem, df.sparsity)}, key=lambda k: (k[0] != "planted", k[1]))
+
+
+def report(df: pd.DataFrame, seconds: float, procs: int) -> str:
+    """Each SA++ ranking minus magnitude per data, sparsity and schedule (paired by seed), and every method's own log-loss."""
+    header = ["data", "sparsity"] + [_label(b, c) for b, c in SCHEDULES]
+    own = {v: df[df.variant == v].groupby(["problem", "sparsity", "block", "cycles"]).logloss.mean() for v in METHODS}
+    absolute = [[p, f"{s:.0%}"] + [" / ".join(f"{own[v][p, s, b, c]:.4f}" for v in METHODS) for b, c in SCHEDULES]
+                for p, s in _groups(df)]
+    best = {p: min(SCHEDULES, key=lambda bc: sum(own[SA][q, s, bc[0], bc[1]] for q, s in _groups(df) if q == p))
+            for p, _ in _groups(df)}
+    paired = {v: _paired(df, v) for v in (SA, SA_LOGITS)}
     seeds = sorted(df.seed.unique())
     return "\n".join([
         "# SequentialAttention++: tile size and cycles",
@@ -64,19 +73,19 @@ def report(df: pd.DataFrame, seconds: float, procs: int) -> str:
         f"UTC ({os.cpu_count()} CPUs; {seconds / 60:.1f} min; {len(df)} runs, one thread each).*",
         "",
         "Section f's model, data and training (3 epochs, batch 1024) of [benchmarks.md](benchmarks.md), on seeds "
-        f"{seeds[0]}-{seeds[-1]}; SequentialAttention++ at its defaults. Each column changes one knob of section f's "
-        "schedule (8x8 tiles, 2 cycles, the first column). Each cell: SequentialAttention++'s validation log-loss minus "
-        "block magnitude's at the same seed and schedule, mean ± std over seeds (seeds at or below magnitude's).",
+        f"{seeds[0]}-{seeds[-1]}; both SequentialAttention++ rankings at section f's settings. Each column changes one knob of section f's "
+        "schedule (8x8 tiles, 2 cycles, the first column). Each cell: the validation log-loss minus block magnitude's "
+        "at the same seed and schedule, mean ± std over seeds (seeds at or below magnitude's).",
         "",
-        markdown_table(["data", "sparsity"] + [_label(b, c) for b, c in SCHEDULES], paired),
+        *[line for v, (rows, _) in paired.items() for line in (f"**{v}** minus magnitude:", "", markdown_table(header, rows), "")],
+        "Each method's own mean log-loss (" + " / ".join(METHODS) + "):",
         "",
-        "Each method's own mean log-loss (SequentialAttention++ / magnitude):",
+        markdown_table(header, absolute),
         "",
-        markdown_table(["data", "sparsity"] + [_label(b, c) for b, c in SCHEDULES], absolute),
-        "",
-        "**What this means.** Schedules where SequentialAttention++'s mean is at most magnitude's in every row: "
-        f"{', '.join(at_or_below) or 'none'}. The schedule with SequentialAttention++'s lowest log-loss (both "
-        "sparsities): " + "; ".join(f"{p}: {_label(*bc)}" for p, bc in best.items()) + ".",
+        "**What this means.** Schedules where the mean is at most magnitude's in every row: "
+        + "; ".join(f"{v}: {', '.join(ok) or 'none'}" for v, (_, ok) in paired.items())
+        + f". The schedule with {SA}'s lowest log-loss (both sparsities): "
+        + "; ".join(f"{p}: {_label(*bc)}" for p, bc in best.items()) + ".",
         "",
     ])
 
