@@ -281,12 +281,18 @@ class ProbeGate(FieldGate):
         return self.scale(dense, values, col, self.probe)
 
 
+def _seed(spec: JobSpec, stage: str) -> None:
+    """Seed torch from the run's seed and the method's stage, so a method's numbers do not depend on
+    which methods ran before it in the process."""
+    torch.manual_seed(spec.training.seed * 1_000_003 + zlib.crc32(stage.encode()))
+
+
 def fit_gated(gate: FieldGate, data: EncodedDataset, spec: JobSpec, stage: str,
               on_step: Callable[[Placed, StepEvent], None] | None = None) -> tuple[Placed, float]:
     """Place and train a :class:`GatedLEM` of every field on ``data.train``: the same placement,
     optimizers, seeding and loop as :func:`pipelines.job._fit`; ``on_step`` runs after every step."""
     t = spec.training
-    torch.manual_seed(t.seed * 1_000_003 + zlib.crc32(stage.encode()))
+    _seed(spec, stage)
     config = _config(data, embedding_dim=t.embedding_dim)
     model = GatedLEM(config, gate, device=torch.device("meta"))
     placed = place(model, t.learning_rate)
@@ -392,6 +398,7 @@ def rank_adafs(search: Search) -> Ranking:
     data, t = search.data, search.spec.training
     config = _config(data, embedding_dim=t.embedding_dim)
     width = len(data.dense_names) + sum(config.table_dims().values())
+    _seed(search.spec, "adafs-controller")  # the controller's initial weights, drawn before fit_gated seeds the model
     gate = AdaFSGate(len(search.fields), len(data.dense_names), width)
     start = time.perf_counter()
     placed, _ = fit_gated(gate, data, search.spec, "adafs")
