@@ -389,8 +389,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
     final_cfg = replace(base, dense=choice.dense, sparse=_sparse_features(data, choice.sparse), crosses=choice.crosses,
                         embedding_dims=choice.dims, heads=heads)
     valid_src = _source(data.valid, data, choice.dense, choice.sparse, choice.crosses)
-    pruning = (PruningConfig(p.sparsity, p.block, p.method, weight_decay=p.weight_decay, rank_by=p.rank_by)
-               if p.sparsity is not None else None)
+    pruning = p.config()
 
     def retrain() -> tuple[dict[str, float], float, Compression | None]:
         final, seconds = fit(final_cfg, None, _source(data.train, data, choice.dense, choice.sparse, choice.crosses),

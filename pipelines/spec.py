@@ -45,6 +45,9 @@ from pydantic import (
 
 from pipelines.errors import SpecError
 
+if typing.TYPE_CHECKING:
+    from seqattn_core.pruning import PruningConfig
+
 __all__ = [
     "Candidate", "Compression", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec", "PrunedLayer", "PruningSpec",
     "SelectedCross", "SelectedFeature", "SelectionSpec", "SpecError", "TrainingSpec",
@@ -182,7 +185,9 @@ class PruningSpec(_Strict):
     (the tile's norm in use) or ``logits`` (the attention's own score). ``weight_decay`` adds an L2
     penalty on the pruned layers' weights. ``docs/pruning_ablation.md`` measures both: ranking by
     the logits wins on the planted data and ties or loses on Frappe; weight decay 0.01 lowers the
-    planted data's log-loss for every method and leaves Frappe's where it was. ``heads`` keeps that
+    planted data's log-loss for every method and leaves Frappe's where it was. ``cycles`` is how many
+    times the dense, sparsify, sparse schedule runs; ``docs/pruning_schedule.md`` measures 1 to 3:
+    one cycle gave every method its lowest log-loss on the planted data. ``heads`` keeps that
     many of the ``interaction: autoint`` model's ``attention_heads``, chosen by Sequential Attention
     over the heads in the selection run.
     """
@@ -192,7 +197,23 @@ class PruningSpec(_Strict):
     method: Literal["attention", "magnitude"] = "attention"
     rank_by: Literal["weight", "logits"] = "weight"
     weight_decay: float = Field(0.0, ge=0)
+    cycles: int = Field(2, ge=1, le=10)
     heads: int | None = Field(None, ge=1)
+
+    def config(self) -> "PruningConfig | None":
+        """The tower's :class:`~seqattn_core.pruning.PruningConfig`, or None when ``sparsity`` is unset.
+
+        Example::
+
+            >>> PruningSpec(sparsity=0.9, cycles=1).config().phases()[-1][0]
+            'sparse'
+        """
+        from seqattn_core.pruning import PruningConfig  # here: reading a spec does not import torch
+
+        if self.sparsity is None:
+            return None
+        return PruningConfig(self.sparsity, self.block, self.method, cycles=self.cycles,
+                             weight_decay=self.weight_decay, rank_by=self.rank_by)
 
 
 class JobSpec(_Strict):

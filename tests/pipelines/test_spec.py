@@ -149,6 +149,7 @@ def test_specs_are_frozen() -> None:
         (with_("pruning.block", 0), "pruning.block", "greater than or equal to 1"),
         (with_("pruning.rank_by", "norm"), "pruning.rank_by", "'weight' or 'logits'"),
         (with_("pruning.weight_decay", -0.1), "pruning.weight_decay", "greater than or equal to 0"),
+        (with_("pruning.cycles", 0), "pruning.cycles", "greater than or equal to 1"),
         (with_("pruning.heads", 2), "pruning.heads", "needs training.interaction: autoint"),
         (with_("training.interaction", "dlrm"), "training.interaction", "'dcn' or 'autoint'"),
         ({**MINIMAL, "training": {"interaction": "autoint", "attention_heads": 2}, "pruning": {"heads": 3}},
@@ -263,3 +264,12 @@ def test_docstring_examples() -> None:
 
     for module in (pipelines.spec, pipelines.errors):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_pruning_section_builds_the_towers_schedule() -> None:
+    assert load_spec(MINIMAL).pruning.config() is None  # no sparsity: no pruning
+    spec = load_spec({**MINIMAL, "pruning": {"sparsity": 0.95, "block": 4, "cycles": 3, "rank_by": "logits"}})
+    cfg = spec.pruning.config()
+    assert (cfg.sparsity, cfg.block, cfg.method, cfg.rank_by) == (0.95, 4, "attention", "logits")
+    assert [kind for kind, _, _ in cfg.phases()] == ["dense", "sparsify", "sparse"] * 3
+    assert load_spec({**MINIMAL, "pruning": {"sparsity": 0.9}}).pruning.config().cycles == 2
