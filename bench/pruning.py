@@ -43,14 +43,16 @@ METHODS = {SA: {"method": "attention"}, SA_LOGITS: {"method": "attention", "rank
 ABLATION = ("The logit ranking's settings (rate ×100, Adam eps 1e-3) were chosen on these seeds, so "
             "[pruning_ablation.md](pruning_ablation.md) (`python -m bench.pruning_ablation`) checks both rankings on "
             "other seeds and with more rows or steps; it also ablates the attention's clip, the logits' learning "
-            "rate and weight decay, and shows which inputs each ranking's kept tiles read.")
+            "rate and weight decay, and shows which inputs each ranking's kept tiles read; "
+            "[pruning_schedule.md](pruning_schedule.md) (`python -m bench.pruning_schedule`) moves the tile size "
+            "and the number of cycles.")
 
 
 @dataclass(frozen=True)
 class PruningBench:
     seeds: tuple[int, ...] = (0, 1, 2)
     sparsities: tuple[float, ...] = (0.9, 0.95)
-    block: int = 8
+    blocks: tuple[int, ...] = (8, 16)  # tile sizes: one paper table each
     epochs: int = 3
     batch_size: int = 1024
     planted_rows: int = 100_000
@@ -105,11 +107,11 @@ def kept_by_input(model: LargeEmbeddingModel, sparse: KeyedJaggedTensor) -> dict
 def quality(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, object]]:
     spec = _spec(problem, cfg, seed)
     data = load_dataset(spec.dataset, seed=seed)
-    rows = [{"method": "dense (no pruning)", "sparsity": 0.0, **_train(data, spec, None)}]
-    for sparsity in cfg.sparsities:
+    rows = [{"method": "dense (no pruning)", "sparsity": 0.0, "block": 0, **_train(data, spec, None)}]
+    for block, sparsity in itertools.product(cfg.blocks, cfg.sparsities):
         for label, settings in METHODS.items():
-            pruning = PruningConfig(sparsity=sparsity, block=cfg.block, **settings)
-            rows.append({"method": label, "sparsity": sparsity, **_train(data, spec, pruning)})
+            pruning = PruningConfig(sparsity=sparsity, block=block, **settings)
+            rows.append({"method": label, "sparsity": sparsity, "block": block, **_train(data, spec, pruning)})
     return [{**r, "problem": problem.name, "seed": seed} for r in rows]
 
 
@@ -138,12 +140,12 @@ def _heads_table(df: pd.DataFrame) -> str:
 
 
 def speed(widths: tuple[int, ...], cfg: PruningBench) -> pd.DataFrame:
-    """Median time of the tower's pruned layers, dense vs BSR, per sparsity and batch size."""
+    """Median time of the tower's pruned layers, dense vs BSR, per tile size, sparsity and batch size."""
     torch.manual_seed(0)
     rows = []
-    for sparsity in cfg.speed_sparsities:
+    for block, sparsity in itertools.product(cfg.blocks, cfg.speed_sparsities):
         tower = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(widths, widths[1:])])
-        sparsifier = BlockSparsifier.wrap(tower, PruningConfig(sparsity=sparsity, block=cfg.block, method="magnitude"))
+        sparsifier = BlockSparsifier.wrap(tower, PruningConfig(sparsity=sparsity, block=block, method="magnitude"))
         sparsifier.update(1.0)
         dense = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(widths, widths[1:])])
         fast = nn.Sequential(*[nn.Sequential(layer.to_inference(), nn.ReLU()) for layer in sparsifier.layers])
@@ -154,7 +156,7 @@ def speed(widths: tuple[int, ...], cfg: PruningBench) -> pd.DataFrame:
                 with torch.no_grad():
                     timer = benchmark.Timer("m(x)", globals={"m": module, "x": x}, num_threads=torch.get_num_threads())
                     times[name] = timer.blocked_autorange(min_run_time=0.3).median * 1e3
-            rows.append({"sparsity": sparsity, "batch": batch, "dense_ms": times["dense"], "bsr_ms": times["bsr"],
+            rows.append({"block": block, "sparsity": sparsity, "batch": batch, "dense_ms": times["dense"], "bsr_ms": times["bsr"],
                          "speedup": times["dense"] / times["bsr"]})
     return pd.DataFrame(rows)
 
@@ -208,11 +210,12 @@ def _against_dense(df: pd.DataFrame) -> str:
 
 def _plot(sp: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for batch, g in sp.groupby("batch"):
-        ax.plot(g.sparsity * 100, g.speedup, marker="o", label=f"batch {batch}")
+    for (block, batch), g in sp.groupby(["block", "batch"]):
+        ax.plot(g.sparsity * 100, g.speedup, marker="o", ls="-" if block == sp.block.min() else "--",
+                label=f"{block}x{block} tiles, batch {batch}")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xlabel("block sparsity (%)"); ax.set_ylabel("speed-up of BSR over dense (x)")
-    ax.set_title("MLP tower: block-sparse vs dense, 1 thread"); ax.legend()
+    ax.set_title("MLP tower: block-sparse vs dense, 1 thread"); ax.legend(fontsize=7)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
@@ -233,18 +236,23 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
     sp = speed(widths, cfg)
     _plot(sp, img_dir / "pruning_speed.png")
     achieved = df[df.sparsity > 0].groupby("sparsity").achieved.mean()
+    tiles = " and ".join(f"{b}×{b}" for b in cfg.blocks)
+    by_block = []
+    for block in cfg.blocks:
+        part = df[(df.block == block) | (df.sparsity == 0)]
+        by_block += [f"### {block}×{block} tiles", "", _paper_table(part, cfg.sparsities), "",
+                     _verdicts(part, cfg.sparsities) + _against_dense(part), ""]
     return "\n".join([
         "## f. SequentialAttention++: block-sparse MLP towers",
         "",
         f"The LEM with every feature and no crosses, {cfg.epochs} epochs, batch {cfg.batch_size}; the tower's hidden "
-        f"layers ({' → '.join(map(str, widths))}) pruned in {cfg.block}×{cfg.block} tiles, the 1-unit output layer left "
+        f"layers ({' → '.join(map(str, widths))}) pruned in {tiles} tiles, the 1-unit output layer left "
         f"dense. Validation log-loss / AUC, mean ± std over {len(cfg.seeds)} seed(s). Data: "
         + "; ".join(f"{p.name} ({p.note})" for p in problems) + ". Block sparsity reached at the end: "
         + ", ".join(f"{s:.0%} → {a:.3f}" for s, a in achieved.items()) + ".",
         "",
-        _paper_table(df, cfg.sparsities),
-        "",
-        _verdicts(df, cfg.sparsities) + _against_dense(df) + ABLATION,
+        *by_block,
+        ABLATION,
         "",
         "### Attention-head pruning (AutoInt interaction)",
         "",
@@ -260,8 +268,8 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
         f"The same tower ({' → '.join(map(str, widths))}, ReLU) with dense weights against BSR weights "
         "(`torch.sparse_bsr`, multiplied as `W @ x.T` through `torch.addmm`), median of `torch.utils.benchmark` runs, one thread.",
         "",
-        markdown_table(["block sparsity", "batch", "dense ms", "BSR ms", "speed-up"],
-                       [[f"{r.sparsity:.0%}", r.batch, f"{r.dense_ms:.3f}", f"{r.bsr_ms:.3f}", f"{r.speedup:.2f}x"]
+        markdown_table(["tiles", "block sparsity", "batch", "dense ms", "BSR ms", "speed-up"],
+                       [[f"{r.block}×{r.block}", f"{r.sparsity:.0%}", r.batch, f"{r.dense_ms:.3f}", f"{r.bsr_ms:.3f}", f"{r.speedup:.2f}x"]
                         for r in sp.itertuples()]),
         "",
         "![pruning speed](img/pruning_speed.png)",

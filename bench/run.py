@@ -70,8 +70,8 @@ def _section_e(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
 
 
 def _section_f(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
-    cfg = (pruning.PruningBench(seeds=(0,), epochs=2, planted_rows=30_000, planted_noise=4, speed_batches=(1, 1024),
-                                heads_kept=(1, 4))
+    cfg = (pruning.PruningBench(seeds=(0,), blocks=(8,), epochs=2, planted_rows=30_000, planted_noise=4,
+                                speed_batches=(1, 1024), heads_kept=(1, 4))
            if quick else pruning.PruningBench())
     return pruning.run(cfg, img_dir, work, log)
 
