@@ -7,7 +7,7 @@ sparsify with the exponential ramp, sparse; two cycles) inside one training run 
 TorchRec LEM, on the same split, epochs and seed; only the tile ranking differs: the norm of the
 tile in use, attention-scaled (SequentialAttention++'s default), the attention logits alone
 (``rank_by="logits"``), or the plain norm (magnitude). The table follows the paper's layout:
-methods as rows, block sparsities as columns.
+methods as rows, block sparsities as columns; one table per tile size (8x8 and 16x16).
 """
 
 from __future__ import annotations
