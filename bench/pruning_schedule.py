@@ -40,7 +40,7 @@ def _label(block: int, cycles: int) -> str:
     return f"{block}x{block} tiles, {cycles} cycle{'s' if cycles > 1 else ''}"
 
 
-def _paired(df: pd.DataFrame, variant: str) -> tuple[list[list[str]], list[str]]:
+def _paired(df: pd.DataFrame, variant: str, groups: list[tuple[str, float]]) -> tuple[list[list[str]], list[str]]:
     """Rows of ``variant`` minus magnitude (paired by seed) per data and sparsity, one column per schedule;
     and the schedules where its mean is at most magnitude's in every row."""
     keys = ["problem", "sparsity", "block", "cycles", "seed"]
@@ -48,8 +48,8 @@ def _paired(df: pd.DataFrame, variant: str) -> tuple[list[list[str]], list[str]]
     diff = (ours - df[df.variant == MAGNITUDE].set_index(keys).logloss.reindex(ours.index)).groupby(level=[0, 1, 2, 3])
     mean, std, wins, n = diff.mean(), diff.std(ddof=0), diff.apply(lambda d: int((d <= 0).sum())), diff.count()
     rows = [[p, f"{s:.0%}"] + [f"{mean[p, s, b, c]:+.4f} ± {std[p, s, b, c]:.4f} ({wins[p, s, b, c]}/{n[p, s, b, c]})"
-                               for b, c in SCHEDULES] for p, s in _groups(df)]
-    return rows, [_label(b, c) for b, c in SCHEDULES if all(mean[p, s, b, c] <= 0 for p, s in _groups(df))]
+                               for b, c in SCHEDULES] for p, s in groups]
+    return rows, [_label(b, c) for b, c in SCHEDULES if all(mean[p, s, b, c] <= 0 for p, s in groups)]
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[str, float]]:
@@ -59,12 +59,13 @@ def _groups(df: pd.DataFrame) -> list[tuple[str, float]]:
 def report(df: pd.DataFrame, seconds: float, procs: int) -> str:
     """Each SA++ ranking minus magnitude per data, sparsity and schedule (paired by seed), and every method's own log-loss."""
     header = ["data", "sparsity"] + [_label(b, c) for b, c in SCHEDULES]
+    groups = _groups(df)
     own = {v: df[df.variant == v].groupby(["problem", "sparsity", "block", "cycles"]).logloss.mean() for v in METHODS}
     absolute = [[p, f"{s:.0%}"] + [" / ".join(f"{own[v][p, s, b, c]:.4f}" for v in METHODS) for b, c in SCHEDULES]
-                for p, s in _groups(df)]
-    best = {p: min(SCHEDULES, key=lambda bc: sum(own[SA][q, s, bc[0], bc[1]] for q, s in _groups(df) if q == p))
-            for p, _ in _groups(df)}
-    paired = {v: _paired(df, v) for v in (SA, SA_LOGITS)}
+                for p, s in groups]
+    best = {p: min(SCHEDULES, key=lambda bc: sum(own[SA][q, s, bc[0], bc[1]] for q, s in groups if q == p))
+            for p, _ in groups}
+    paired = {v: _paired(df, v, groups) for v in (SA, SA_LOGITS)}
     seeds = sorted(df.seed.unique())
     return "\n".join([
         "# SequentialAttention++: tile size and cycles",
