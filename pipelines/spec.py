@@ -329,6 +329,27 @@ class Compression(_Strict):
     tower_weights_kept: int = 0  # of which in kept tiles
 
 
+class LatencyTrim(_Strict):
+    """What the latency stage removed to meet ``constraints.max_inference_ms``.
+
+    The stage measures the selection's full choice (``ms_before``, per 1,024-row batch on the host
+    that ran the job), then drops the last picks, crosses before features, until the measured time
+    fits (``ms_after``). Empty ``removed_*`` lists mean the choice fitted as it was.
+
+    Example::
+
+        >>> t = LatencyTrim(budget_ms=5, ms_before=7.5, ms_after=4.2, removed_crosses=[("a", "b")])
+        >>> t.removed_features, t.removed_crosses
+        ([], [('a', 'b')])
+    """
+
+    budget_ms: float
+    ms_before: float
+    ms_after: float
+    removed_features: list[str] = Field(default_factory=list)
+    removed_crosses: list[tuple[str, str]] = Field(default_factory=list)
+
+
 class FeatureSet(_Strict):
     """A job's result; immutable once written. ``version``, ``job_id`` and ``created_at`` are set
     by whoever publishes it (the registry; the CLI writes version 1), so a local run may leave
@@ -357,6 +378,7 @@ class FeatureSet(_Strict):
     metrics: FeatureSetMetrics = Field(default_factory=FeatureSetMetrics)
     timings: dict[str, float] = Field(default_factory=dict)
     pruning: Compression | None = None
+    latency: LatencyTrim | None = None  # set when constraints.max_inference_ms is
 
 
 # --- loading and error messages ----------------------------------------------------------------
