@@ -70,9 +70,13 @@ class SequentialAttention(nn.Module):
         per_step: how many to select at the end of each phase.
         warmup: fraction of training before the first phase starts.
         costs: optional cost per candidate (for example embedding bytes).
-        budget: optional cap on the summed cost of the selected candidates. With a budget, a phase
-            ranks the candidates that still fit by ``score / cost`` and never exceeds the budget;
-            if nothing fits, selection stops early.
+        budget: optional cap on the summed cost of the selected candidates. A phase picks the
+            best-ranked candidates that still fit and never exceeds the budget; if nothing fits,
+            selection stops early. A budget that every pick fits changes nothing.
+        rank_by_cost: rank by ``score / cost`` (gain per byte) instead of by score. Right for a
+            knapsack whose budget always binds (the dimension race spends a fixed allocation);
+            wrong for a cap that may not bind, where cheap but useless candidates (a dense
+            column costs 4 bytes) would outrank strong ones.
         group_sizes: optional width of each candidate. When given, ``forward(x)`` expects
             ``x.shape[-1] == sum(group_sizes)`` and one gate scales each candidate's whole block.
         prerequisites: optional index per candidate (-1 for none) that must already be selected
@@ -110,6 +114,7 @@ class SequentialAttention(nn.Module):
         budget: float | None = None,
         group_sizes: Sequence[int] | None = None,
         prerequisites: Sequence[int] | None = None,
+        rank_by_cost: bool = False,
     ) -> None:
         super().__init__()
         if num_candidates < 1:
@@ -120,6 +125,7 @@ class SequentialAttention(nn.Module):
             )
         self.schedule = SelectionSchedule(num_to_select, per_step, warmup)
         self.num_candidates = num_candidates
+        self.rank_by_cost = rank_by_cost
         cost = torch.ones(num_candidates) if costs is None else torch.as_tensor(costs, dtype=torch.float64)
         if cost.shape != (num_candidates,) or bool((cost <= 0).any()):
             raise ValueError("costs: need one positive cost per candidate")
@@ -180,6 +186,11 @@ class SequentialAttention(nn.Module):
     def num_selected(self) -> int:
         return int(self.selected.sum())
 
+    @property
+    def spent(self) -> float:
+        """Summed cost of the selected candidates."""
+        return float(self.costs[self.selected].sum())
+
     def selection_order(self) -> list[int]:
         """Indices of the selected candidates, in the order they were picked."""
         return [int(i) for i in self.order[: self.num_selected]]
@@ -213,10 +224,11 @@ class SequentialAttention(nn.Module):
         # Every unselected candidate's score is refreshed at each pick; a picked one keeps its own.
         self.scores[free] = weights[free].to(self.scores.dtype)
         budget = float(self.budget)
-        # Greedy knapsack: with a budget, rank by score per unit of cost (gain per byte).
-        ranking = weights / self.costs if math.isfinite(budget) else weights
+        # The budget only skips candidates that no longer fit: while every pick fits, the picks are
+        # the unbudgeted ones, and a binding budget takes the best candidate that still fits.
+        ranking = weights / self.costs if self.rank_by_cost else weights
         picks: list[int] = []
-        spent = float(self.costs[self.selected].sum())
+        spent = self.spent
         candidates = torch.argsort(ranking.masked_fill(~free, -1.0), descending=True).tolist()
         progressed = True
         while len(picks) < n and progressed:  # re-scan: a pick may unlock its dependants

@@ -24,6 +24,7 @@ of training; the dimension race then runs, over the kept tables only, for the re
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ from seqattn_core.attention import SequentialAttention
 from seqattn_core.crosses import CrossFeature
 from seqattn_core.dimensions import BYTES_PER_FLOAT, DimensionBlocks
 from seqattn_core.pruning import BlockSparsifier, PruningConfig
+
+# TorchRec's KeyedJaggedTensor asks torch.fx.is_fx_tracing(), which logs a note meant for torch's
+# own developers on every run; drop that one message and nothing else.
+logging.getLogger("torch.fx._symbolic_trace").addFilter(lambda r: "is_fx_tracing" not in r.getMessage())
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,10 @@ class LargeEmbeddingModel(nn.Module):
         feature_costs = [float(BYTES_PER_FLOAT)] * self.n_dense + [
             float(f.num_embeddings * first * BYTES_PER_FLOAT) for f in cfg.sparse
         ]
-        if s.features is not None or budget is not None:
+        # Keeping every feature needs no race when they all fit; otherwise take as many as fit.
+        self.fixed_feature_bytes = sum(feature_costs) if s.features is None else 0.0
+        if s.features is not None or (budget is not None and self.fixed_feature_bytes > budget):
+            self.fixed_feature_bytes = 0.0
             k = self.n_features if s.features is None else s.features
             self.feature_attention = SequentialAttention(
                 self.n_features, k, s.per_step, s.warmup, costs=feature_costs, budget=budget
@@ -288,7 +296,7 @@ class LargeEmbeddingModel(nn.Module):
             per_step = max(1, math.ceil(len(self.blocks) / 8))
             self.dim_attention = SequentialAttention(
                 len(self.blocks), len(self.blocks), per_step, s.dims_warmup,
-                costs=self.blocks.costs(), prerequisites=self.blocks.prerequisites(),
+                costs=self.blocks.costs(), prerequisites=self.blocks.prerequisites(), rank_by_cost=True,
             )
         if s.heads is not None:
             if self.interaction is None:
@@ -386,6 +394,8 @@ class LargeEmbeddingModel(nn.Module):
         p1 = min(1.0, progress / s.dims_start) if has_dims else progress
         for name, m in (("features", self.feature_attention), ("crosses", self.cross_attention),
                         ("heads", self.head_attention)):
+            if m is not None and s.max_embedding_bytes is not None and name != "heads":
+                m.set_budget(s.max_embedding_bytes - self._entity_bytes(excluding=m))
             if m is not None and (new := m.update(p1)):
                 picks[name] = new
         if has_dims and progress >= s.dims_start:
@@ -396,20 +406,28 @@ class LargeEmbeddingModel(nn.Module):
                 picks["dims"] = new
         return picks
 
+    def _entity_bytes(self, excluding: SequentialAttention | None = None) -> float:
+        """Bytes the feature and cross races have committed (at the smallest width), leaving out
+        ``excluding``'s own picks: the two races share one memory budget."""
+        spent = self.fixed_feature_bytes
+        for m in (self.feature_attention, self.cross_attention):
+            if m is not None and m is not excluding:
+                spent += m.spent
+        return spent
+
     def _start_dimension_race(self) -> None:
         """Exclude the blocks of dropped tables and size the block budget from what is left."""
         assert self.blocks is not None and self.dim_attention is not None
         kept = set(self.kept_tables())
         self.dim_attention.exclude([b for t in self.tables if t not in kept for b in self.blocks.blocks_of(t)])
         mandatory = self.blocks.mandatory_bytes(sorted(kept)) if kept else 0.0
+        # Spend what the kept tables would take at the fixed width, so the search re-allocates the
+        # same memory toward the tables that use it; a memory budget caps that only where it binds.
+        rows = self.config.table_rows()
+        ref = self.selection.reference_dim or self.config.embedding_dim
+        budget = sum(rows[t] for t in kept) * ref * BYTES_PER_FLOAT - mandatory
         if self.selection.max_embedding_bytes is not None:
-            budget = self.selection.max_embedding_bytes - mandatory
-        else:
-            # No memory budget: spend what the kept tables would take at the fixed width, so the
-            # search re-allocates the same memory toward the tables that use it.
-            rows = self.config.table_rows()
-            ref = self.selection.reference_dim or self.config.embedding_dim
-            budget = sum(rows[t] for t in kept) * ref * BYTES_PER_FLOAT - mandatory
+            budget = min(budget, self.selection.max_embedding_bytes - mandatory)
         self.dim_attention.set_budget(max(budget, 1e-9))
         self.stage.fill_(1)
 

@@ -143,15 +143,42 @@ def test_reset_optimizer_state_forgets_the_moments() -> None:
 
 
 # -- budgets -------------------------------------------------------------------------------------
-def test_budget_ranks_by_score_per_cost_and_is_never_exceeded() -> None:
-    # gates = softmax([2, 2.5, 0, 1]) ~ [0.32, 0.52, 0.04, 0.12]; per cost [0.32, 0.13, 0.04, 0.06].
-    sa = SequentialAttention(4, 4, per_step=4, warmup=0.0, costs=[1.0, 4.0, 1.0, 2.0], budget=4.0)
-    _set_logits(sa, [2.0, 2.5, 0.0, 1.0])
-    # Without a budget candidate 1 (largest gate) would lead; by gain per cost 0 leads, then 1
-    # does not fit (1 + 4 > 4), so 3 and 2 follow and selection stops early at the budget.
-    assert sa.update(1.0) == [0, 3, 2]
-    assert float(sa.costs[sa.selected].sum()) == 4.0
-    assert sa.done
+def test_a_binding_budget_takes_the_best_candidates_that_still_fit() -> None:
+    # Three strong tables of 400 bytes and two near-useless dense columns of 4 bytes, room for two
+    # tables and the columns. The two best tables are picked, then the third does not fit, so only
+    # then does a column get the last pick.
+    costs = [400.0, 400.0, 400.0, 4.0, 4.0]
+    logits = [3.0, 2.8, 2.5, -1.0, -1.0]
+    sa = SequentialAttention(5, 3, per_step=3, warmup=0.0, costs=costs, budget=808.0)
+    _set_logits(sa, logits)
+    picks = sa.update(1.0)
+    assert picks[:2] == [0, 1] and picks[2] in (3, 4)
+    assert sa.spent <= 808.0
+    # Gain per byte (the dimension race's ranking) would have spent the first picks on the columns.
+    by_cost = SequentialAttention(5, 3, per_step=3, warmup=0.0, costs=costs, budget=808.0, rank_by_cost=True)
+    _set_logits(by_cost, logits)
+    assert by_cost.update(1.0) == [3, 4, 0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_budget_that_every_pick_fits_changes_no_pick(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    costs = (torch.rand(12, generator=gen) * 1000 + 1).tolist()
+    logit_steps = [torch.randn(12, generator=gen).tolist() for _ in range(50)]
+
+    def run(budget: float | None) -> list[int]:
+        sa = SequentialAttention(12, 6, per_step=2, warmup=0.1, costs=costs, budget=budget)
+        for step, logits in enumerate(logit_steps, start=1):
+            _set_logits(sa, logits)
+            sa.update(step / len(logit_steps))
+        return sa.selection_order()
+
+    free = run(None)
+    assert len(free) == 6
+    exact = sum(costs[i] for i in free)
+    assert run(exact) == free  # the budget is met exactly and never binds
+    assert run(exact * 10) == free
+    assert sum(costs[i] for i in run(exact * 0.6)) <= exact * 0.6  # a binding one is never exceeded
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -84,6 +84,46 @@ def test_memory_budget_is_never_exceeded_and_state_survives():
     assert fresh.kept_features() == model.kept_features() and fresh.chosen_dims() == dims
 
 
+def _planted_with_pair(n=6000, seed=0):
+    """``good`` matters alone, ``a`` and ``b`` only through their XOR; a noise dense column."""
+    rng = np.random.default_rng(seed)
+    ids = {k: rng.integers(0, 20, n) for k in ("good", "a", "b", "noise")}
+    logit = np.where(ids["good"] < 10, 1.5, -1.5) + np.where((ids["a"] < 10) ^ (ids["b"] < 10), 1.5, -1.5)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    dense = rng.normal(size=(n, 1)).astype(np.float32)
+    return BatchSource(dense, {k: (v, np.ones(n, np.int32)) for k, v in ids.items()}, y,
+                       crosses=(CrossFeature("a", "b", 400),), cardinalities={k: 20 for k in ids})
+
+
+PAIR_CFG = LEMConfig(dense=("d",), sparse=tuple(SparseFeature(k, 20) for k in ("good", "a", "b", "noise")),
+                     crosses=(CrossFeature("a", "b", 400),), embedding_dim=16, hidden=(16,))
+
+
+def _choice(budget):
+    torch.manual_seed(0)
+    sel = SelectionConfig(features=2, crosses=1, dim_choices=(4, 8, 16), max_embedding_bytes=budget, reference_dim=8)
+    model = LargeEmbeddingModel(PAIR_CFG, sel)
+    _train(model, _planted_with_pair(), epochs=2)
+    rows = {**{f.name: 20 for f in PAIR_CFG.sparse}, "a_X_b": 400}
+    dims = model.chosen_dims()
+    return model.kept_features(), model.kept_crosses(), dims, sum(rows[t] * d * 4 for t, d in dims.items())
+
+
+def test_a_memory_budget_that_does_not_bind_keeps_the_unbudgeted_choice():
+    free = _choice(None)
+    assert free[3] > 0
+    assert _choice(free[3]) == free  # met exactly: never binds
+    assert _choice(free[3] * 50) == free
+
+
+def test_features_and_crosses_share_one_memory_budget():
+    # Room for the cross's smallest width or for features, not for both: each race alone would fit.
+    budget = 400 * 4 * 4 + 100
+    kept, crosses, dims, used = _choice(budget)
+    assert used <= budget
+    assert len(kept) >= 1
+
+
 def test_first_pick_is_the_informative_feature():
     torch.manual_seed(0)
     cfg = LEMConfig(dense=("d",), sparse=tuple(SparseFeature(k, 20) for k in ("good", "noise1", "noise2", "noise3")),
@@ -123,3 +163,14 @@ def test_autoint_takes_mixed_widths_and_head_race_keeps_exactly_k_heads():
 def test_head_race_needs_autoint():
     with pytest.raises(ValueError, match="^heads:"):
         LargeEmbeddingModel(CFG, SelectionConfig(features=None, heads=1))
+
+
+def test_a_forward_pass_prints_no_torch_fx_note():
+    import subprocess
+    import sys
+    code = ("import torch; from test_lem import CFG, _kjt; from seqattn_core.lem import LargeEmbeddingModel; "
+            "LargeEmbeddingModel(CFG)(torch.rand(4, 2), _kjt(['a', 'b', 'c', 'a_X_b']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=__import__("pathlib").Path(__file__).parent)
+    assert out.returncode == 0, out.stderr
+    assert "is_fx_tracing" not in out.stderr
