@@ -26,7 +26,8 @@ import torch
 from pipelines.dataset import EncodedDataset, EncodedSplit, load_dataset
 from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
-from pipelines.spec import Candidate, Compression, FeatureSet, JobSpec, PrunedLayer, SelectedCross, SelectedFeature
+from pipelines.spec import (Candidate, Compression, FeatureSet, JobSpec, LatencyTrim, PrunedLayer, SelectedCross,
+                            SelectedFeature)
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
@@ -217,8 +218,9 @@ def _latency(config: LEMConfig, source: BatchSource) -> float:
 
 
 def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: EncodedDataset, base: LEMConfig,
-                        budget_ms: float) -> tuple[Choice, float]:
-    """Drop the last picks (crosses, then features) until the measured latency fits ``budget_ms``."""
+                        budget_ms: float) -> tuple[Choice, LatencyTrim]:
+    """Drop the last picks (crosses, then features) until the measured latency fits ``budget_ms``;
+    the trimmed choice and the record of what was dropped, with the ms before and after."""
     def config_of(c: Choice) -> LEMConfig:
         return replace(base, dense=c.dense, sparse=_sparse_features(data, c.sparse), crosses=c.crosses,
                        embedding_dims=c.dims)
@@ -243,6 +245,7 @@ def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: Enco
     for n_drop in probes:
         c = trimmed(n_drop)
         samples.append((len(c.sparse) + len(c.crosses), sum(c.dims.values()) + len(c.dense), measure(c)))
+    ms_before = samples[0][2]
     model = LatencyModel.fit(samples)
     n_drop = 0
     while n_drop < len(order) - 1:
@@ -252,9 +255,12 @@ def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: Enco
         n_drop += 1
     while True:
         c = trimmed(n_drop)
-        ms = measure(c)
+        ms = ms_before if n_drop == 0 else measure(c)
         if ms <= budget_ms:
-            return c, ms
+            return c, LatencyTrim(
+                budget_ms=budget_ms, ms_before=round(ms_before, 4), ms_after=round(ms, 4),
+                removed_features=[f for f in choice.dense + choice.sparse if f not in c.dense + c.sparse],
+                removed_crosses=[(x.a, x.b) for x in choice.crosses if x not in c.crosses])
         if n_drop >= len(order) - 1:
             raise SpecError("constraints.max_inference_ms", f"{budget_ms} ms is too small: even the smallest "
                             f"configuration ({', '.join(c.dense + c.sparse)}) takes {ms:.2f} ms per "
@@ -293,7 +299,7 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
     _emit(on_event, kind="stage", stage="load")
     data = load_dataset(spec.dataset, seed=spec.training.seed)
     load_s = time.perf_counter() - t0
-    plan = plan_job(spec, data)
+    plan = plan_job(spec, data, on_event)
     return run_stages(spec, data, plan, on_event, job_id=job_id, timings={"load_s": load_s, **plan.timings},
                       started=t0)
 
@@ -303,8 +309,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def plan_job(spec: JobSpec, data: EncodedDataset) -> Plan:
-    """Check the spec against the data and fix the search space (cross candidates by pre-screen)."""
+def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], None] | None = None) -> Plan:
+    """Check the spec against the data and fix the search space (cross candidates by pre-screen,
+    reported as stage ``prescreen`` with progress events over its steps)."""
     check_selection(spec, data)
     t0 = time.perf_counter()
     sel = spec.selection
@@ -317,10 +324,17 @@ def plan_job(spec: JobSpec, data: EncodedDataset) -> Plan:
     screen: dict[str, float] = {}
     timings: dict[str, float] = {}
     if sel.crosses:
+        _emit(on_event, kind="stage", stage="prescreen")
+
+        def progress(done: int, total: int) -> None:
+            _emit(on_event, kind="progress", stage="prescreen", epoch=0, step=done, total_steps=total, rows=0,
+                  loss=None, picks={})
+
         single = [n for n in data.sparse_names if n not in data.multi_valued]
         ids = {n: first_ids(*data.train.sparse[n]) for n in single}
         ranked = prescreen_pairs(ids, data.cardinalities, data.train.labels, max_candidates=max(16, 4 * sel.crosses),
-                                 max_buckets=bucket_budget(len(data.train)), seed=spec.training.seed)
+                                 max_buckets=bucket_budget(len(data.train)), seed=spec.training.seed,
+                                 on_progress=progress)
         crosses = tuple(c for c, _ in ranked)
         screen = {c.name: g for c, g in ranked}
         timings["prescreen_s"] = time.perf_counter() - t0
@@ -378,11 +392,12 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
     order = [("feature", names[i]) for i in kept] + [("cross", c.name) for c in kept_crosses]
     order = [o for o in order if o[0] == "feature"] + [o for o in order if o[0] == "cross"]
 
-    inference_ms = None
+    inference_ms, latency = None, None
     if spec.constraints.max_inference_ms is not None:
         _emit(on_event, kind="stage", stage="latency")
         budget_ms = spec.constraints.max_inference_ms
-        choice, inference_ms = hooks.agree("latency", lambda: _fit_latency_budget(choice, order, data, base, budget_ms))
+        choice, latency = hooks.agree("latency", lambda: _fit_latency_budget(choice, order, data, base, budget_ms))
+        inference_ms = latency.ms_after
 
     p = spec.pruning
     heads = len(outcome.kept_heads) if p.heads is not None else base.heads
@@ -437,7 +452,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
     _emit(on_event, kind="stage", stage="done")
     return FeatureSet(name=spec.name, job_id=job_id, created_at=datetime.now(timezone.utc), spec=spec,
                       features=features, crosses=out_crosses, candidates=candidates, metrics=metrics,
-                      timings={k: round(v, 3) for k, v in timings.items()}, pruning=compression)
+                      timings={k: round(v, 3) for k, v in timings.items()}, pruning=compression, latency=latency)
 
 
 def _compression(model: LargeEmbeddingModel, method: str, kept_heads: tuple[int, ...]) -> Compression | None:

@@ -250,7 +250,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     data = encode_table(table, source.columns, spec.dataset.validation_fraction, spec.training.seed)
     del table
     encode_s = time.perf_counter() - t0 - read_s
-    plan = plan_job(spec, data)
+    plan = plan_job(spec, data, on_event)
     workers = spec.training.num_workers
     train_ds = split_to_dataset(data.train, data, min_blocks=2 * workers)
     valid_ds = split_to_dataset(data.valid, data)

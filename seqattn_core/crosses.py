@@ -30,7 +30,7 @@ on 5 of 6 seeds (mean +0.0039).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -150,6 +150,7 @@ def prescreen_pairs(
     seed: int = 0,
     smooth: float = 20.0,
     min_gain: float = 1e-3,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[CrossFeature, float]]:
     """Rank all pairs of single-valued features by held-out gain over the additive model; keep the best.
 
@@ -157,7 +158,8 @@ def prescreen_pairs(
     whose held-out gain exceeds ``min_gain`` nats: a pair that does not beat the additive model on
     held-out rows would only give the LEM a large table to memorise the training rows with. Costs
     one logistic-regression fit (a row sample, capped at about 20M one-hot entries) and one
-    ``bincount`` per pair: 780 pairs on 200k rows take a few seconds.
+    ``bincount`` per pair: 780 pairs on 200k rows take a few seconds. ``on_progress(done, total)``
+    is called after the fit (step 1) and then about a hundred times over the pairs.
 
     Example::
 
@@ -175,11 +177,18 @@ def prescreen_pairs(
     y = np.asarray(labels, dtype=np.float64)[rows]
     fit = rng.random(len(rows)) < 0.5
     sample = {f: np.asarray(ids[f], dtype=np.int64)[rows] for f in names}
+    pairs = list(combinations(names, 2))
+    total, every = len(pairs) + 1, max(1, len(pairs) // 100)
+    report = on_progress or (lambda done, total: None)
+    report(0, total)
     base = _additive_base(sample, cardinalities, y, fit)
+    report(1, total)
     scored = []
-    for a, b in combinations(names, 2):
+    for i, (a, b) in enumerate(pairs, start=2):
         cross = CrossFeature(a, b, cross_buckets(cardinalities[a], cardinalities[b], max_buckets))
         gain = _heldout_gain(cross.ids(sample[a], sample[b], cardinalities[b]), y, fit, base, smooth)
         scored.append((cross, gain))
+        if i % every == 0 or i == total:
+            report(i, total)
     scored.sort(key=lambda cg: cg[1], reverse=True)
     return [cg for cg in scored if cg[1] > min_gain][:max_candidates]

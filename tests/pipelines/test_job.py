@@ -102,8 +102,10 @@ def test_every_candidate_is_reported_and_progress_was_streamed(result):
     names = {c.name for c in fs.candidates}
     assert set(truth["dense"]) | set(truth["sparse"]) <= names
     stages = [e["stage"] for e in events if e["kind"] == "stage"]
-    assert stages[:2] == ["load", "selection"] and stages[-1] == "done"
+    assert stages[:3] == ["load", "prescreen", "selection"] and stages[-1] == "done"
     assert any(e["kind"] == "progress" and e["picks"].get("features", 0) > 0 for e in events)
+    screen = [e for e in events if e["kind"] == "progress" and e["stage"] == "prescreen"]
+    assert len(screen) >= 3 and screen[-1]["step"] == screen[-1]["total_steps"]  # the pre-screen shows progress
 
 
 def test_budgets_hold(planted):
@@ -112,6 +114,13 @@ def test_budgets_hold(planted):
                        selection={"features": 6, "crosses": 1}))
     assert fs.metrics.embedding_mb <= 0.5
     assert fs.metrics.inference_ms <= 6.0
+    trim = fs.latency  # what the latency stage did is recorded, whether or not it removed anything
+    assert trim is not None and trim.budget_ms == 6.0 and trim.ms_after == fs.metrics.inference_ms
+    assert (trim.ms_before <= 6.0) == (not trim.removed_features and not trim.removed_crosses)
+    kept = {f.name for f in fs.features} | {"_X_".join(c.features) for c in fs.crosses}
+    removed = set(trim.removed_features) | {f"{a}_X_{b}" for a, b in trim.removed_crosses}
+    assert not kept & removed
+    assert all(not c.selected for c in fs.candidates if c.name in removed)
 
 
 def _frappe_spec(**selection):
