@@ -29,7 +29,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,6 +357,22 @@ def _encode_sparse(
     return uniques.take(pa.array(kept)), [_take_jagged(ids, lengths, rows) for rows in splits]
 
 
+def _check_informative(labels: np.ndarray, columns: Columns, dense_std: np.ndarray,
+                       vocabulary_sizes: Mapping[str, int]) -> None:
+    """Refuse data a model cannot learn from, before any training: a label with one class (no AUC,
+    nothing to predict) and a table whose every feature is constant on the train rows (every score
+    would be 0, and the result would still be published)."""
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise SpecError("dataset.label", f"column {columns.label!r} holds only {int(classes[0])}s: a click model "
+                        "needs rows of both classes (0 and 1)")
+    constant = [n for n, sd in zip(columns.dense, dense_std) if not sd > 0]
+    constant += [n for n in columns.sparse if vocabulary_sizes[n] <= 1]
+    if len(constant) == len(columns.dense) + len(columns.sparse):
+        raise SpecError("dataset", f"every feature column is constant on the train rows ({_column_list(constant)}): "
+                        "there is nothing to select from")
+
+
 def encode_table(
     table: pa.Table, columns: Columns, validation_fraction: float = 0.2, seed: int = 0, *, standardize: bool = True
 ) -> EncodedDataset:
@@ -373,9 +389,10 @@ def encode_table(
     dense = _dense_matrix(table, columns.dense)
     train_rows, valid_rows = _split(n, validation_fraction, seed)
 
+    raw_std = dense[train_rows].std(axis=0, dtype=np.float64).astype(np.float32)
     if standardize and dense.shape[1]:
         mean = dense[train_rows].mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = dense[train_rows].std(axis=0, dtype=np.float64).astype(np.float32)
+        std = raw_std.copy()
         std[std == 0] = 1.0  # a constant column stays constant (0) rather than dividing by zero
         dense = (dense - mean) / std
     else:
@@ -389,6 +406,8 @@ def encode_table(
         vocabularies[name], (sparse_train[name], sparse_valid[name]) = _encode_sparse(
             table.column(name), train_rows, (train_rows, valid_rows)
         )
+
+    _check_informative(labels, columns, raw_std, {name: len(v) for name, v in vocabularies.items()})
 
     def split(rows: np.ndarray, sparse: dict[str, tuple[np.ndarray, np.ndarray]]) -> EncodedSplit:
         return EncodedSplit(np.ascontiguousarray(dense[rows]), sparse, labels[rows], rows.astype(np.int64))

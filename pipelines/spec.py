@@ -91,7 +91,8 @@ EmbeddingDim = Annotated[int, AfterValidator(_check_embedding_dim)]
 
 class _Strict(BaseModel):
     # Frozen: a spec is a record of what was asked; change it with ``model_copy(update=...)``.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN: ``learning_rate: 1e309`` is infinity, and ``max_inference_ms: .inf`` is no budget.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetSpec(_Strict):
@@ -171,7 +172,7 @@ class TrainingSpec(_Strict):
     learning_rate: float = Field(0.01, gt=0)
     embedding_dim: EmbeddingDim = 16
     num_workers: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's generators take 32-bit seeds
     interaction: Literal["dcn", "autoint"] = "dcn"
     attention_heads: int = Field(4, ge=1, le=64)
 
@@ -396,7 +397,9 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any] | JobSpec) -> J
     else:
         path = Path(source)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError("spec", f"{str(path)!r} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
         except FileNotFoundError:
             raise SpecError("spec", f"file {str(path)!r} not found") from None
         except OSError as exc:

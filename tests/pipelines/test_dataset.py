@@ -298,7 +298,7 @@ def test_list_column(write_parquet: WriteParquet) -> None:
 
 
 def test_encode_table_directly() -> None:
-    table = pa.table({"y": [0, 1, 1, 0], "c": ["a", "b", "a", "b"]})
+    table = pa.table({"y": [0, 1, 1, 0], "c": ["a", "b", "c", "d"]})
     data = encode_table(table, Columns("y", (), ("c",)), validation_fraction=0.5, seed=0)
     assert data.train.dense.shape == (2, 0) and data.dense_mean.shape == (0,)
     assert len(data.train) == 2 and data.cardinalities["c"] <= 3
@@ -312,3 +312,29 @@ def test_docstring_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the examples' mkdtemp() lands here
     assert doctest.testmod(pipelines.dataset).failed == 0
+
+
+# --- degenerate data ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_a_label_with_one_class_is_refused(tmp_path: Path, value: int) -> None:
+    pq.write_table(pa.table({"y": [value] * 50, "c": list(range(50))}), tmp_path / "t.parquet")
+    with pytest.raises(SpecError) as info:
+        load_dataset(DatasetSpec(path=str(tmp_path), label="y"))
+    assert info.value.field == "dataset.label" and f"holds only {value}s" in info.value.message
+
+
+def test_a_table_of_constant_features_is_refused_with_their_names(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"y": [0, 1] * 25, "c": ["a"] * 50, "x": [0.5] * 50}), tmp_path / "t.parquet")
+    with pytest.raises(SpecError) as info:
+        load_dataset(DatasetSpec(path=str(tmp_path), label="y"))
+    assert info.value.field == "dataset" and "every feature column is constant" in info.value.message
+    assert "x" in info.value.message and "c" in info.value.message
+
+
+def test_one_constant_feature_beside_a_useful_one_is_kept(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"y": [0, 1] * 25, "c": ["a"] * 50, "x": [float(i) for i in range(50)]}),
+                   tmp_path / "t.parquet")
+    data = load_dataset(DatasetSpec(path=str(tmp_path), label="y"))
+    assert data.sparse_names == ("c",) and data.dense_names == ("x",)

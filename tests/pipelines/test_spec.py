@@ -140,6 +140,12 @@ def test_specs_are_frozen() -> None:
         (with_("training.embedding_dim", 10), "training.embedding_dim", "10 is not a multiple of 4"),
         (with_("training.num_workers", 0), "training.num_workers", "greater than or equal to 1"),
         (with_("training.seed", -1), "training.seed", "greater than or equal to 0"),
+        (with_("training.seed", 2**32), "training.seed", "less than or equal to 4294967295"),
+        (with_("training.learning_rate", 1e309), "training.learning_rate", "finite number"),
+        (with_("training.learning_rate", float("nan")), "training.learning_rate", "finite number"),
+        (with_("constraints.max_inference_ms", float("inf")), "constraints.max_inference_ms", "finite number"),
+        (with_("constraints.max_embedding_mb", float("inf")), "constraints.max_embedding_mb", "finite number"),
+        (with_("dataset.validation_fraction", float("nan")), "dataset.validation_fraction", "finite number"),
         (with_("training.epoch", 3), "training.epoch", "did you mean 'epochs'"),
         (with_("selection.feature", 3), "selection.feature", "did you mean 'features'"),
         (with_("dataset.labels", "y"), "dataset.labels", "did you mean 'label'"),
@@ -273,3 +279,11 @@ def test_pruning_section_builds_the_towers_schedule() -> None:
     assert (cfg.sparsity, cfg.block, cfg.method, cfg.rank_by) == (0.95, 4, "attention", "logits")
     assert [kind for kind, _, _ in cfg.phases()] == ["dense", "sparsify", "sparse"] * 3
     assert load_spec({**MINIMAL, "pruning": {"sparsity": 0.9}}).pruning.config().cycles == 2
+
+
+def test_a_spec_file_that_is_not_utf8_names_the_spec(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"name: ctr\ndataset: {path: d, label: \xff\xfe}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.field == "spec" and "not UTF-8" in info.value.message
