@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from pipelines.errors import SpecError
+from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
 
 __all__ = [
@@ -210,7 +211,8 @@ def _parquet_files(root: Path) -> list[str]:
     return sorted(str(p) for p in (parquet or files))
 
 
-def _open(path: str) -> pads.Dataset:
+def _open(path: str, roots: DataRoots | None = None) -> pads.Dataset:
+    """The Parquet dataset at ``path``; with ``roots``, each file is checked against them when opened."""
     root = Path(path)
     if not root.exists():
         raise SpecError("dataset.path", f"{path!r} not found (give a Parquet file or a directory of them)")
@@ -219,13 +221,14 @@ def _open(path: str) -> pads.Dataset:
         raise SpecError("dataset.path", f"no Parquet files in {path!r}")
     try:
         return pads.dataset(
-            files, format="parquet", partitioning="hive", partition_base_dir=str(root) if root.is_dir() else None
+            files, format="parquet", partitioning="hive", partition_base_dir=str(root) if root.is_dir() else None,
+            filesystem=roots.filesystem() if roots is not None else None,
         )
     except (pa.ArrowInvalid, OSError) as exc:
         raise SpecError("dataset.path", f"cannot read {path!r} as Parquet: {exc}") from None
 
 
-def read_table(spec: DatasetSpec) -> tuple[pa.Table, Columns]:
+def read_table(spec: DatasetSpec, roots: DataRoots | None = None) -> tuple[pa.Table, Columns]:
     """Read only the label and feature columns of ``spec.path`` (a file or a hive directory).
 
     Example::
@@ -237,7 +240,7 @@ def read_table(spec: DatasetSpec) -> tuple[pa.Table, Columns]:
         >>> table.column_names, columns.ignored
         (['y', 'c'], ('note',))
     """
-    dataset = _open(spec.path)
+    dataset = _open(spec.path, roots)
     # Partition keys live in directory names, not in the files' own schema.
     in_files = set(next(iter(dataset.get_fragments())).physical_schema.names)
     partition_columns = tuple(n for n in dataset.schema.names if n not in in_files)
@@ -427,8 +430,10 @@ def encode_table(
     )
 
 
-def load_dataset(spec: DatasetSpec, seed: int = 0, *, standardize: bool = True) -> EncodedDataset:
-    """Read, check, split and encode the dataset a spec names; ``seed`` fixes the split.
+def load_dataset(spec: DatasetSpec, seed: int = 0, *, standardize: bool = True,
+                 roots: DataRoots | None = None) -> EncodedDataset:
+    """Read, check, split and encode the dataset a spec names; ``seed`` fixes the split; with
+    ``roots`` no file outside them is read (:mod:`pipelines.roots`).
 
     Example::
 
@@ -439,5 +444,5 @@ def load_dataset(spec: DatasetSpec, seed: int = 0, *, standardize: bool = True) 
         >>> data.dense_names, data.sparse_names, len(data.train), len(data.valid), data.cardinalities
         (('x',), ('c',), 80, 20, {'c': 81})
     """
-    table, columns = read_table(spec)
+    table, columns = read_table(spec, roots)
     return encode_table(table, columns, spec.validation_fraction, seed, standardize=standardize)

@@ -26,6 +26,7 @@ import torch
 from pipelines.dataset import EncodedDataset, EncodedSplit, load_dataset
 from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
+from pipelines.roots import DataRoots
 from pipelines.spec import (Candidate, Compression, FeatureSet, JobSpec, LatencyTrim, PrunedLayer, SelectedCross,
                             SelectedFeature)
 from seqattn_core.batches import BatchSource, first_ids
@@ -279,8 +280,10 @@ def use_ray(spec: JobSpec) -> bool:
     return spec.training.num_workers > 1
 
 
-def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None) -> FeatureSet:
-    """Run one selection job and return its (unversioned) FeatureSet.
+def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
+            roots: DataRoots | None = None) -> FeatureSet:
+    """Run one selection job and return its (unversioned) FeatureSet; with ``roots`` (the service's
+    data roots) every file is checked against them as it is opened.
 
     One worker runs in this process; ``training.num_workers > 1`` (or ``SEQATTN_ENGINE=ray``) runs
     the same stages on Ray Train workers (:func:`pipelines.ray_job.run_ray_job`).
@@ -293,11 +296,11 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
     if use_ray(spec):
         from pipelines.ray_job import run_ray_job
 
-        return run_ray_job(spec, on_event=on_event, job_id=job_id)
+        return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots)
     t0 = time.perf_counter()
     seed_everything(spec.training.seed)
     _emit(on_event, kind="stage", stage="load")
-    data = load_dataset(spec.dataset, seed=spec.training.seed)
+    data = load_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
     load_s = time.perf_counter() - t0
     plan = plan_job(spec, data, on_event)
     return run_stages(spec, data, plan, on_event, job_id=job_id, timings={"load_s": load_s, **plan.timings},

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, _parquet_files, resolve_columns
 from pipelines.errors import SpecError
+from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
 
 ROW, LABEL, DENSE = "__row", "__label", "__dense"
@@ -50,6 +51,7 @@ class ParquetSource:
     root: str | None  # the directory hive partitions are relative to (None for a single file)
     partition_columns: tuple[str, ...]
     columns: Columns
+    roots: DataRoots | None = None  # read through their checking filesystem when set
 
     @property
     def needed(self) -> list[str]:
@@ -60,8 +62,9 @@ def _relative(path: str, root: str | None) -> str:
     return str(Path(path).relative_to(root)) if root else Path(path).name
 
 
-def check_parquet(spec: DatasetSpec) -> ParquetSource:
-    """Find the data files of ``spec.path``, read each footer and check the schemas agree.
+def check_parquet(spec: DatasetSpec, roots: DataRoots | None = None) -> ParquetSource:
+    """Find the data files of ``spec.path``, read each footer and check the schemas agree; with
+    ``roots``, every file is opened through their checking filesystem (:mod:`pipelines.roots`).
 
     Raises :class:`SpecError` on ``dataset.path`` (missing, empty, unreadable, mixed schemas) or on
     the column fields (see :func:`pipelines.dataset.resolve_columns`).
@@ -84,14 +87,16 @@ def check_parquet(spec: DatasetSpec) -> ParquetSource:
     if not files:
         raise SpecError("dataset.path", f"no Parquet files in {spec.path!r}")
     base = str(root) if root.is_dir() else None
+    filesystem = roots.filesystem() if roots is not None else None
     schemas = []
     for f in files:
         try:
-            schemas.append(pq.read_schema(f))
+            schemas.append(pq.read_schema(f, filesystem=filesystem))
         except (pa.ArrowInvalid, OSError) as exc:
             raise SpecError("dataset.path", f"cannot read {_relative(f, base)!r} as Parquet: {exc}") from None
     try:
-        full = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base).schema
+        full = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base,
+                            filesystem=filesystem).schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise SpecError("dataset.path", f"cannot read {spec.path!r} as Parquet: {exc}") from None
     partition_columns = tuple(n for n in full.names if n not in schemas[0].names)
@@ -109,7 +114,7 @@ def check_parquet(spec: DatasetSpec) -> ParquetSource:
             if got != want and not _same_values(got, want):
                 raise SpecError("dataset.path", f"file {_relative(f, base)!r}: column {name!r} is {got}, but {want} in "
                                 f"{first!r}; every file must have the same schema")
-    return ParquetSource(spec.path, tuple(files), base, partition_columns, columns)
+    return ParquetSource(spec.path, tuple(files), base, partition_columns, columns, roots)
 
 
 def _same_values(a: pa.DataType, b: pa.DataType) -> bool:
@@ -152,8 +157,10 @@ def read_parquet(source: ParquetSource) -> pa.Table:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     file_columns = [c for c in source.needed if c not in source.partition_columns]
     partitioning = Partitioning("hive", base_dir=source.root) if source.partition_columns and source.root else None
-    ds = ray.data.read_parquet(list(source.files), columns=file_columns, partitioning=partitioning)
-    try:
+    filesystem = source.roots.filesystem() if source.roots is not None else None
+    try:  # footers are read here on the driver, the row groups in Ray Data's tasks
+        ds = ray.data.read_parquet(list(source.files), columns=file_columns, partitioning=partitioning,
+                                   filesystem=filesystem)
         tables = [ray.get(ref) for ref in ds.to_arrow_refs()]
     except Exception as exc:
         cause = getattr(exc, "cause", None) or exc

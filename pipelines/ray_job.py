@@ -47,6 +47,7 @@ from pipelines.engine import Placed, device
 from pipelines.errors import SpecError
 from pipelines.job import Event, _emit, plan_job, run_stages, seed_everything
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
+from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
-                options: RayOptions | None = None) -> FeatureSet:
+                options: RayOptions | None = None, roots: DataRoots | None = None) -> FeatureSet:
     """Run ``spec`` on ``spec.training.num_workers`` Ray Train workers; return its FeatureSet.
 
     Bad input raises :class:`SpecError` before any worker starts. Events: those of
@@ -241,7 +242,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     options = options or RayOptions()
     t0 = time.perf_counter()
     _emit(on_event, kind="stage", stage="load")
-    source = check_parquet(spec.dataset)  # before Ray starts: bad input fails in a second
+    source = check_parquet(spec.dataset, roots)  # before Ray starts: bad input fails in a second
     placement = _placement(options)
     connect()
     _check_capacity(spec.training.num_workers)

@@ -215,3 +215,23 @@ def test_placement_comes_from_the_option_then_the_environment(monkeypatch):
     with pytest.raises(SpecError) as err:
         _placement(RayOptions())
     assert err.value.field == PLACEMENT_ENV and "SPREAD" in err.value.message
+
+
+
+def test_ray_data_reads_refuse_a_file_swapped_for_a_symlink_after_the_check(cluster, tmp_path):
+    from pipelines.ray_data import check_parquet, read_parquet
+    from pipelines.roots import DataRoots
+    from pipelines.spec import DatasetSpec
+
+    root, outside = tmp_path / "root", tmp_path / "elsewhere"
+    write_synth(root / "d", rows=600, seed=1, n_noise=2, files=2)
+    write_synth(outside, rows=600, seed=2, n_noise=2, files=1)
+    roots = DataRoots.of([root])
+    source = check_parquet(DatasetSpec(path=roots.check(str(root / "d")), label="label"), roots)
+    assert read_parquet(source).num_rows == 600
+    victim = root / "d" / "part-00001.parquet"
+    victim.unlink()
+    victim.symlink_to(next(outside.glob("*.parquet")))
+    with pytest.raises(SpecError) as err:
+        read_parquet(source)
+    assert err.value.field == "dataset.path" and "outside the data roots" in err.value.message
