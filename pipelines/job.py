@@ -26,6 +26,7 @@ import torch
 from pipelines.dataset import EncodedDataset, EncodedSplit, load_dataset
 from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
+from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 from pipelines.spec import (Candidate, Compression, FeatureSet, JobSpec, LatencyTrim, PrunedLayer, SelectedCross,
                             SelectedFeature)
@@ -143,9 +144,12 @@ def _source(split: EncodedSplit, data: EncodedDataset, dense: tuple[str, ...], s
     return source
 
 
-def check_selection(spec: JobSpec, data: EncodedDataset) -> None:
-    """Checks that need the data: counts against candidates, and a budget that fits something."""
+def check_selection(spec: JobSpec, data: EncodedDataset, limits: JobLimits | None = None) -> None:
+    """Checks that need the data: counts against candidates, a budget that fits something, and the
+    service's limits on table sizes when it has any."""
     n_features = len(data.dense_names) + len(data.sparse_names)
+    if limits is not None:
+        limits.check_tables(data.cardinalities, n_features)
     k = spec.selection.features
     if k is not None and k > n_features:
         raise SpecError("selection.features", f"{k} is more than the {n_features} candidate features "
@@ -281,9 +285,9 @@ def use_ray(spec: JobSpec) -> bool:
 
 
 def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
-            roots: DataRoots | None = None) -> FeatureSet:
-    """Run one selection job and return its (unversioned) FeatureSet; with ``roots`` (the service's
-    data roots) every file is checked against them as it is opened.
+            roots: DataRoots | None = None, limits: JobLimits | None = None) -> FeatureSet:
+    """Run one selection job and return its (unversioned) FeatureSet. A service passes its data
+    ``roots`` (every file is checked against them as it is opened) and its job size ``limits``.
 
     One worker runs in this process; ``training.num_workers > 1`` (or ``SEQATTN_ENGINE=ray``) runs
     the same stages on Ray Train workers (:func:`pipelines.ray_job.run_ray_job`).
@@ -293,16 +297,18 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
         fs = run_job(load_spec("job.yaml"), on_event=print)
         fs.features[0].name, fs.metrics.val_auc
     """
+    if limits is not None:
+        limits.check(spec)
     if use_ray(spec):
         from pipelines.ray_job import run_ray_job
 
-        return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots)
+        return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
     t0 = time.perf_counter()
     seed_everything(spec.training.seed)
     _emit(on_event, kind="stage", stage="load")
     data = load_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
     load_s = time.perf_counter() - t0
-    plan = plan_job(spec, data, on_event)
+    plan = plan_job(spec, data, on_event, limits)
     return run_stages(spec, data, plan, on_event, job_id=job_id, timings={"load_s": load_s, **plan.timings},
                       started=t0)
 
@@ -312,10 +318,11 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], None] | None = None) -> Plan:
+def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], None] | None = None,
+             limits: JobLimits | None = None) -> Plan:
     """Check the spec against the data and fix the search space (cross candidates by pre-screen,
     reported as stage ``prescreen`` with progress events over its steps)."""
-    check_selection(spec, data)
+    check_selection(spec, data, limits)
     t0 = time.perf_counter()
     sel = spec.selection
     choices = tuple(sel.embedding_dims)

@@ -46,6 +46,7 @@ from pipelines.dataset import EncodedDataset, EncodedSplit, encode_table
 from pipelines.engine import Placed, device
 from pipelines.errors import SpecError
 from pipelines.job import Event, _emit, plan_job, run_stages, seed_everything
+from pipelines.limits import JobLimits
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
@@ -229,7 +230,8 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
-                options: RayOptions | None = None, roots: DataRoots | None = None) -> FeatureSet:
+                options: RayOptions | None = None, roots: DataRoots | None = None,
+                limits: JobLimits | None = None) -> FeatureSet:
     """Run ``spec`` on ``spec.training.num_workers`` Ray Train workers; return its FeatureSet.
 
     Bad input raises :class:`SpecError` before any worker starts. Events: those of
@@ -251,7 +253,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
     data = encode_table(table, source.columns, spec.dataset.validation_fraction, spec.training.seed)
     del table
     encode_s = time.perf_counter() - t0 - read_s
-    plan = plan_job(spec, data, on_event)
+    plan = plan_job(spec, data, on_event, limits)
     workers = spec.training.num_workers
     train_ds = split_to_dataset(data.train, data, min_blocks=2 * workers)
     valid_ds = split_to_dataset(data.valid, data)
