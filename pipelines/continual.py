@@ -331,5 +331,6 @@ def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registr
     fs = run_job(spec, on_event=on_event, job_id=job_id)
     source = json.dumps({"schedule": schedule.name, "partition": key, "window": list(values),
                          "warm_start_from": warm_from})
-    record = registry.publish(fs, epsilon=schedule.promotion.epsilon, source=source)
+    record = registry.publish(fs, epsilon=schedule.promotion.epsilon, source=source,
+                              promoted_by=f"schedule:{schedule.name}")
     return StepResult(schedule.name, window, record, registry.get(spec.name, record.version), warm_from)

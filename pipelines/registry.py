@@ -5,8 +5,10 @@ Layout under ``SEQATTN_HOME`` (DESIGN.md, "State on disk"):
 - ``seqattn.db``: SQLite in WAL mode (readers never block the writer); the tables
   ``feature_set_versions`` (one row per published version: where its file is, its headline
   metrics, the promotion decision and the stability against the version before) and
-  ``feature_set_promoted`` (name -> promoted version). The service keeps its own tables (jobs,
-  schedules) in the same file.
+  ``feature_set_promoted`` (name -> promoted version) and ``promotions`` (the promotion log: every
+  change of the promoted version, by whom, and the version it replaced; what
+  :meth:`Registry.rollback` reads). The service keeps its own tables (jobs, schedules) in the
+  same file.
 - ``artifacts/{name}/{version}/featureset.json``: written to a temporary file and renamed, inside
   the transaction that allocates the version, so a published version always has its file and a
   file is never rewritten.
@@ -16,6 +18,11 @@ After that, ``promote: auto`` promotes a version whose validation AUC is not wor
 promoted one's by more than ``epsilon`` (0.001) and whose embedding memory and latency fit the
 spec's budgets; otherwise it is kept and marked ``rejected``. ``promote: manual`` keeps it
 ``pending`` until :meth:`Registry.promote`.
+
+Every promotion, whoever makes it (a first version, the auto policy on publish, a promotion by
+hand, a rollback; from the API, ``seqattn pipeline run`` or the scheduler), is logged in the
+``promotions`` table inside the transaction that changes the promoted version, so the log and
+``feature_set_promoted`` never disagree and a rollback works whichever process promoted.
 
 Example::
 
@@ -29,6 +36,8 @@ Example::
     ('promoted', 'rejected')
     >>> reg.get("ctr").version, [v.version for v in reg.versions("ctr")]
     (1, [1, 2])
+    >>> [(p["version"], p["previous_version"], p["source"]) for p in reg.promotions("ctr")]
+    [(1, None, 'publish')]
 """
 
 from __future__ import annotations
@@ -74,6 +83,15 @@ CREATE TABLE IF NOT EXISTS feature_set_promoted (
     version INTEGER NOT NULL,
     promoted_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS promotions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    previous_version INTEGER,
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promotions_name ON promotions (name, seq);
 """
 
 
@@ -154,6 +172,10 @@ def promotion_decision(candidate: FeatureSet, promoted: FeatureSet | None,
                        epsilon: float = DEFAULT_EPSILON) -> tuple[str, str]:
     """(``promoted`` | ``rejected`` | ``pending``, reason) for ``candidate`` against the promoted one.
 
+    The reason says what the comparison found, in the direction it went: the candidate's
+    validation AUC beats the promoted one's by some margin, ties it, is below it but within
+    ``epsilon``, or is worse by more than ``epsilon`` (rejected).
+
     Example::
 
         >>> from pipelines.spec import FeatureSet, JobSpec
@@ -163,6 +185,10 @@ def promotion_decision(candidate: FeatureSet, promoted: FeatureSet | None,
         'promoted'
         >>> promotion_decision(new, new)
         ('rejected', 'embedding_mb 2.0000 exceeds constraints.max_embedding_mb 1.0')
+        >>> old = FeatureSet(name="x", spec=spec, version=1, features=[], metrics={"val_auc": 0.7891})
+        >>> better = FeatureSet(name="x", spec=spec, features=[], metrics={"val_auc": 0.8464, "embedding_mb": 0.5})
+        >>> promotion_decision(better, old)[1]
+        "val_auc 0.8464 beats the promoted v1's 0.7891 by 0.0573; budgets hold"
     """
     if promoted is None:
         return "promoted", "first version of this name"
@@ -173,19 +199,42 @@ def promotion_decision(candidate: FeatureSet, promoted: FeatureSet | None,
         return "rejected", f"embedding_mb {_fmt(m.embedding_mb)} exceeds constraints.max_embedding_mb {c.max_embedding_mb}"
     if c.max_inference_ms is not None and (m.inference_ms is None or m.inference_ms > c.max_inference_ms):
         return "rejected", f"inference_ms {_fmt(m.inference_ms)} exceeds constraints.max_inference_ms {c.max_inference_ms}"
+    budgets = "; budgets hold" if c.max_embedding_mb is not None or c.max_inference_ms is not None else ""
     new_auc, old_auc = m.val_auc, promoted.metrics.val_auc
-    if old_auc is not None and (new_auc is None or not np.isfinite(new_auc) or new_auc < old_auc - epsilon):
-        return "rejected", (f"val_auc {_fmt(new_auc)} is worse than the promoted version's {_fmt(old_auc)} "
-                            f"by more than epsilon {epsilon}")
-    return "promoted", f"val_auc {_fmt(new_auc)} within epsilon {epsilon} of the promoted {_fmt(old_auc)} and budgets hold"
+    theirs = f"the promoted v{promoted.version}'s" if promoted.version is not None else "the promoted version's"
+    if old_auc is None or not np.isfinite(old_auc):
+        return "promoted", f"val_auc {_fmt(new_auc)}; {theirs} val_auc is unknown, so there is nothing to beat{budgets}"
+    if new_auc is None or not np.isfinite(new_auc):
+        return "rejected", f"val_auc {_fmt(new_auc)} cannot be compared with {theirs} {_fmt(old_auc)}"
+    diff = new_auc - old_auc
+    if diff < -epsilon:
+        return "rejected", (f"val_auc {_fmt(new_auc)} is worse than {theirs} {_fmt(old_auc)} by {_fmt_diff(-diff)}, "
+                            f"more than epsilon {epsilon}")
+    if diff > 0:
+        found = f"beats {theirs} {_fmt(old_auc)} by {_fmt_diff(diff)}"
+    elif diff == 0:
+        found = f"ties {theirs} {_fmt(old_auc)}"
+    else:
+        found = f"is below {theirs} {_fmt(old_auc)} by {_fmt_diff(-diff)}, within epsilon {epsilon}"
+    return "promoted", f"val_auc {_fmt(new_auc)} {found}{budgets}"
 
 
 def _fmt(x: float | None) -> str:
     return "none" if x is None else f"{x:.4f}"
 
 
+def _fmt_diff(x: float) -> str:
+    """A positive AUC difference: 4 decimals, or 2 significant digits when that would read 0.0000."""
+    return f"{x:.4f}" if x >= 0.00005 else f"{x:.2g}"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PromotionConflict(SpecError):
+    """A promotion or rollback that contradicts the current state: a stale ``expected`` version,
+    or nothing to roll back to. (The service answers it with 409.)"""
 
 
 class Registry:
@@ -203,6 +252,7 @@ class Registry:
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            self._backfill_promotions(db)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -216,10 +266,12 @@ class Registry:
             db.close()
 
     # -- writing ---------------------------------------------------------------------------------
-    def publish(self, fs: FeatureSet, *, epsilon: float = DEFAULT_EPSILON, source: str | None = None) -> VersionRecord:
+    def publish(self, fs: FeatureSet, *, epsilon: float = DEFAULT_EPSILON, source: str | None = None,
+                promoted_by: str = "publish") -> VersionRecord:
         """Give ``fs`` the next version of its name, write it, decide its promotion; return its record.
 
-        ``source`` is free text kept with the version (a schedule's window, say).
+        ``source`` is free text kept with the version (a schedule's window, say); ``promoted_by``
+        is who published it (``job``, ``schedule:NAME``), logged when the policy promotes it.
         """
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -243,29 +295,114 @@ class Registry:
                      stable.previous_version if stable else None, stable.jaccard if stable else None,
                      _finite_or_none(stable.rank_correlation) if stable else None, source))
                 if decision == "promoted":
-                    self._set_promoted(db, fs.name, version)
+                    self._set_promoted(db, fs.name, version, promoted_by)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         return self.record(fs.name, version)
 
-    def promote(self, name: str, version: int) -> VersionRecord:
-        """Promote ``version`` of ``name`` by hand (``promote: manual``, or overriding a rejection)."""
+    def promote(self, name: str, version: int, *, expected: int | None = None,
+                promoted_by: str = "manual") -> VersionRecord:
+        """Promote ``version`` of ``name`` by hand (``promote: manual``, or overriding a rejection).
+
+        ``expected``: only if the promoted version is still that one (a compare-and-set, checked in
+        the same transaction as the write); else :class:`PromotionConflict` naming ``expected_version``.
+        """
+        with self._transaction() as db:
+            self._require(db, name, version)
+            current = self._promoted_version(db, name)
+            if expected is not None and current != expected:
+                raise PromotionConflict("expected_version",
+                                        f"the promoted version of {name!r} is {current}, not {expected}")
+            self._set_promoted(db, name, version, promoted_by)
+        return self.record(name, version)
+
+    def rollback(self, name: str, *, promoted_by: str = "rollback") -> VersionRecord:
+        """Promote again the version that the current one replaced (the promotion log's last entry
+        for the current version); :class:`PromotionConflict` naming ``name`` when it replaced none."""
+        with self._transaction() as db:
+            current = self._promoted_version(db, name)
+            if current is None:
+                self._require_name(db, name)
+                raise PromotionConflict("name", f"feature set {name!r} has no promoted version to roll back from")
+            row = db.execute("SELECT previous_version FROM promotions WHERE name = ? AND version = ? "
+                             "ORDER BY seq DESC LIMIT 1", (name, current)).fetchone()
+            previous = row["previous_version"] if row is not None else None
+            if previous is None:
+                raise PromotionConflict("name", _nothing_to_roll_back(db, name, current))
+            self._require(db, name, previous)
+            self._set_promoted(db, name, previous, promoted_by)
+        return self.record(name, previous)
+
+    def promotions(self, name: str) -> list[dict[str, object]]:
+        """The promotion log of ``name``, oldest first: ``version``, ``previous_version`` (the one
+        it replaced), ``source`` (who: ``publish``, ``job``, ``schedule:NAME``, ``manual``,
+        ``rollback``) and ``at``."""
+        with self.connect() as db:
+            rows = db.execute("SELECT version, previous_version, source, at FROM promotions WHERE name = ? "
+                              "ORDER BY seq", (name,)).fetchall()
+        return [dict(r) for r in rows]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                self._require(db, name, version)
-                self._set_promoted(db, name, version)
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return self.record(name, version)
 
-    def _set_promoted(self, db: sqlite3.Connection, name: str, version: int) -> None:
+    def _set_promoted(self, db: sqlite3.Connection, name: str, version: int, promoted_by: str) -> None:
+        """Serve ``version`` and log the change (none when it is already served), in ``db``'s transaction."""
+        current = self._promoted_version(db, name)
+        if current == version:
+            return
+        at = _now()
         db.execute("INSERT INTO feature_set_promoted VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                   "version = excluded.version, promoted_at = excluded.promoted_at", (name, version, _now()))
+                   "version = excluded.version, promoted_at = excluded.promoted_at", (name, version, at))
+        db.execute("INSERT INTO promotions (name, version, previous_version, source, at) VALUES (?, ?, ?, ?, ?)",
+                   (name, version, current, promoted_by, at))
+
+    def _backfill_promotions(self, db: sqlite3.Connection) -> None:
+        """Log the promotions that registries before the promotion log made without a trace.
+
+        Before every promotion was logged here, a version promoted by ``seqattn pipeline run`` (or
+        any publish outside the service) left no log entry, so it could not be rolled back. For
+        each name whose promoted version has no entry, the versions the policy promoted after the
+        last logged one are logged in order (source ``backfill``), then the promoted version if it
+        is not the last of them. Homes written since have nothing to backfill (one query).
+        """
+        missing = db.execute(
+            "SELECT p.name, p.version, p.promoted_at FROM feature_set_promoted p WHERE NOT EXISTS "
+            "(SELECT 1 FROM promotions q WHERE q.name = p.name AND q.version = p.version)").fetchall()
+        if not missing:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, promoted, promoted_at in missing:
+                if self._promoted_version(db, name) != promoted or db.execute(
+                        "SELECT 1 FROM promotions WHERE name = ? AND version = ?", (name, promoted)).fetchone():
+                    continue  # another process logged it meanwhile
+                logged = db.execute("SELECT version FROM promotions WHERE name = ? ORDER BY seq", (name,)).fetchall()
+                last = logged[-1]["version"] if logged else None
+                newest_logged = max((r["version"] for r in logged), default=0)
+                auto = db.execute("SELECT version, created_at FROM feature_set_versions WHERE name = ? AND "
+                                  "decision = 'promoted' AND version > ? AND version <= ? ORDER BY version",
+                                  (name, newest_logged, promoted)).fetchall()
+                entries = [(r["version"], r["created_at"]) for r in auto]
+                if not entries or entries[-1][0] != promoted:
+                    entries.append((promoted, promoted_at))
+                for version, at in entries:
+                    db.execute("INSERT INTO promotions (name, version, previous_version, source, at) "
+                               "VALUES (?, ?, ?, 'backfill', ?)", (name, version, last, at))
+                    last = version
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _write_artifact(self, fs: FeatureSet) -> Path:
         folder = self.artifacts / fs.name / str(fs.version)
@@ -317,6 +454,10 @@ class Registry:
         row = db.execute("SELECT version FROM feature_set_promoted WHERE name = ?", (name,)).fetchone()
         return int(row["version"]) if row else None
 
+    def _require_name(self, db: sqlite3.Connection, name: str) -> None:
+        if db.execute("SELECT 1 FROM feature_set_versions WHERE name = ? LIMIT 1", (name,)).fetchone() is None:
+            raise SpecError("name", f"no feature set {name!r}")
+
     def _require(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
         row = db.execute("SELECT * FROM feature_set_versions WHERE name = ? AND version = ?", (name, version)).fetchone()
         if row is None:
@@ -333,6 +474,17 @@ class Registry:
 
 def _list(xs: Sequence[int]) -> str:
     return ", ".join(map(str, xs))
+
+
+def _nothing_to_roll_back(db: sqlite3.Connection, name: str, current: int) -> str:
+    """Why ``name`` cannot be rolled back: its promoted version replaced none (it was the first)."""
+    others = db.execute("SELECT version, decision FROM feature_set_versions WHERE name = ? AND version != ? "
+                        "ORDER BY version", (name, current)).fetchall()
+    why = f"feature set {name!r} has no earlier promotion to roll back to: v{current} is the only promoted version"
+    if not others:
+        return why + " (and the only version)"
+    never = ", ".join(f"v{r['version']} {r['decision']}" for r in others)
+    return why + f" (never promoted: {never}); promote one of those by its version instead"
 
 
 def _finite_or_none(x: float) -> float | None:

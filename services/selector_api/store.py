@@ -1,5 +1,5 @@
-"""The one place that touches the service's state: jobs, schedules and promotions in ``seqattn.db``,
-feature sets through :class:`pipelines.registry.Registry`.
+"""The one place that touches the service's state: jobs and schedules in ``seqattn.db``, feature
+sets and their promotion log through :class:`pipelines.registry.Registry`.
 
 Everything lives in the one SQLite file (WAL mode) under ``SEQATTN_HOME`` that the registry uses,
 so a job's row, a schedule's next run and a promoted version are all in one place, survive a
@@ -33,7 +33,6 @@ import json
 import os
 import socket
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import SpecError
-from pipelines.registry import Registry, VersionRecord
+from pipelines.registry import PromotionConflict, Registry, VersionRecord
 from pipelines.spec import FeatureSet
 from services.selector_api.errors import Conflict, NotFound, QueueFull
 
@@ -86,16 +85,9 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_job_id TEXT,
     runs INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS promotions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    previous_version INTEGER,
-    source TEXT NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS promotions_name ON promotions (name, seq);
 """
+# The promotion log (table ``promotions``) is the registry's: it is written in the transaction
+# that changes the promoted version, whoever promotes (this service, ``seqattn pipeline run``).
 
 
 def now_iso(at: datetime | None = None) -> str:
@@ -194,15 +186,12 @@ def _schedule(row: sqlite3.Row) -> ScheduleRow:
 
 
 class Store:
-    """Jobs, schedules and promotions in ``{home}/seqattn.db``; feature sets via :attr:`registry`."""
+    """Jobs and schedules in ``{home}/seqattn.db``; feature sets and promotions via :attr:`registry`."""
 
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.registry = Registry(home)
         self.home = self.registry.home
         self.host = socket.gethostname()
-        # Promote/rollback read the current version and then write; the lock keeps that pair atomic
-        # within this process (Registry.promote itself is one transaction).
-        self._promote_lock = threading.Lock()
         with self.registry.connect() as db:
             db.executescript(_SCHEMA)
 
@@ -416,52 +405,30 @@ class Store:
 
     # -- feature sets ----------------------------------------------------------------------------
     def publish(self, fs: FeatureSet, *, source: str = "job") -> VersionRecord:
-        """Publish through the registry (its promotion policy) and log an automatic promotion."""
-        with self._promote_lock:
-            before = self.promoted_version(fs.name)
-            record = self.registry.publish(fs)
-            self.note_published(record, before, source)
-        return record
-
-    def note_published(self, record: VersionRecord, before: int | None, source: str) -> None:
-        """Log a version the registry promoted on publish (for :meth:`rollback`)."""
-        if record.decision == "promoted":
-            self._log_promotion(record.name, record.version, before, source)
+        """Publish through the registry: its promotion policy decides, and logs a promotion as by ``source``."""
+        return self.registry.publish(fs, promoted_by=source)
 
     def promote(self, name: str, version: int, *, expected: int | None = None, source: str = "manual") -> VersionRecord:
         """Make ``version`` the served one. ``expected``: only if the promoted version is still that
-        (a compare-and-set for clients that read before they write)."""
+        (a compare-and-set for clients that read before they write; one transaction in the registry)."""
         self.require_name(name)
-        with self._promote_lock:
-            before = self.promoted_version(name)
-            if expected is not None and before != expected:
-                raise Conflict("expected_version", f"the promoted version of {name!r} is {before}, not {expected}")
-            record = self.registry.promote(name, version)
-            if before != version:
-                self._log_promotion(name, version, before, source)
-        return record
+        try:
+            return self.registry.promote(name, version, expected=expected, promoted_by=source)
+        except PromotionConflict as exc:
+            raise Conflict(exc.field, exc.message) from None
 
     def rollback(self, name: str) -> VersionRecord:
-        """Promote again the version that was promoted before the current one."""
+        """Promote again the version that the current one replaced, whoever promoted either of them
+        (the registry's promotion log); :class:`Conflict` saying why when there is none."""
         self.require_name(name)
-        with self._promote_lock:
-            current = self.promoted_version(name)
-            with self.registry.connect() as db:
-                row = db.execute("SELECT previous_version FROM promotions WHERE name = ? AND version = ? "
-                                 "ORDER BY seq DESC LIMIT 1", (name, current)).fetchone()
-            previous = row["previous_version"] if row is not None else None
-            if previous is None:
-                raise Conflict("name", f"feature set {name!r} has no earlier promotion to roll back to "
-                               f"(version {current} is the first promoted)")
-            record = self.registry.promote(name, previous)
-            self._log_promotion(name, previous, current, "rollback")
-        return record
+        try:
+            return self.registry.rollback(name)
+        except PromotionConflict as exc:
+            raise Conflict(exc.field, exc.message) from None
 
     def promotions(self, name: str) -> list[dict[str, Any]]:
-        with self.registry.connect() as db:
-            rows = db.execute("SELECT version, previous_version, source, at FROM promotions WHERE name = ? "
-                              "ORDER BY seq", (name,)).fetchall()
-        return [dict(r) for r in rows]
+        """The registry's promotion log of ``name``, oldest first."""
+        return self.registry.promotions(name)
 
     def require_name(self, name: str) -> list[VersionRecord]:
         versions = self.registry.versions(name)
@@ -474,11 +441,6 @@ class Store:
         with self.registry.connect() as db:
             row = db.execute("SELECT version FROM feature_set_promoted WHERE name = ?", (name,)).fetchone()
         return int(row["version"]) if row else None
-
-    def _log_promotion(self, name: str, version: int, previous: int | None, source: str) -> None:
-        with self._write() as db:
-            db.execute("INSERT INTO promotions (name, version, previous_version, source, at) VALUES (?, ?, ?, ?, ?)",
-                       (name, version, previous, source, now_iso()))
 
     def artifact_path(self, record: VersionRecord) -> Path:
         return self.home / record.path

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from pipelines.errors import SpecError
-from pipelines.registry import Registry, promotion_decision, stability
+from pipelines.registry import PromotionConflict, Registry, promotion_decision, stability
 from pipelines.spec import Candidate, FeatureSet, FeatureSetMetrics, JobSpec, SelectedFeature
 
 
@@ -94,3 +94,66 @@ def test_unknown_names_and_versions_are_clear(tmp_path):
     assert reg.versions("nothing") == [] and reg.latest("nothing") is None
     with pytest.raises(SpecError, match="has no promoted version"):
         reg.get("nothing")
+
+
+def _log(reg, name="ctr"):
+    return [(p["version"], p["previous_version"], p["source"]) for p in reg.promotions(name)]
+
+
+def test_every_promotion_is_logged_by_the_registry_so_rollback_works_whoever_promoted(tmp_path):
+    # As `seqattn pipeline run` does: publishes straight into the registry, no service involved.
+    reg = Registry(tmp_path)
+    reg.publish(_fs(["a"], auc=0.75), promoted_by="schedule:daily")
+    reg.publish(_fs(["a"], auc=0.76), promoted_by="schedule:daily")
+    reg.publish(_fs(["a"], auc=0.60))  # rejected: not a promotion, not logged
+    assert _log(reg) == [(1, None, "schedule:daily"), (2, 1, "schedule:daily")]
+    assert reg.rollback("ctr").version == 1 and reg.get("ctr").version == 1
+    assert reg.promote("ctr", 3).promoted
+    reg.promote("ctr", 3)  # already served: no new entry
+    assert _log(reg)[2:] == [(1, 2, "rollback"), (3, 1, "manual")]
+    assert Registry(tmp_path).rollback("ctr").version == 1  # another process reads the same log
+    with pytest.raises(PromotionConflict) as err:
+        reg.promote("ctr", 2, expected=3)
+    assert err.value.field == "expected_version" and "is 1, not 3" in err.value.message
+    assert reg.get("ctr").version == 1
+
+
+def test_rollback_of_the_only_promoted_version_says_why(tmp_path):
+    reg = Registry(tmp_path)
+    reg.publish(_fs(["a"], auc=0.75))
+    with pytest.raises(PromotionConflict) as err:
+        reg.rollback("ctr")
+    assert err.value.field == "name" and "v1 is the only promoted version (and the only version)" in err.value.message
+    reg.publish(_fs(["a"], auc=0.60))
+    reg.publish(_fs(["a"], auc=0.90, promote="manual"))
+    with pytest.raises(PromotionConflict) as err:
+        reg.rollback("ctr")
+    assert "v1 is the only promoted version (never promoted: v2 rejected, v3 pending)" in err.value.message
+    assert reg.get("ctr").version == 1 and _log(reg) == [(1, None, "publish")]
+
+
+def test_a_home_from_before_the_promotion_log_is_backfilled(tmp_path):
+    reg = Registry(tmp_path)
+    for auc in (0.70, 0.71, 0.60, 0.72):
+        reg.publish(_fs(["a"], auc=auc))
+    with sqlite3.connect(tmp_path / "seqattn.db") as db:  # as an older registry left it: no log at all
+        db.execute("DELETE FROM promotions")
+    reopened = Registry(tmp_path)
+    assert _log(reopened) == [(1, None, "backfill"), (2, 1, "backfill"), (4, 2, "backfill")]
+    assert reopened.rollback("ctr").version == 2
+    Registry(tmp_path)  # nothing left to backfill: the log is unchanged
+    assert len(reopened.promotions("ctr")) == 4
+
+
+def test_promotion_reasons_say_which_way_the_auc_went(tmp_path):
+    promoted = _fs(["a"], auc=0.7891).model_copy(update={"version": 1})
+    assert promotion_decision(_fs(["a"], auc=0.8464), promoted)[1] == \
+        "val_auc 0.8464 beats the promoted v1's 0.7891 by 0.0573"
+    assert promotion_decision(_fs(["a"], auc=0.7891), promoted)[1] == "val_auc 0.7891 ties the promoted v1's 0.7891"
+    assert promotion_decision(_fs(["a"], auc=0.7886), promoted)[1] == \
+        "val_auc 0.7886 is below the promoted v1's 0.7891 by 0.0005, within epsilon 0.001"
+    assert promotion_decision(_fs(["a"], auc=0.7700), promoted) == (
+        "rejected", "val_auc 0.7700 is worse than the promoted v1's 0.7891 by 0.0191, more than epsilon 0.001")
+    budget = _fs(["a"], auc=0.80, mb=1.0, constraints={"max_embedding_mb": 2.0})
+    assert promotion_decision(budget, promoted)[1].endswith("by 0.0109; budgets hold")
+    assert "within epsilon" not in promotion_decision(_fs(["a"], auc=0.8464), promoted)[1]

@@ -13,7 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from live_server import AUTH, job_spec, publish_versions, wait_job
+import yaml
+from fastapi.testclient import TestClient
+from live_server import API_KEY, AUTH, job_spec, publish_versions, wait_job
+
+from pipelines.synth import write_partitioned_synth
+from services.cli import main
+from services.selector_api.app import create_app
+from services.selector_api.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +157,9 @@ def test_concurrent_submissions_and_reads_during_promotions(tmp_path: Path, data
                        headers=AUTH)
         assert final.status_code == 200
         chain = final.json()["history"]
-        assert chain[-1]["version"] == current and len(chain) <= 32
+        # The two seeded versions' own promotions, then at most the 32 by hand.
+        assert [h["source"] for h in chain[:2]] == ["publish", "publish"] and len(chain) <= 2 + 32
+        assert chain[-1]["version"] == current
         assert all(b["previous_version"] == a["version"] for a, b in zip(chain, chain[1:]))
         assert c.get("/v1/feature-sets/ctr").headers["x-feature-set-version"] == str(current)
 
@@ -161,3 +170,31 @@ def test_concurrent_submissions_and_reads_during_promotions(tmp_path: Path, data
         assert all(j["state"] in ("cancelled", "succeeded") for j in ended)
         assert len(c.get("/v1/feature-sets").json()["feature_sets"]) == 1 + len(published)
         assert [v["version"] for v in c.get("/v1/feature-sets/ctr/versions").json()["versions"]] == [1, 2]
+
+
+def test_rollback_of_versions_promoted_by_seqattn_pipeline_run(tmp_path: Path) -> None:
+    """Two ``seqattn pipeline run`` steps promote v1 and v2 (the registry, no service involved);
+    the service's rollback goes back to v1, and says why when there is nothing earlier."""
+    home, days = tmp_path / "home", tmp_path / "days"
+    truth = write_partitioned_synth(days, days=2, rows_per_day=3_000, drift_day=None, seed=2, n_noise=2)
+    schedule = {"name": "daily", "window": {"path": str(days), "size": 1}, "cadence": {"interval": "1d"},
+                "job": {"name": "ctr", "dataset": {"path": "-", "label": "label"}, "selection": {"features": 3},
+                        "training": {"epochs": 1, "batch_size": 1024}},
+                "promotion": {"epsilon": 1.0}}  # whatever the AUCs, both steps promote
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(schedule))
+    for day in truth["days"]:
+        assert main(["pipeline", "run", str(tmp_path / "s.yaml"), "--as-of", day, "--home", str(home)]) == 0
+    publish_versions(home, "solo", (0.7,))
+    settings = Settings(home=home, scheduler_enabled=False, data_roots=str(tmp_path), api_key=API_KEY)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/feature-sets/ctr").headers["X-Feature-Set-Version"] == "2"
+        r = c.post("/v1/feature-sets/ctr/rollback", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["promoted_version"] == 1 and r.json()["previous_version"] == 2
+        assert [(h["version"], h["previous_version"], h["source"]) for h in r.json()["history"]] == [
+            (1, None, "schedule:daily"), (2, 1, "schedule:daily"), (1, 2, "rollback")]
+        assert c.get("/v1/feature-sets/ctr").headers["X-Feature-Set-Version"] == "1"
+
+        r = c.post("/v1/feature-sets/solo/rollback", headers=AUTH)
+        assert r.status_code == 409 and r.json()["field"] == "name"
+        assert "v1 is the only promoted version" in r.json()["message"], r.json()

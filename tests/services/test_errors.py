@@ -30,6 +30,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator
         os.symlink(outside / "secret.parquet", data_root / "linked" / "part.parquet")  # a file symlink out
     home = tmp_path_factory.mktemp("errors") / "home"
     publish_versions(home, "ctr", (0.70, 0.71))
+    publish_versions(home, "solo", (0.70,))  # one version: nothing to roll back to
     server = ServerProcess(home, [data_root], max_body_bytes=MAX_BODY).start()
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield server, client
@@ -114,7 +115,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("promote-stale-expected", "POST", "/v1/feature-sets/ctr/promote", {"json": {"version": 1, "expected_version": 1}},
      409, "expected_version"),
     ("promote-unknown-name", "POST", "/v1/feature-sets/nope/promote", {"json": {"version": 1}}, 404, "name"),
-    ("rollback-without-history", "POST", "/v1/feature-sets/ctr/rollback", {}, 409, "name"),
+    ("rollback-without-history", "POST", "/v1/feature-sets/solo/rollback", {}, 409, "name"),
     ("schedule-job-as-file", "POST", "/v1/schedules", {"json": {**BAD_CRON, "job": "/etc/passwd"}}, 422, "job"),
     ("schedule-bad-cron", "POST", "/v1/schedules", {"json": BAD_CRON}, 422, "cadence.cron"),
     ("schedule-window-outside", "POST", "/v1/schedules",
@@ -137,6 +138,7 @@ MESSAGES = {
     "oversize-body": "the limit is 16384 bytes",
     "wrong-key": "wrong",
     "promote-stale-expected": "is 2, not 1",
+    "rollback-without-history": "v1 is the only promoted version",
 }
 
 

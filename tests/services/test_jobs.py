@@ -59,7 +59,7 @@ def test_submit_poll_promote_rollback_and_etag(client: httpx.Client, server: Ser
     assert job["progress"]["stages"][:2] == ["load", "selection"] and job["progress"]["stages"][-1] == "done"
     assert any("step" in p and p.get("total_steps") for p in seen), seen
     assert job["feature_set"]["version"] == 2 and job["feature_set"]["decision"] == "promoted", job
-    assert "within epsilon" in job["feature_set"]["reason"]
+    assert "beats the promoted v1's 0.5000 by" in job["feature_set"]["reason"], job
 
     served = client.get("/v1/feature-sets/ctr")
     assert served.status_code == 200 and served.headers["X-Feature-Set-Version"] == "2"
@@ -81,7 +81,8 @@ def test_submit_poll_promote_rollback_and_etag(client: httpx.Client, server: Ser
     # Roll back to the version promoted before: version 2 again, with its ETag.
     r = client.post("/v1/feature-sets/ctr/rollback", headers=AUTH)
     assert r.status_code == 200 and r.json()["promoted_version"] == 2, r.text
-    assert [(h["version"], h["source"]) for h in r.json()["history"]] == [(2, "job"), (1, "manual"), (2, "rollback")]
+    history = [(h["version"], h["source"]) for h in r.json()["history"]]
+    assert history == [(1, "publish"), (2, "job"), (1, "manual"), (2, "rollback")]
     assert client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag2}).status_code == 304
     back = client.get("/v1/feature-sets/ctr", headers={"If-None-Match": etag1})
     assert back.status_code == 200 and back.headers["ETag"] == etag2 and back.json() == fs2

@@ -89,6 +89,7 @@ def test_promote_rollback_history(tmp_path: Path) -> None:
     store.promote("ctr", 2)
     assert store.rollback("ctr").version == 1
     assert [(p["version"], p["previous_version"], p["source"]) for p in store.promotions("ctr")] == [
+        (1, None, "publish"), (2, 1, "publish"), (3, 2, "publish"),  # the registry logs its own promotions
         (1, 3, "manual"), (2, 1, "manual"), (1, 2, "rollback")]
     with pytest.raises(Conflict) as err:
         store.promote("ctr", 2, expected=3)
