@@ -95,14 +95,30 @@ class VersionOut(BaseModel):
     previous_version: int | None
     jaccard: float | None
     rank_correlation: float | None
-    source: str | None
+    source: dict[str, Any] | None = Field(
+        description="Where the version came from, as the publisher recorded it: for a schedule's run "
+                    "{schedule, partition, window, warm_start_from}; free text that is not a JSON object "
+                    "comes as {\"text\": ...}")
     promoted: bool
     href: str
 
     @classmethod
     def of(cls, record: VersionRecord) -> VersionOut:
         data = {k: v for k, v in asdict(record).items() if k != "path"}
+        data["source"] = _source(record.source)
         return cls(**data, href=f"/v1/feature-sets/{record.name}/versions/{record.version}")
+
+
+def _source(text: str | None) -> dict[str, Any] | None:
+    """The registry keeps ``source`` as text (a JSON document for a schedule's run); clients get an
+    object, not a JSON document inside a string."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"text": text}
+    return value if isinstance(value, dict) else {"text": text}
 
 
 class VersionList(BaseModel):

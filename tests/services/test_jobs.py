@@ -4,7 +4,6 @@ idempotency, and a schedule's run through pipelines.continual."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,7 +164,8 @@ def test_schedule_crud_and_a_run_through_the_continual_runner(client: httpx.Clie
     assert job["state"] == "succeeded", job
     assert job["progress"]["window"].startswith("day=2026-01-02..2026-01-03")
     versions = client.get("/v1/feature-sets/daily-fs/versions").json()["versions"]
-    assert len(versions) == 1 and json.loads(versions[0]["source"])["schedule"] == "daily"
+    assert len(versions) == 1 and versions[0]["source"] == {  # an object, not JSON inside a string
+        "schedule": "daily", "partition": "day", "window": ["2026-01-02", "2026-01-03"], "warm_start_from": None}
     assert client.get("/v1/schedules/daily").json()["last_job_id"] == job["id"]
 
     assert client.delete("/v1/schedules/daily", headers=AUTH).status_code == 204
@@ -182,3 +182,5 @@ def test_openapi_documents_the_routes_and_the_shared_models(client: httpx.Client
     schemas = api["components"]["schemas"]
     assert {"JobSpec", "DatasetSpec", "ScheduleSpec", "FeatureSet", "ErrorBody"} <= set(schemas)
     assert "Bearer" in api["info"]["description"]
+    source = schemas["VersionOut"]["properties"]["source"]["anyOf"]
+    assert {"type": "object", "additionalProperties": True} in source and {"type": "null"} in source
