@@ -1,6 +1,8 @@
 """The FastAPI application: ``create_app(settings)`` wires the store, the serving cache, the job
 workers and the scheduler, the routes by resource, the error handlers and two ASGI middlewares
-(request metrics, body size limit). OpenAPI at ``/docs``.
+(request metrics, body size limit). OpenAPI at ``/openapi.json``, rendered at ``/docs`` (Swagger UI)
+and ``/redoc``, both from files served by this process (the ``fastapi-offline`` package's copies of
+Swagger UI 5 and ReDoc), since hosts without internet cannot reach FastAPI's default CDN.
 
 Run it with ``seqattn serve --host 127.0.0.1 --port 8000`` or any ASGI server::
 
@@ -19,10 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from services.selector_api.body_limit import BodySizeLimit
@@ -73,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers.stop()
             cache.close()
 
-    app = FastAPI(title="seqattn selector API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="seqattn selector API", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # FastAPI's pages load their JS and CSS from a CDN
+    install_docs(app)
     app.state.service = Service(settings, store, cache, workers, scheduler)
     app.state.metrics = CollectorRegistry()
     app.state.metrics.register(JobStateCollector(store))
@@ -87,6 +95,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+# The pages' own inline scripts and styles, and our files; nothing from elsewhere (ReDoc would
+# fetch its "powered by" logo from cdn.redoc.ly; this makes the browser skip it).
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'")
+
+
+def docs_assets_dir() -> Path:
+    """Swagger UI 5 (``swagger-ui-bundle.js``, ``swagger-ui.css``), ReDoc and a favicon, as the
+    ``fastapi-offline`` package ships them. (``swagger-ui-bundle`` on PyPI ships Swagger UI 4.15,
+    which cannot render FastAPI's OpenAPI 3.1 document: it shows no operation at all.)"""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI), ``/docs/oauth2-redirect`` and ``/redoc``, with every asset served
+    from :data:`DOCS_ASSETS` by this process: no page references another host."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+
+    def own_files_only(page: HTMLResponse) -> HTMLResponse:
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return own_files_only(get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
+                                   oauth2_redirect_url="/docs/oauth2-redirect",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=favicon,
+                                   # No badge: it would send the document to validator.swagger.io.
+                                   swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None}))
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return own_files_only(get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon, with_google_fonts=False))
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
