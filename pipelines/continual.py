@@ -59,22 +59,28 @@ from pipelines.spec import FeatureSet, JobSpec, Name, as_spec_error, load_spec
 
 INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_INTERVAL_S = 3650 * 86400  # ten years: longer is a typo, and datetime arithmetic overflows far above it
 
 
 def _check_cron(value: str) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        CronTrigger.from_crontab(value, timezone=timezone.utc)
+        trigger = CronTrigger.from_crontab(value, timezone=timezone.utc)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday): {exc}") from None
+    if trigger.get_next_fire_time(None, datetime.now(timezone.utc)) is None:
+        raise ValueError(f"{value!r} never fires: no date matches it (for example the 30th of February)")
     return value
 
 
 def _check_interval(value: str) -> str:
     m = INTERVAL.match(value)
     if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"{value!r} is not an interval; write a positive number and a unit: 90s, 30m, 6h, 1d")
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise ValueError(f"{shown!r} is not an interval; write a positive number and a unit: 90s, 30m, 6h, 1d")
+    if float(m.group(1)) * UNIT_SECONDS[m.group(2)] > MAX_INTERVAL_S:
+        raise ValueError(f"{m.group(1)[:20]}{m.group(2)} is longer than the longest interval, {MAX_INTERVAL_S // 86400}d")
     return value
 
 
@@ -111,7 +117,10 @@ class Cadence(_Strict):
             return after + timedelta(seconds=float(m.group(1)) * UNIT_SECONDS[m.group(2)])
         from apscheduler.triggers.cron import CronTrigger
 
-        return CronTrigger.from_crontab(self.cron, timezone=timezone.utc).get_next_fire_time(None, after + timedelta(seconds=1))
+        fire = CronTrigger.from_crontab(self.cron, timezone=timezone.utc).get_next_fire_time(None, after + timedelta(seconds=1))
+        if fire is None:  # checked when the schedule was made; a cron can still run out of dates
+            raise SpecError("cadence.cron", f"{self.cron!r} has no run time after {after.isoformat()}")
+        return fire
 
 
 class Promotion(_Strict):

@@ -38,6 +38,9 @@ def test_schedule_file_with_a_job_file_beside_it(tmp_path):
 @pytest.mark.parametrize("change, field, words", [
     ({"cadence": {"cron": "0 3 * *"}}, "cadence.cron", "not a cron expression"),
     ({"cadence": {"interval": "5 parsecs"}}, "cadence.interval", "not an interval"),
+    ({"cadence": {"cron": "0 0 30 2 *"}}, "cadence.cron", "never fires"),
+    ({"cadence": {"interval": "1" + "0" * 400 + "d"}}, "cadence.interval", "longer than the longest interval"),
+    ({"cadence": {"interval": "3651d"}}, "cadence.interval", "longer than the longest interval"),
     ({"cadence": {"cron": "0 3 * * *", "interval": "1d"}}, "cadence", "exactly one"),
     ({"window": {"path": "d", "size": 0}}, "window.size", "greater than or equal to 1"),
     ({"job": {"name": "ctr", "dataset": {"path": "d", "label": "y"}, "training": {"epoch": 2}}},
