@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
@@ -80,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache.close()
 
     app = FastAPI(title="seqattn selector API", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # FastAPI's pages load their JS and CSS from a CDN
+                  docs_url=None, redoc_url=None,  # FastAPI's pages load their JS and CSS from a CDN
+                  generate_unique_id_function=operation_id)
     install_docs(app)
     app.state.service = Service(settings, store, cache, workers, scheduler)
     app.state.metrics = CollectorRegistry()
@@ -143,9 +146,21 @@ def install_docs(app: FastAPI) -> None:
             redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon, with_google_fonts=False))
 
 
+def operation_id(route: APIRoute) -> str:
+    """A readable operationId for a route without an explicit one: its function's name in camelCase
+    (``submit_job`` -> ``submitJob``), rather than FastAPI's ``submit_job_v1_jobs_post``."""
+    head, *rest = route.name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """OpenAPI with pipelines' JobSpec, ScheduleSpec and FeatureSet schemas (those routes read
-    their bodies themselves, to give the CLI's messages, so FastAPI does not see the models)."""
+    their bodies themselves, to give the CLI's messages, so FastAPI does not see the models).
+
+    FastAPI adds a 422 with its own ``HTTPValidationError`` body to every route with parameters;
+    this service answers validation errors with :class:`~services.selector_api.models.ErrorBody`,
+    and only where a parameter can fail, so each route declares its 422 itself and FastAPI's are
+    dropped (with their schemas)."""
     if app.openapi_schema:
         return app.openapi_schema
     from pipelines.continual import ScheduleSpec
@@ -157,5 +172,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(js.pop("$defs", {}))
         components[model.__name__] = js
+    fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            body = operation.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {})
+            if body.get("schema") == fastapi_422:
+                del operation["responses"]["422"]
+    if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
     app.openapi_schema = schema
     return schema

@@ -18,7 +18,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
 
 from pipelines.errors import SpecError
@@ -52,7 +53,15 @@ def service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(service)]
 
 
-def require_api_key(request: Request) -> None:
+# Declares the scheme in OpenAPI (components.securitySchemes and each mutating operation's
+# ``security``); it never answers by itself (auto_error=False): require_api_key checks the header,
+# so that a missing or malformed one gets the service's own 401 body.
+bearer = HTTPBearer(scheme_name="bearer", auto_error=False,
+                    description="`Authorization: Bearer <SEQATTN_API_KEY>`; needed when the service has a key")
+
+
+def require_api_key(request: Request,
+                    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> None:
     """Mutating routes: ``Authorization: Bearer <SEQATTN_API_KEY>`` when a key is set."""
     key = request.app.state.service.settings.key()
     if key is None:

@@ -29,6 +29,36 @@ class ErrorBody(BaseModel):
     message: str
 
 
+_ERROR_DOC: dict[int, dict[str, Any]] = {
+    400: {"description": "Unreadable request: not JSON, not a JSON object, or a malformed header"},
+    401: {"description": "Missing or wrong API key (when the service has one)",
+          "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}},
+    404: {"description": "No such job, feature set, version or schedule"},
+    409: {"description": "Contradicts the current state"},
+    413: {"description": "The body is larger than SEQATTN_MAX_BODY_BYTES"},
+    415: {"description": "The body is not JSON by its Content-Type"},
+    422: {"description": "Invalid input; `field` names it"},
+    503: {"description": "Too many queued jobs; retry later",
+          "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of the error statuses a route can return, each with :class:`ErrorBody`.
+
+    Example::
+
+        >>> sorted(error_responses(404, 422))
+        [404, 422]
+    """
+    return {code: {"model": ErrorBody, **_ERROR_DOC[code]} for code in codes}
+
+
+def header_doc(description: str, kind: str = "string") -> dict[str, Any]:
+    """One OpenAPI response header."""
+    return {"description": description, "schema": {"type": kind}}
+
+
 class JobError(BaseModel):
     field: str | None = None
     message: str

@@ -5,6 +5,7 @@ Against a real uvicorn server with an API key and a small body limit."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,20 @@ MESSAGES = {
     "promote-stale-expected": "is 2, not 1",
     "rollback-without-history": "v1 is the only promoted version",
 }
+
+
+def test_every_status_in_the_table_is_declared_by_its_operation(setup: tuple[ServerProcess, httpx.Client]) -> None:
+    """OpenAPI lists, per route, the error statuses it can return: each one this table gets is there."""
+    _, client = setup
+    paths = client.get("/openapi.json").json()["paths"]
+    checked = 0
+    for case, method, path, _, status, field in CASES:
+        if field in ("path", "method"):  # no route matched: nothing to declare it
+            continue
+        template = next(t for t in paths if re.fullmatch(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(t)), path))
+        assert str(status) in paths[template][method.lower()]["responses"], (case, template, status)
+        checked += 1
+    assert checked >= 40
 
 
 def test_the_table_is_large_enough() -> None:

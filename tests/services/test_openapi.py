@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,3 +59,91 @@ def test_swagger_ui_is_version_5_which_renders_openapi_3_1(client: TestClient, a
     # Swagger UI 4 (the swagger-ui-bundle package's) shows no operation at all of a 3.1 document.
     assert re.search(r'PACKAGE_VERSION:"5\.\d+\.\d+"', bundle)
     assert '"validatorUrl": null' in client.get("/docs").text  # no badge fetched from validator.swagger.io
+
+
+MUTATING = {("post", "/v1/jobs"), ("delete", "/v1/jobs/{job_id}"), ("post", "/v1/jobs/{job_id}/resubmit"),
+            ("post", "/v1/feature-sets/{name}/promote"), ("post", "/v1/feature-sets/{name}/rollback"),
+            ("post", "/v1/schedules"), ("delete", "/v1/schedules/{name}"), ("post", "/v1/schedules/{name}/run")}
+
+# operationId and the error statuses each route can return (see the routes and services/selector_api/errors.py).
+OPERATIONS = {
+    ("post", "/v1/jobs"): ("submitJob", {400, 401, 409, 413, 415, 422, 503}),
+    ("get", "/v1/jobs"): ("listJobs", {422}),
+    ("get", "/v1/jobs/{job_id}"): ("getJob", {404}),
+    ("delete", "/v1/jobs/{job_id}"): ("cancelJob", {401, 404, 409}),
+    ("post", "/v1/jobs/{job_id}/resubmit"): ("resubmitJob", {401, 404, 409, 422, 503}),
+    ("get", "/v1/feature-sets"): ("listFeatureSets", set()),
+    ("get", "/v1/feature-sets/{name}"): ("getFeatureSet", {404, 422}),
+    ("get", "/v1/feature-sets/{name}/versions"): ("listFeatureSetVersions", {404, 422}),
+    ("get", "/v1/feature-sets/{name}/versions/{version}"): ("getFeatureSetVersion", {404, 422}),
+    ("get", "/v1/feature-sets/{name}/versions/{version}/export"): ("exportFeatureSetVersion", {404, 422}),
+    ("post", "/v1/feature-sets/{name}/promote"): ("promoteFeatureSet", {401, 404, 409, 413, 422}),
+    ("post", "/v1/feature-sets/{name}/rollback"): ("rollbackFeatureSet", {401, 404, 409, 422}),
+    ("get", "/v1/schedules"): ("listSchedules", set()),
+    ("post", "/v1/schedules"): ("createSchedule", {400, 401, 409, 413, 415, 422}),
+    ("get", "/v1/schedules/{name}"): ("getSchedule", {404, 422}),
+    ("delete", "/v1/schedules/{name}"): ("deleteSchedule", {401, 404, 422}),
+    ("post", "/v1/schedules/{name}/run"): ("runSchedule", {401, 404, 409, 422}),
+    ("get", "/healthz"): ("getHealth", set()),
+    ("get", "/metrics"): ("getMetrics", set()),
+}
+
+
+def _operations(api: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(method, path): op for path, ops in api["paths"].items() for method, op in ops.items()}
+
+
+def test_the_bearer_scheme_is_declared_on_the_mutating_operations_only(api: dict[str, Any]) -> None:
+    assert api["components"]["securitySchemes"] == {"bearer": {
+        "type": "http", "scheme": "bearer", "description": api["components"]["securitySchemes"]["bearer"]["description"]}}
+    for key, op in _operations(api).items():
+        assert op.get("security") == ([{"bearer": []}] if key in MUTATING else None), key
+
+
+def test_operation_ids_are_readable_and_unique(api: dict[str, Any]) -> None:
+    ops = _operations(api)
+    assert set(ops) == set(OPERATIONS)
+    assert {key: op["operationId"] for key, op in ops.items()} == {key: v[0] for key, v in OPERATIONS.items()}
+
+
+def test_each_route_lists_only_the_errors_it_can_return_with_the_error_body(api: dict[str, Any]) -> None:
+    for key, op in _operations(api).items():
+        errors = {int(code) for code in op["responses"] if int(code) >= 400}
+        assert errors == OPERATIONS[key][1], key
+        for code in errors:
+            body = op["responses"][str(code)]["content"]["application/json"]["schema"]
+            assert body == {"$ref": "#/components/schemas/ErrorBody"}, (key, code)
+    assert "HTTPValidationError" not in str(api)  # FastAPI's own 422 body is never what we send
+    assert "Retry-After" in op_headers(api, "post", "/v1/jobs", "503")
+    assert "WWW-Authenticate" in op_headers(api, "post", "/v1/jobs", "401")
+
+
+def op_headers(api: dict[str, Any], method: str, path: str, status: str) -> dict[str, Any]:
+    return api["paths"][path][method]["responses"][status].get("headers", {})
+
+
+@pytest.mark.parametrize("path", ["/v1/feature-sets/{name}", "/v1/feature-sets/{name}/versions/{version}"])
+def test_served_feature_sets_declare_their_etag_and_version_headers(api: dict[str, Any], path: str) -> None:
+    for status in ("200", "304"):
+        headers = op_headers(api, "get", path, status)
+        assert {"ETag", "X-Feature-Set-Version", "Cache-Control"} <= set(headers), (path, status)
+        assert headers["X-Feature-Set-Version"]["schema"] == {"type": "integer"}
+    assert "Location" in op_headers(api, "post", "/v1/jobs", "202")
+    assert "Idempotent-Replayed" in op_headers(api, "post", "/v1/jobs", "200")
+    assert "Location" in op_headers(api, "post", "/v1/schedules", "201")
+
+
+def test_the_headers_declared_are_the_ones_sent(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from live_server import publish_versions
+
+    home = tmp_path_factory.mktemp("served")
+    publish_versions(home, "ctr", (0.7,))
+    with TestClient(create_app(Settings(home=home, scheduler_enabled=False, data_roots=str(home)))) as c:
+        api = c.get("/openapi.json").json()
+        for path in ("/v1/feature-sets/ctr", "/v1/feature-sets/ctr/versions/1"):
+            r = c.get(path)
+            declared = {h.lower() for h in op_headers(api, "get", path.replace("ctr", "{name}").replace("/1", "/{version}"),
+                                                      "200")}
+            assert declared <= set(r.headers), (path, declared, r.headers)
+            again = c.get(path, headers={"If-None-Match": r.headers["ETag"]})
+            assert again.status_code == 304 and declared <= set(again.headers)

@@ -22,7 +22,6 @@ from pipelines.errors import SpecError
 from services.selector_api.deps import ServiceDep, check_name, require_api_key
 from services.selector_api.errors import NotFound
 from services.selector_api.models import (
-    ErrorBody,
     FeatureSetList,
     FeatureSetSummary,
     Promotion,
@@ -30,15 +29,27 @@ from services.selector_api.models import (
     PromoteRequest,
     VersionList,
     VersionOut,
+    error_responses,
+    header_doc,
 )
 from services.selector_api.serving import Served, answer
 
 router = APIRouter(prefix="/v1/feature-sets", tags=["feature-sets"])
 
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422)}
-FEATURE_SET_JSON = {200: {"description": "The FeatureSet (DESIGN.md's JSON)",
+# What serving.answer() sends with a version, on the 200 and on the 304.
+SERVED_HEADERS = {
+    "ETag": header_doc("Strong ETag of the version's body; send it back in If-None-Match to get a 304"),
+    "X-Feature-Set-Version": header_doc("The version number in the body", "integer"),
+    "Cache-Control": header_doc("`no-cache` for the promoted version (a promotion changes it); "
+                                "`public, max-age=31536000, immutable` for a numbered version"),
+}
+FEATURE_SET_JSON = {200: {"description": "The FeatureSet (DESIGN.md's JSON)", "headers": SERVED_HEADERS,
                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeatureSet"}}}},
-                    304: {"description": "Not modified: the If-None-Match ETag is current"}}
+                    304: {"description": "Not modified: the If-None-Match ETag is current", "headers": SERVED_HEADERS}}
+EXPORT = {200: {"description": "TorchRec table configs (JSON) or a Feast FeatureService module (Python)",
+                "headers": {"Content-Disposition": header_doc("attachment; filename=NAME-vVERSION.json|.py")},
+                "content": {"application/json": {"schema": {"type": "object"}},
+                            "text/x-python": {"schema": {"type": "string"}}}}}
 Version = Annotated[int, Path(ge=1, le=2**31)]
 
 
@@ -54,7 +65,7 @@ def _known(service: ServiceDep, name: str) -> None:
     service.store.require_name(name)
 
 
-@router.get("", response_model=FeatureSetList)
+@router.get("", response_model=FeatureSetList, operation_id="listFeatureSets")
 def list_feature_sets(service: ServiceDep) -> FeatureSetList:
     """Every feature-set name with its promoted and latest version."""
     out = []
@@ -66,7 +77,8 @@ def list_feature_sets(service: ServiceDep) -> FeatureSetList:
     return FeatureSetList(feature_sets=out)
 
 
-@router.get("/{name}", responses={**ERRORS, **FEATURE_SET_JSON}, response_class=Response)
+@router.get("/{name}", responses={**error_responses(404, 422), **FEATURE_SET_JSON}, response_class=Response,
+            operation_id="getFeatureSet")
 async def get_promoted(name: str, request: Request) -> Response:
     """The promoted version (from memory), with ``ETag`` and ``X-Feature-Set-Version``; 304 on a
     matching ``If-None-Match``. Clients revalidate each time (``Cache-Control: no-cache``), since a
@@ -82,7 +94,8 @@ async def get_promoted(name: str, request: Request) -> Response:
     return _served_response(request, served, "no-cache")
 
 
-@router.get("/{name}/versions", response_model=VersionList, responses=ERRORS)
+@router.get("/{name}/versions", response_model=VersionList, responses=error_responses(404, 422),
+            operation_id="listFeatureSetVersions")
 def list_versions(name: str, service: ServiceDep) -> VersionList:
     """Every version, oldest first, with its metrics, promotion decision and stability."""
     check_name(name)
@@ -91,7 +104,8 @@ def list_versions(name: str, service: ServiceDep) -> VersionList:
     return VersionList(name=name, promoted_version=promoted, versions=[VersionOut.of(v) for v in versions])
 
 
-@router.get("/{name}/versions/{version}", responses={**ERRORS, **FEATURE_SET_JSON}, response_class=Response)
+@router.get("/{name}/versions/{version}", responses={**error_responses(404, 422), **FEATURE_SET_JSON},
+            response_class=Response, operation_id="getFeatureSetVersion")
 def get_version(name: str, version: Version, request: Request, service: ServiceDep) -> Response:
     """One version's FeatureSet; immutable, so cacheable for good."""
     check_name(name)
@@ -103,7 +117,8 @@ def get_version(name: str, version: Version, request: Request, service: ServiceD
     return _served_response(request, served, "public, max-age=31536000, immutable")
 
 
-@router.get("/{name}/versions/{version}/export", responses=ERRORS, response_class=Response)
+@router.get("/{name}/versions/{version}/export", responses={**error_responses(404, 422), **EXPORT},
+            response_class=Response, operation_id="exportFeatureSetVersion")
 def export_version(name: str, version: Version, service: ServiceDep,
                    format: Annotated[Literal["torchrec", "feast"], Query()] = "torchrec") -> Response:
     """The version as TorchRec table configs (JSON) or a Feast ``FeatureService`` pinned to it (Python)."""
@@ -129,8 +144,8 @@ def _promotion(service: ServiceDep, name: str, record_version: int) -> Promotion
                         record=VersionOut.of(record), history=history)
 
 
-@router.post("/{name}/promote", response_model=PromotionOut, responses=ERRORS,
-             dependencies=[Depends(require_api_key)])
+@router.post("/{name}/promote", response_model=PromotionOut, responses=error_responses(401, 404, 409, 413, 422),
+             dependencies=[Depends(require_api_key)], operation_id="promoteFeatureSet")
 def promote(name: str, body: PromoteRequest, service: ServiceDep) -> PromotionOut:
     """Serve ``version`` from now on (atomic: readers see the old or the new version, never a mix).
     ``expected_version`` makes it a compare-and-set (409 if another promotion came first)."""
@@ -145,8 +160,8 @@ def promote(name: str, body: PromoteRequest, service: ServiceDep) -> PromotionOu
     return _promotion(service, name, record.version)
 
 
-@router.post("/{name}/rollback", response_model=PromotionOut, responses=ERRORS,
-             dependencies=[Depends(require_api_key)])
+@router.post("/{name}/rollback", response_model=PromotionOut, responses=error_responses(401, 404, 409, 422),
+             dependencies=[Depends(require_api_key)], operation_id="rollbackFeatureSet")
 def rollback(name: str, service: ServiceDep) -> PromotionOut:
     """Promote again the version that was promoted before the current one."""
     _known(service, name)

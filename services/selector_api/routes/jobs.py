@@ -25,14 +25,19 @@ from pipelines.spec import load_spec
 from services.selector_api.data_roots import checked_spec
 from services.selector_api.deps import ServiceDep, check_name, json_body, require_api_key
 from services.selector_api.errors import BadRequest, Conflict, NotFound
-from services.selector_api.models import ErrorBody, JobList, JobOut, JobState
+from services.selector_api.models import JobList, JobOut, JobState, error_responses, header_doc
 from services.selector_api.store import JobRow, request_hash
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JOB_ID = re.compile(r"j-[0-9a-f]{16}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)}
+SUBMITTED = {
+    202: {"description": "Queued", "headers": {"Location": header_doc("/v1/jobs/{id}")}},
+    200: {"description": "Replayed: the Idempotency-Key was used for this same body; the job it made",
+          "model": JobOut, "headers": {"Location": header_doc("/v1/jobs/{id}"),
+                                       "Idempotent-Replayed": header_doc("`true`")}},
+}
 JOB_SPEC_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}}}
 
@@ -43,8 +48,9 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=ERRORS, openapi_extra=JOB_SPEC_BODY,
-             dependencies=[Depends(require_api_key)])
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SPEC_BODY,
+             responses={**SUBMITTED, **error_responses(400, 401, 409, 413, 415, 422, 503)},
+             dependencies=[Depends(require_api_key)], operation_id="submitJob")
 async def submit_job(request: Request, response: Response, service: ServiceDep,
                      idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JobOut:
     """Queue a selection job (a JobSpec). 202 with the job; with an ``Idempotency-Key`` already used
@@ -74,7 +80,7 @@ def _mapping(payload: object) -> dict:
     return payload
 
 
-@router.get("", response_model=JobList, responses=ERRORS)
+@router.get("", response_model=JobList, responses=error_responses(422), operation_id="listJobs")
 def list_jobs(service: ServiceDep, state: JobState | None = None, name: str | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobList:
     """Jobs, newest first; filter by ``state`` or feature-set ``name``."""
@@ -83,14 +89,14 @@ def list_jobs(service: ServiceDep, state: JobState | None = None, name: str | No
     return JobList(jobs=[JobOut.of(j) for j in service.store.list_jobs(state, name, limit)])
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404), operation_id="getJob")
 def get_job(job_id: str, service: ServiceDep) -> JobOut:
     """A job with its live progress, its error, and the feature-set version it published."""
     return JobOut.of(service.store.get_job(_job_id(job_id)))
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobOut, responses=ERRORS,
-               dependencies=[Depends(require_api_key)])
+@router.delete("/{job_id}", status_code=202, response_model=JobOut, responses=error_responses(401, 404, 409),
+               dependencies=[Depends(require_api_key)], operation_id="cancelJob")
 def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
     """Cancel: a queued job is cancelled at once; a running one stops at its next training step
     (poll until ``state`` is ``cancelled``). 409 when the job has already ended."""
@@ -99,8 +105,9 @@ def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
     return JobOut.of(job)
 
 
-@router.post("/{job_id}/resubmit", status_code=202, response_model=JobOut, responses=ERRORS,
-             dependencies=[Depends(require_api_key)])
+@router.post("/{job_id}/resubmit", status_code=202, response_model=JobOut,
+             responses=error_responses(401, 404, 409, 422, 503), dependencies=[Depends(require_api_key)],
+             operation_id="resubmitJob")
 def resubmit_job(job_id: str, service: ServiceDep) -> JobOut:
     """Queue a new job with the spec of an ended (interrupted, failed, cancelled) one."""
     old = service.store.get_job(_job_id(job_id))

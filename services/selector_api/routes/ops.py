@@ -11,7 +11,7 @@ from services.selector_api.models import Health
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, operation_id="getHealth")
 def healthz(service: ServiceDep) -> Health:
     """Up, and the database answers."""
     service.store.count_jobs_by_state()
@@ -19,7 +19,9 @@ def healthz(service: ServiceDep) -> Health:
                   auth="api-key" if service.settings.key() else "open")
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, operation_id="getMetrics",
+            responses={200: {"description": "Prometheus text exposition format",
+                             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 def metrics(request: Request) -> Response:
     """Request latency histogram per route, jobs by state."""
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -23,17 +23,18 @@ from pipelines.errors import SpecError
 from services.selector_api.data_roots import check_path
 from services.selector_api.deps import ServiceDep, check_name, json_body, require_api_key
 from services.selector_api.errors import BadRequest
-from services.selector_api.models import ErrorBody, JobOut, ScheduleList, ScheduleOut
+from services.selector_api.models import JobOut, ScheduleList, ScheduleOut, error_responses, header_doc
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422)}
+CREATED = {201: {"description": "Created", "headers": {"Location": header_doc("/v1/schedules/{name}")}}}
 SCHEDULE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/ScheduleSpec"}}}}}
 
 
-@router.post("", status_code=201, response_model=ScheduleOut, responses=ERRORS, openapi_extra=SCHEDULE_BODY,
-             dependencies=[Depends(require_api_key)])
+@router.post("", status_code=201, response_model=ScheduleOut, openapi_extra=SCHEDULE_BODY,
+             responses={**CREATED, **error_responses(400, 401, 409, 413, 415, 422)},
+             dependencies=[Depends(require_api_key)], operation_id="createSchedule")
 async def create_schedule(request: Request, response: Response, service: ServiceDep) -> ScheduleOut:
     """Create a schedule; its first run is one cadence from now (``POST .../run`` to run at once)."""
     payload = await json_body(request)
@@ -60,25 +61,26 @@ async def create_schedule(request: Request, response: Response, service: Service
     return out
 
 
-@router.get("", response_model=ScheduleList)
+@router.get("", response_model=ScheduleList, operation_id="listSchedules")
 def list_schedules(service: ServiceDep) -> ScheduleList:
     return ScheduleList(schedules=[ScheduleOut.of(r) for r in service.store.list_schedules()])
 
 
-@router.get("/{name}", response_model=ScheduleOut, responses=ERRORS)
+@router.get("/{name}", response_model=ScheduleOut, responses=error_responses(404, 422), operation_id="getSchedule")
 def get_schedule(name: str, service: ServiceDep) -> ScheduleOut:
     return ScheduleOut.of(service.store.get_schedule(check_name(name)))
 
 
-@router.delete("/{name}", status_code=204, responses=ERRORS, dependencies=[Depends(require_api_key)])
+@router.delete("/{name}", status_code=204, responses=error_responses(401, 404, 422),
+               dependencies=[Depends(require_api_key)], operation_id="deleteSchedule")
 def delete_schedule(name: str, service: ServiceDep) -> Response:
     """Delete the schedule; a run already queued or running goes on (cancel it as a job)."""
     service.store.delete_schedule(check_name(name))
     return Response(status_code=204)
 
 
-@router.post("/{name}/run", status_code=202, response_model=JobOut, responses=ERRORS,
-             dependencies=[Depends(require_api_key)])
+@router.post("/{name}/run", status_code=202, response_model=JobOut, responses=error_responses(401, 404, 409, 422),
+             dependencies=[Depends(require_api_key)], operation_id="runSchedule")
 def run_schedule(name: str, service: ServiceDep) -> JobOut:
     """Queue one run now (409 while a run of this schedule is queued or running)."""
     job = service.store.queue_schedule_run(check_name(name))
