@@ -31,13 +31,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry
 
 from services.selector_api.body_limit import BodySizeLimit
 from services.selector_api.dashboard import install_dashboard
 from services.selector_api.deps import Service
 from services.selector_api.errors import install_error_handlers
-from services.selector_api.metrics import JobStateCollector, RequestMetrics
+from services.selector_api.metrics import JobMetrics, RequestMetrics, service_registry
 from services.selector_api.routes import feature_sets, jobs, ops, schedules
 from services.selector_api.scheduler import ServiceScheduler
 from services.selector_api.serving import FeatureSetCache, ServePromoted
@@ -59,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = Store(settings.home)
     cache = FeatureSetCache(store.registry)
-    workers = JobWorkers(store, settings.job_concurrency, on_published=lambda name: cache.invalidate())
+    metrics = service_registry(store)
+    workers = JobWorkers(store, settings.job_concurrency, on_published=lambda name: cache.invalidate(),
+                         metrics=JobMetrics(metrics))
     scheduler = ServiceScheduler(store, workers, tick_s=settings.schedule_tick_s, heartbeat_s=settings.heartbeat_s,
                                  stale_after_s=settings.stale_after_s, schedules_enabled=settings.scheduler_enabled)
 
@@ -86,8 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   generate_unique_id_function=operation_id)
     install_docs(app)
     app.state.service = Service(settings, store, cache, workers, scheduler)
-    app.state.metrics = CollectorRegistry()
-    app.state.metrics.register(JobStateCollector(store))
+    app.state.metrics = metrics
     install_error_handlers(app)
     for module in (jobs, feature_sets, schedules, ops):
         app.include_router(module.router)

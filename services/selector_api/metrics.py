@@ -1,16 +1,19 @@
-"""Prometheus metrics: request latency per route, jobs by state, served feature-set requests.
+"""Prometheus metrics: request latency per route, jobs by state, served feature-set requests, the
+jobs this process ran (how long, how they ended) and the process itself (memory, CPU, open files).
 
 Request latency is measured by a pure ASGI middleware (no per-request task or body copy, which
 ``BaseHTTPMiddleware`` would add to the serving path) and labelled by the route's path template
 (``/v1/feature-sets/{name}``), never by the raw path, so label cardinality stays bounded. Jobs by
 state are read from the database when ``/metrics`` is scraped, so every instance reports the same
-truth.
+truth. The jobs this process ran are counted where its workers finish them
+(:class:`JobMetrics`, fed by :class:`~services.selector_api.worker.JobWorkers`): a counter and a
+duration histogram, both by final state.
 
 Example::
 
-    registry = CollectorRegistry()
+    registry = service_registry(store)
+    jobs = JobMetrics(registry)               # handed to JobWorkers
     app = RequestMetrics(app, registry)
-    registry.register(JobStateCollector(store))
 """
 
 from __future__ import annotations
@@ -19,13 +22,43 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 
 from services.selector_api.store import Store
 
 # Sub-millisecond buckets: the serving goal is p99 <= 2 ms.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Jobs run from seconds (a tiny spec) to hours (a large one on a cluster).
+JOB_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0)
+
+
+def service_registry(store: Store) -> CollectorRegistry:
+    """The service's own registry (not the global one, so that several apps in one process, as in
+    tests, do not clash): jobs by state, and the process, platform and GC collectors that
+    prometheus_client's default registry would have (``process_resident_memory_bytes``, ...)."""
+    registry = CollectorRegistry()
+    registry.register(JobStateCollector(store))
+    ProcessCollector(registry=registry)
+    registry.register(PLATFORM_COLLECTOR)
+    registry.register(GC_COLLECTOR)
+    return registry
+
+
+class JobMetrics:
+    """``seqattn_jobs_finished_total{state}`` and ``seqattn_job_duration_seconds{state}``: the jobs
+    this process's workers ran, by how they ended (succeeded, failed, cancelled, interrupted),
+    and how long each ran (claimed to finished)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.finished = Counter("seqattn_jobs_finished", "Jobs this process ran to an end, by final state",
+                                ["state"], registry=registry)
+        self.duration = Histogram("seqattn_job_duration_seconds", "Run time of the jobs this process ran, "
+                                  "by final state", ["state"], buckets=JOB_BUCKETS, registry=registry)
+
+    def observe(self, state: str, seconds: float) -> None:
+        self.finished.labels(state).inc()
+        self.duration.labels(state).observe(seconds)
 
 
 class RequestMetrics:

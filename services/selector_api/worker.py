@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.errors import SpecError
+from services.selector_api.metrics import JobMetrics
 from services.selector_api.store import JobRow, Store, instance_owner
 
 log = logging.getLogger("seqattn.service.jobs")
@@ -77,8 +78,9 @@ class JobWorkers:
     """``concurrency`` threads running queued jobs; see the module docstring."""
 
     def __init__(self, store: Store, concurrency: int = 1,
-                 on_published: Callable[[str], None] | None = None) -> None:
+                 on_published: Callable[[str], None] | None = None, metrics: JobMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.concurrency = concurrency
         self.owner = instance_owner()
         self.on_published = on_published
@@ -148,6 +150,12 @@ class JobWorkers:
             progress.update(event)
 
         started = time.perf_counter()
+
+        def finish(state: str, **details: Any) -> None:
+            # Counted only when this worker's end is the one recorded (not one an orphan sweep wrote first).
+            if self.store.finish_job(job.id, state, **details) and self.metrics is not None:
+                self.metrics.observe(state, time.perf_counter() - started)
+
         log.info("job started", extra={"job_id": job.id, "feature_set": job.name, "kind": job.kind})
         try:
             if flag.is_set():
@@ -155,7 +163,7 @@ class JobWorkers:
             record = self._execute(job, on_event)
             progress.state["stage"] = "done"
             progress.flush()
-            self.store.finish_job(job.id, "succeeded", record=record)
+            finish("succeeded", record=record)
             log.info("job succeeded", extra={"job_id": job.id, "feature_set": job.name, "version": record.version,
                                              "decision": record.decision,
                                              "seconds": round(time.perf_counter() - started, 3)})
@@ -163,17 +171,16 @@ class JobWorkers:
                 self.on_published(record.name)
         except JobCancelled:
             if job.id in self._shutdown_ids:
-                self.store.finish_job(job.id, "interrupted",
-                                      error_message="the service stopped while this job ran; resubmit it")
+                finish("interrupted", error_message="the service stopped while this job ran; resubmit it")
             else:
-                self.store.finish_job(job.id, "cancelled", error_message="cancelled by request")
+                finish("cancelled", error_message="cancelled by request")
             log.info("job stopped", extra={"job_id": job.id, "feature_set": job.name})
         except SpecError as exc:
-            self.store.finish_job(job.id, "failed", error=exc)
+            finish("failed", error=exc)
             log.info("job failed on its input", extra={"job_id": job.id, "field": exc.field, "problem": exc.message})
         except Exception as exc:  # the traceback goes to the log; the job shows one line
             log.exception("job failed", extra={"job_id": job.id, "feature_set": job.name})
-            self.store.finish_job(job.id, "failed", error_message=f"{type(exc).__name__}: {exc}")
+            finish("failed", error_message=f"{type(exc).__name__}: {exc}")
         finally:
             self._running.pop(job.id, None)
 

@@ -23,5 +23,6 @@ def healthz(service: ServiceDep) -> Health:
             responses={200: {"description": "Prometheus text exposition format",
                              "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 def metrics(request: Request) -> Response:
-    """Request latency histogram per route, jobs by state."""
+    """Request latency histogram per route, jobs by state, the jobs this process ran (counter and
+    duration by final state), and the process (``process_resident_memory_bytes``, CPU, open files)."""
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
