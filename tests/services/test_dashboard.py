@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from live_server import job_spec, publish_versions
 
 from pipelines.registry import Registry
-from pipelines.spec import Candidate, FeatureSet, JobSpec, SelectedCross, SelectedFeature
+from pipelines.spec import Candidate, FeatureSet, JobSpec, LatencyTrim, SelectedCross, SelectedFeature
 from services.selector_api.app import create_app
 from services.selector_api.dashboard import charts
 from services.selector_api.settings import Settings
@@ -185,3 +185,131 @@ def test_charts_escape_labels() -> None:
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert charts.budget(None, 1.0, None, "MB") == '<p class="muted">not measured</p>'
     assert "<polyline" in charts.line_chart([1], [("auc", [0.7], "{:.2f}")])
+
+
+def _section(html: str, start: str, end: str) -> str:
+    return html[html.index(f'id="{start}"'):html.index(f'id="{end}"')]
+
+
+def _trimmed(name: str = "ctr-main", removed: bool = True) -> FeatureSet:
+    """_rich's choice as the latency stage left it: rel_2 and the cross rel_0 × rel_2 picked, then
+    removed to fit the 1 ms budget (or nothing removed)."""
+    fs = _rich(name)
+    cands = list(fs.candidates) + [Candidate(name="rel_2", kind="sparse", score=0.09, selected=False),
+                                   Candidate(name="rel_0_X_rel_2", kind="cross", score=0.15, selected=False)]
+    latency = (LatencyTrim(budget_ms=1.0, ms_before=1.9, ms_after=0.95, removed_features=["rel_2"],
+                           removed_crosses=[("rel_0", "rel_2")]) if removed else
+               LatencyTrim(budget_ms=1.0, ms_before=0.8, ms_after=0.8))
+    return fs.model_copy(update={"candidates": cands, "latency": latency,
+                                 "metrics": fs.metrics.model_copy(update={"inference_ms": latency.ms_after})})
+
+
+def test_version_page_shows_what_the_latency_stage_removed(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.publish(_trimmed())  # v1: rel_2 and a cross removed
+    registry.publish(_trimmed(removed=False))  # v2: fitted as chosen
+    registry.publish(_rich())  # v3: no latency stage recorded
+    c = _client(tmp_path)
+    html = c.get("/dashboard/feature-sets/ctr-main/versions/1").text
+    latency = _section(html, "latency", "others")
+    assert "1 ms" in latency and "1.9 ms" in latency and "0.95 ms" in latency  # budget, before, after
+    assert "rel_2" in latency and "rel_0 × rel_2" in latency and "choice fitted" not in latency
+    others = html[html.index('id="others"'):html.index('id="timings"')]
+    rows = {r.split("<td>")[1].split("</td>")[0]: r for r in others.split("<tr class=")[1:]}
+    assert "removed by the latency budget" in rows["rel_2"] and "removed by the latency budget" in rows["rel_0_X_rel_2"]
+    assert "removed by the latency budget" not in rows["noise_07"] and "not kept" in rows["noise_07"]
+    assert others.count('class="bar latency-bar"') == 2 and others.count('class="bar muted-bar"') == 1
+    fitted = c.get("/dashboard/feature-sets/ctr-main/versions/2").text
+    assert "nothing removed: the choice fitted" in _section(fitted, "latency", "others").lower()
+    assert "removed by the latency budget" not in fitted
+    assert 'id="latency"' not in c.get("/dashboard/feature-sets/ctr-main/versions/3").text
+
+
+def test_version_page_explains_scores_and_shows_each_score_beside_its_rank(home: Path) -> None:
+    html = _client(home).get("/dashboard/feature-sets/ctr-main/versions/3").text
+    kept = _section(html, "kept", "crosses")
+    note = kept[kept.index('id="score-note"'):kept.index("</p>", kept.index('id="score-note"'))]
+    assert "softmax gate at the end of the phase" in note and "not monotone in rank" in note
+    assert "compare picks by rank" in note.lower()
+    for rank, score in ((1, "0.4100"), (2, "0.2200"), (3, "0.1200")):
+        assert f'<td class="num">{rank}</td><td class="num">{score}</td>' in kept
+    assert '<td class="num">1</td><td class="num">0.2000</td>' in _section(html, "crosses", "dims")
+
+
+def test_inputs_of_a_kept_cross_are_shown_as_inputs_not_as_not_kept(tmp_path: Path) -> None:
+    fs = _rich()
+    cands = list(fs.candidates) + [Candidate(name="rel_9", kind="sparse", score=0.02, selected=False),
+                                   Candidate(name="rel_0_X_rel_9", kind="cross", score=0.3, selected=True)]
+    crosses = list(fs.crosses) + [SelectedCross(features=("rel_0", "rel_9"), rank=2, score=0.3, buckets=512)]
+    Registry(tmp_path).publish(fs.model_copy(update={"candidates": cands, "crosses": crosses}))
+    html = _client(tmp_path).get("/dashboard/feature-sets/ctr-main/versions/1").text
+    inputs = _section(html, "crosses", "dims")
+    assert "input of cross rel_0 × rel_9" in inputs and "not dropped" in inputs
+    assert "rel_0" not in inputs.split('id="cross-inputs"')[1].split("input of")[0]  # rel_0 is a kept feature
+    others = html[html.index('id="others"'):html.index('id="timings"')]
+    assert "rel_9" not in others and "noise_07" in others
+    assert "of 5 features" in html  # rel_0, dense_0, rel_1, noise_07, rel_9
+
+
+def test_history_diff_shows_crosses_added_and_removed_and_embedding_dim_changes(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    v1 = _rich()
+    registry.publish(v1)
+    features = [f.model_copy(update={"embedding_dim": 8}) if f.name == "rel_0" else f for f in v1.features]
+    crosses = [SelectedCross(features=("rel_1", "noise_07"), rank=1, score=0.2, buckets=1024, embedding_dim=4)]
+    registry.publish(v1.model_copy(update={"features": features, "crosses": crosses}))
+    registry.publish(v1.model_copy(update={"features": features, "crosses": crosses}))
+    html = _client(tmp_path).get("/dashboard/feature-sets/ctr-main").text
+    rows = {int(r.split('data-version="')[1].split('"')[0]): r for r in html.split('<tr class="')[1:]}
+    added, removed, dims = [c.split("</td>")[0] for c in rows[2].split('class="diff')[1:4]]
+    assert "+rel_1 × noise_07" in added and "−rel_0 × rel_1" in removed
+    assert "rel_0 16→8" in dims and "rel_1" not in dims  # rel_1 kept its 4
+    added, removed, dims = [c.split("</td>")[0] for c in rows[3].split('class="diff')[1:4]]
+    assert "×" not in added + removed and "unchanged" in dims
+    assert "first" in rows[1]
+
+
+def test_version_page_shows_the_data_window(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    rows = {"train_rows": 8000, "valid_rows": 2000}
+    plain = _rich()
+    registry.publish(plain.model_copy(update={"metrics": plain.metrics.model_copy(update=rows)}))
+    window = tmp_path / "windows" / "nightly" / "2026-01-01_2026-01-07"
+    spec = plain.spec.model_copy(update={"dataset": plain.spec.dataset.model_copy(update={"path": str(window)})})
+    run = plain.model_copy(update={"spec": spec, "metrics": plain.metrics.model_copy(update=rows)})
+    days = [f"2026-01-0{d}" for d in range(1, 8)]
+    registry.publish(run, source=json.dumps({"schedule": "nightly", "partition": "day", "window": days,
+                                             "warm_start_from": 1}))
+    registry.publish(run)  # a window folder without a recorded source: read from the path
+    c = _client(tmp_path)
+    data = _section(c.get("/dashboard/feature-sets/ctr-main/versions/1").text, "data", "kept")
+    assert ">synth<" in data and "8,000 train" in data and "2,000 validation" in data and "window" not in data
+    data = _section(c.get("/dashboard/feature-sets/ctr-main/versions/2").text, "data", "kept")
+    assert "day=2026-01-01 … 2026-01-07 (7 partitions)" in data and "nightly" in data
+    assert "warm-started from v1" in data and str(window) in data and "8,000 train" in data
+    data = _section(c.get("/dashboard/feature-sets/ctr-main/versions/3").text, "data", "kept")
+    assert "2026-01-01 … 2026-01-07 (2 partitions)" not in data and "2026-01-01 … 2026-01-07" in data
+    assert "nightly" in data
+
+
+def test_a_disabled_rollback_says_why_as_the_api_would(tmp_path: Path) -> None:
+    from services.selector_api.errors import Conflict
+
+    publish_versions(tmp_path, "ctr-main", (0.70, 0.60))  # v1 promoted, v2 rejected
+    c, store = _client(tmp_path), Store(tmp_path)
+
+    def button() -> str:
+        html = c.get("/dashboard/feature-sets/ctr-main").text
+        return html[html.index('id="rollback"') - 30:html.index('<output id="action-result"')]
+
+    disabled = button()
+    assert "disabled" in disabled and 'title="no earlier promoted version' in disabled
+    assert 'id="rollback-why"' in disabled and "Rollback unavailable: no earlier promoted version" in disabled
+    with pytest.raises(Conflict):
+        store.rollback("ctr-main")  # the API has nothing to roll back to either
+    store.promote("ctr-main", 2)
+    enabled = button()
+    assert "disabled" not in enabled and "Roll back to v1" in enabled and "rollback-why" not in enabled
+    assert store.rollback("ctr-main").version == 1  # where the page said
+    assert "Roll back to v2" in button()  # v1's last promotion (the rollback) replaced v2
+    assert store.rollback("ctr-main").version == 2

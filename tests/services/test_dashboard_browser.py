@@ -120,11 +120,12 @@ def _shot(tab: Any, name: str, narrow: bool = True) -> None:
 @pytest.fixture(scope="module")
 def jobs_run(api: httpx.Client, data_root: Path) -> dict[str, Any]:
     """Real jobs on the planted data: versions 1 (promoted, the first) and 2 (``promote: manual``,
-    so pending) of ctr-main, and a scheduled run that fails."""
+    so pending, with a latency budget it fits) of ctr-main, and a scheduled run that fails."""
     shape = {"selection": {"features": 4, "crosses": 1, "embedding_dims": [4, 8, 16]},
              "constraints": {"max_embedding_mb": 8}, "training": {"epochs": 2, "batch_size": 512}}
     specs = [job_spec(NAME, **shape),
              job_spec(NAME, **{**shape, "selection": {**shape["selection"], "features": 5},
+                               "constraints": {**shape["constraints"], "max_inference_ms": 10_000},
                                "training": {**shape["training"], "seed": 1}}, promote="manual")]
     done = []
     for spec in specs:  # one at a time: each version's diff is against the one before
@@ -177,11 +178,33 @@ def test_version_page_shows_the_selection(page: Any, server: ServerProcess, jobs
     with_tables = [f for f in fs["features"] if f["embedding_dim"]] + [c for c in fs["crosses"] if c["embedding_dim"]]
     assert page.locator("#dims svg .bar").count() == len(with_tables)
     assert "budget 8 MB" in page.locator("#budgets svg").first.inner_html()
-    not_kept = [c for c in fs["candidates"] if not c["selected"]]
+    inputs = {n for c in fs["crosses"] for n in c["features"]} - {f["name"] for f in fs["features"]}
+    for name in inputs:  # a kept cross's input is not a loser: it is listed with its cross
+        assert f"{name}: input of cross" in page.locator("#cross-inputs").inner_text()
+    not_kept = [c for c in fs["candidates"] if not c["selected"] and c["name"] not in inputs]
     assert page.locator("#others svg .bar").count() == len(not_kept) > 0
+    assert page.locator("#others-list tbody tr").count() == len(not_kept)
+    # Scores: explained next to the picks, each beside its rank.
+    assert "not monotone in rank" in page.locator("#score-note").inner_text()
+    first = min(fs["features"], key=lambda f: f["rank"])
+    assert page.locator("#kept table tbody tr").first.locator("td").all_inner_texts()[:3] == [
+        "1", f"{first['score']:.4f}", first["name"]]
+    data = page.locator("#data").inner_text()
+    assert fs["spec"]["dataset"]["path"] in data
+    assert f"{fs['metrics']['train_rows']:,} train" in data and f"{fs['metrics']['valid_rows']:,} validation" in data
+    assert page.locator("#latency").count() == 0  # no latency budget, no latency stage
     assert f'"{NAME}"' in page.locator("#spec pre").inner_text()
     assert "selection_s" in page.locator("#timings").inner_text()
     _shot(page, "version")
+
+
+def test_version_page_shows_the_latency_stage(page: Any, server: ServerProcess, jobs_run: dict[str, Any]) -> None:
+    fs = httpx.get(f"{server.url}/v1/feature-sets/{NAME}/versions/2").json()
+    page.goto(f"{server.url}/dashboard/feature-sets/{NAME}/versions/2")
+    latency = page.locator("#latency").inner_text()
+    assert "10000 ms" in latency and f"{fs['latency']['ms_before']:.4g} ms" in latency
+    assert fs["latency"]["removed_features"] == [] and "Nothing removed: the choice fitted" in latency
+    assert page.locator("#others svg .latency-bar").count() == 0
 
 
 def test_history_page_with_diffs_and_promote_rollback(page: Any, server: ServerProcess, api: httpx.Client,
@@ -200,9 +223,22 @@ def test_history_page_with_diffs_and_promote_rollback(page: Any, server: ServerP
         new = {f["name"] for f in sets[v["version"]]["features"]}
         cells = row.locator("td.diff").all_inner_texts()
         assert all(f"+{n}" in cells[0] for n in new - old) and all(f"−{n}" in cells[1] for n in old - new)
+        old_x = {" × ".join(c["features"]) for c in sets[v["version"] - 1]["crosses"]}
+        new_x = {" × ".join(c["features"]) for c in sets[v["version"]]["crosses"]}
+        assert all(f"+{n}" in cells[0] for n in new_x - old_x) and all(f"−{n}" in cells[1] for n in old_x - new_x)
+        dims = {f["name"]: f["embedding_dim"] for f in sets[v["version"] - 1]["features"]}
+        for f in sets[v["version"]]["features"]:
+            if f["name"] in dims and dims[f["name"]] != f["embedding_dim"]:
+                assert f"{f['name']} {dims[f['name']] or '—'}→{f['embedding_dim'] or '—'}" in cells[2]
         assert f"{v['jaccard']:.2f}" in row.inner_text()
     assert page.locator(".badge.pending").count() >= 1 and page.locator(".badge.promoted").count() >= 1
     _shot(page, "history")
+
+    # v1, the first version, replaced none: the rollback button is disabled and says why.
+    assert page.locator("#rollback").is_disabled()
+    assert "no earlier promoted version" in page.locator("#rollback").get_attribute("title")
+    assert "no earlier promoted version" in page.locator("#rollback-why").inner_text()
+    assert api.post(f"/v1/feature-sets/{NAME}/rollback", headers=AUTH).status_code == 409
 
     # Without the key, the API's 401 message; with it, promote the pending v2, then roll back to v1.
     assert api.get(f"/v1/feature-sets/{NAME}").headers["X-Feature-Set-Version"] == "1"
@@ -213,6 +249,7 @@ def test_history_page_with_diffs_and_promote_rollback(page: Any, server: ServerP
         page.click('button.promote[data-version="2"]')
     assert "served" in page.locator('#versions tr[data-version="2"]').inner_text()
     assert api.get(f"/v1/feature-sets/{NAME}").headers["X-Feature-Set-Version"] == "2"
+    assert page.locator("#rollback").inner_text() == "Roll back to v1" and page.locator("#rollback-why").count() == 0
     with page.expect_navigation():
         page.click("#rollback")
     assert api.get(f"/v1/feature-sets/{NAME}").headers["X-Feature-Set-Version"] == "1"

@@ -8,8 +8,10 @@ script calling the ``/v1`` routes with the API key the user typed, so the API's 
 apply unchanged.
 
 - ``/dashboard``: every feature-set name, its promoted version, age, AUC against all features, budget use.
-- ``/dashboard/feature-sets/{name}``: history (AUC and kept count per version), diffs, promote/rollback.
-- ``/dashboard/feature-sets/{name}/versions/{v}``: kept features, crosses, dimensions, budgets, the rest.
+- ``/dashboard/feature-sets/{name}``: history (AUC and kept count per version), diffs (features, crosses,
+  embedding dims), promote/rollback (and why rollback is unavailable when it is).
+- ``/dashboard/feature-sets/{name}/versions/{v}``: the data window, kept features (rank and score), crosses and
+  their inputs, dimensions, budgets, what the latency stage removed, the rest.
 - ``/dashboard/jobs``: queued, running (polled each second from ``/dashboard/jobs/live``), done, failed; a JobSpec form.
 - ``/dashboard/schedules``: cadence, last run, next run, last outcome.
 
@@ -26,7 +28,8 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +40,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from pipelines.errors import SpecError
+from pipelines.registry import VersionRecord
 from pipelines.spec import FeatureSet
 from services.selector_api.dashboard import charts
 from services.selector_api.deps import Service, check_name
@@ -206,6 +210,194 @@ def budget_use(fs: FeatureSet) -> list[dict[str, Any]]:
     ]
 
 
+# -- what the version and history pages derive from a FeatureSet -------------------------------------
+def cross_label(features: Sequence[str]) -> str:
+    """``a × b``: how the pages name a cross."""
+    return " × ".join(features)
+
+
+def cross_candidate(features: Sequence[str]) -> str:
+    """A cross's name among the candidates (``seqattn_core.crosses.CrossFeature.name``, not imported
+    here: that would import the model code into every page)."""
+    return "_X_".join(features)
+
+
+@dataclass(frozen=True)
+class NotKept:
+    """A candidate the final model does not have as a feature of its own, and why: ``status`` is
+    ``lost`` (an ordinary loser of the race) or ``latency`` (picked, then removed by the latency
+    stage); ``note`` is the text the page shows."""
+
+    name: str
+    kind: str
+    score: float
+    status: str
+    note: str
+
+    @property
+    def css(self) -> str:
+        return "latency-bar" if self.status == "latency" else "muted-bar"
+
+
+@dataclass(frozen=True)
+class CrossInput:
+    """A feature not kept on its own whose ids a kept cross hashes: not dropped from the data."""
+
+    name: str
+    score: float | None
+    crosses: list[str]
+
+
+def cross_inputs(fs: FeatureSet) -> list[CrossInput]:
+    """The inputs of kept crosses that are not kept features, in the crosses' order."""
+    kept = {f.name for f in fs.features}
+    scores = {c.name: c.score for c in fs.candidates if c.kind in ("dense", "sparse")}
+    feeds: dict[str, list[str]] = {}
+    for cross in sorted(fs.crosses, key=lambda c: c.rank):
+        for name in cross.features:
+            if name not in kept:
+                feeds.setdefault(name, []).append(cross_label(cross.features))
+    return [CrossInput(name, scores.get(name), labels) for name, labels in feeds.items()]
+
+
+def not_kept(fs: FeatureSet) -> list[NotKept]:
+    """Every candidate that is neither a kept feature nor a kept cross nor a kept cross's input,
+    highest score first; those the latency stage removed say so."""
+    kept = {f.name for f in fs.features} | {cross_candidate(c.features) for c in fs.crosses}
+    kept |= {i.name for i in cross_inputs(fs)}
+    trim = fs.latency
+    removed = set(trim.removed_features) | {cross_candidate(p) for p in trim.removed_crosses} if trim else set()
+    rows = [NotKept(c.name, c.kind, c.score, "latency" if c.name in removed else "lost",
+                    "removed by the latency budget" if c.name in removed else "not kept")
+            for c in fs.candidates if not c.selected and c.name not in kept]
+    return sorted(rows, key=lambda r: -r.score)
+
+
+@dataclass(frozen=True)
+class LatencyView:
+    """What the latency stage did, for the version page."""
+
+    budget_ms: float
+    ms_before: float
+    ms_after: float
+    features: list[tuple[str, float | None]]  # removed features and their scores
+    crosses: list[tuple[str, float | None]]  # removed crosses (``a × b``) and their scores
+
+    @property
+    def removed(self) -> bool:
+        return bool(self.features or self.crosses)
+
+
+def latency_view(fs: FeatureSet) -> LatencyView | None:
+    """The latency stage's record with each removed candidate's score; None when there was no stage."""
+    trim = fs.latency
+    if trim is None:
+        return None
+    scores = {c.name: c.score for c in fs.candidates}
+    return LatencyView(trim.budget_ms, trim.ms_before, trim.ms_after,
+                       [(n, scores.get(n)) for n in trim.removed_features],
+                       [(cross_label(p), scores.get(cross_candidate(p))) for p in trim.removed_crosses])
+
+
+@dataclass(frozen=True)
+class DataWindow:
+    """The data a version was trained on: the dataset path and rows as the job split them, and for
+    a continual pipeline's run the schedule and its window (``day=2026-01-01 … 2026-01-07 (7 partitions)``)."""
+
+    path: str
+    train_rows: int | None
+    valid_rows: int | None
+    schedule: str | None = None
+    window: str = ""
+    warm_start_from: int | None = None
+
+
+def _rows(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _span(values: Sequence[str]) -> str:
+    return values[0] if len(values) == 1 else f"{values[0]} … {values[-1]}"
+
+
+def data_window(fs: FeatureSet, source: Mapping[str, Any] | None, home: Path) -> DataWindow:
+    """Where ``fs``'s examples came from. A schedule's run records its window in the version's
+    ``source`` (``pipelines.continual.run_step``); a version without one whose dataset path is a
+    window folder (``$SEQATTN_HOME/windows/{schedule}/{first}_{last}``) is read from the path."""
+    extra = fs.metrics.model_extra or {}
+    path = fs.spec.dataset.path
+    rows = _rows(extra.get("train_rows")), _rows(extra.get("valid_rows"))
+    source = source or {}
+    values = source.get("window")
+    if source.get("schedule") and isinstance(values, list) and values:
+        key = f"{source['partition']}=" if source.get("partition") else ""
+        window = f"{key}{_span([str(v) for v in values])} ({len(values)} partition{'s' if len(values) != 1 else ''})"
+        warm = source.get("warm_start_from")
+        return DataWindow(path, *rows, str(source["schedule"]), window, warm if isinstance(warm, int) else None)
+    try:
+        parts = Path(path).resolve().relative_to((home / "windows").resolve()).parts
+    except (ValueError, OSError):
+        return DataWindow(path, *rows)
+    if len(parts) != 2:
+        return DataWindow(path, *rows)
+    # {first}_{last}; a value with "_" of its own makes the split ambiguous: the folder's name then.
+    ends = parts[1].split("_")
+    window = _span(ends if ends[0] != ends[-1] else ends[:1]) if len(ends) == 2 else parts[1]
+    return DataWindow(path, *rows, parts[0], window)
+
+
+def _dims(fs: FeatureSet) -> dict[str, int | None]:
+    dims: dict[str, int | None] = {f.name: f.embedding_dim for f in fs.features}
+    dims.update({cross_label(c.features): c.embedding_dim for c in fs.crosses})
+    return dims
+
+
+@dataclass(frozen=True)
+class Diff:
+    """One version against the one before: features and crosses added and removed, and the
+    embedding dimension of each feature or cross both kept with a different width."""
+
+    added: list[str]
+    removed: list[str]
+    crosses_added: list[str]
+    crosses_removed: list[str]
+    dims: list[tuple[str, int | None, int | None]]  # (feature or cross, before, now)
+
+
+def diff(new: FeatureSet, old: FeatureSet | None) -> Diff | None:
+    """``new`` against ``old`` (None: nothing to compare, the first version)."""
+    if old is None:
+        return None
+    kept = [f.name for f in sorted(new.features, key=lambda f: f.rank)]
+    crosses = [cross_label(c.features) for c in sorted(new.crosses, key=lambda c: c.rank)]
+    old_kept = {f.name for f in old.features}
+    old_crosses = [cross_label(c.features) for c in sorted(old.crosses, key=lambda c: c.rank)]
+    before, now = _dims(old), _dims(new)
+    return Diff([n for n in kept if n not in old_kept], sorted(old_kept - set(kept)),
+                [c for c in crosses if c not in old_crosses], [c for c in old_crosses if c not in crosses],
+                [(n, before[n], now[n]) for n in kept + crosses if n in before and before[n] != now[n]])
+
+
+def rollback_target(versions: Sequence[VersionRecord], promotions: Iterable[Mapping[str, Any]]) -> tuple[int | None, str]:
+    """What ``POST /v1/feature-sets/{name}/rollback`` would promote, read as the registry's
+    rollback reads it (the served version, then the promotion log's last entry for it: the version
+    it replaced), and why it cannot when there is none: (version, "") or (None, reason)."""
+    promoted = next((v.version for v in versions if v.promoted), None)
+    if promoted is None:
+        return None, "no promoted version to roll back from"
+    last = None
+    for p in promotions:  # oldest first: the last entry for the served version wins
+        if p["version"] == promoted:
+            last = p
+    back_to = last["previous_version"] if last is not None else None
+    if back_to is not None:
+        return int(back_to), ""
+    why = f"no earlier promoted version: v{promoted} is the only version promoted so far"
+    if any(v.version != promoted for v in versions):
+        why += "; promote another version below instead"
+    return None, why
+
+
 # -- pages -------------------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse)
 @page
@@ -230,15 +422,8 @@ def history_page(request: Request, name: str) -> HTMLResponse:
     check_name(name)
     versions = service.store.require_name(name)
     sets = {v.version: feature_set(service, name, v.version) for v in versions}
-    rows = []
-    for v in versions:
-        kept = [f.name for f in sorted(sets[v.version].features, key=lambda f: f.rank)]
-        before = sets.get(v.version - 1)
-        old = {f.name for f in before.features} if before else set()
-        rows.append({"record": v, "fs": sets[v.version], "kept": kept,
-                     "added": [n for n in kept if before and n not in old],
-                     "removed": sorted(old - set(kept)) if before else [],
-                     "jaccard": v.jaccard})
+    rows = [{"record": v, "fs": sets[v.version], "kept": sets[v.version].features,
+             "diff": diff(sets[v.version], sets.get(v.version - 1)), "jaccard": v.jaccard} for v in versions]
     chart = charts.line_chart(
         [v.version for v in versions],
         [("validation AUC", [sets[v.version].metrics.val_auc for v in versions], "{:.3f}"),
@@ -246,10 +431,10 @@ def history_page(request: Request, name: str) -> HTMLResponse:
         marks=[v.decision for v in versions], title=f"{name}: validation AUC and kept features per version")
     promoted = next((v.version for v in versions if v.promoted), None)
     promotions = service.store.promotions(name)
-    # What Store.rollback would go back to: the version the current one replaced.
-    back_to = next((p["previous_version"] for p in reversed(promotions) if p["version"] == promoted), None)
+    back_to, rollback_why = rollback_target(versions, promotions)
     return render("history.html", name=name, rows=list(reversed(rows)), chart=chart, promoted=promoted,
-                  back_to=back_to, promotions=list(reversed(promotions)), active="feature-sets")
+                  back_to=back_to, rollback_why=rollback_why, promotions=list(reversed(promotions)),
+                  active="feature-sets")
 
 
 @router.get("/feature-sets/{name}/versions/{version}", response_class=HTMLResponse)
@@ -273,19 +458,21 @@ def version_page(request: Request, name: str, version: Version) -> HTMLResponse:
     fs = feature_set(service, name, version)
     kept = sorted(fs.features, key=lambda f: f.rank)
     crosses = sorted(fs.crosses, key=lambda c: c.rank)
-    kept_names = {f.name for f in kept}
-    others = sorted((c for c in fs.candidates if not c.selected and c.name not in kept_names),
-                    key=lambda c: -c.score)
+    inputs, others = cross_inputs(fs), not_kept(fs)
+    features_raced = {c.name for c in fs.candidates if c.kind in ("dense", "sparse")} | {f.name for f in kept}
     top = max([f.score for f in kept] + [c.score for c in others] + [c.score for c in crosses] + [1e-12])
     dims = [(f.name, float(f.embedding_dim)) for f in kept if f.embedding_dim]
-    dims += [(" × ".join(c.features), float(c.embedding_dim)) for c in crosses if c.embedding_dim]
+    dims += [(cross_label(c.features), float(c.embedding_dim)) for c in crosses if c.embedding_dim]
     job = _job(service, fs.job_id)
+    out = VersionOut.of(record)
     html = html_of(
-        "version.html", name=name, record=VersionOut.of(record), fs=fs, kept=kept, crosses=crosses,
-        others=others, budgets=budget_use(fs), job=job, spec_json=json.dumps(fs.spec.model_dump(mode="json"), indent=2),
+        "version.html", name=name, record=out, fs=fs, kept=kept, crosses=crosses, inputs=inputs,
+        others=others, features_raced=len(features_raced), budgets=budget_use(fs), latency=latency_view(fs),
+        data=data_window(fs, out.source, service.store.home), job=job,
+        spec_json=json.dumps(fs.spec.model_dump(mode="json"), indent=2),
         kept_chart=charts.bars([(f"{f.rank}. {f.name}", f.score) for f in kept], scale_max=top,
                                title="attention score of each kept feature, in selection order"),
-        others_chart=charts.bars([(c.name, c.score) for c in others], scale_max=top, css=["muted-bar"] * len(others),
+        others_chart=charts.bars([(c.name, c.score) for c in others], scale_max=top, css=[c.css for c in others],
                                  title="attention score of each candidate not kept"),
         dims_chart=charts.bars(dims, fmt="{:.0f}", title="embedding dimensions per feature") if dims else None,
         active="feature-sets")
