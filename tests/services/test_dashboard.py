@@ -215,10 +215,13 @@ def test_version_page_shows_what_the_latency_stage_removed(tmp_path: Path) -> No
     assert "1 ms" in latency and "1.9 ms" in latency and "0.95 ms" in latency  # budget, before, after
     assert "rel_2" in latency and "rel_0 × rel_2" in latency and "choice fitted" not in latency
     others = html[html.index('id="others"'):html.index('id="timings"')]
-    rows = {r.split("<td>")[1].split("</td>")[0]: r for r in others.split("<tr class=")[1:]}
-    assert "removed by the latency budget" in rows["rel_2"] and "removed by the latency budget" in rows["rel_0_X_rel_2"]
-    assert "removed by the latency budget" not in rows["noise_07"] and "not kept" in rows["noise_07"]
-    assert others.count('class="bar latency-bar"') == 2 and others.count('class="bar muted-bar"') == 1
+    bars = {r.split("<title>")[1].split(":")[0]: r for r in others.split('<g class="bar-row">')[1:]}
+    for name in ("rel_2", "rel_0_X_rel_2"):  # picked, then removed: marked so, not an ordinary loser
+        assert 'class="bar latency-bar"' in bars[name] and "(removed by the latency budget)</title>" in bars[name]
+    assert 'class="bar muted-bar"' in bars["noise_07"] and "(not kept)</title>" in bars["noise_07"]
+    marked = others[others.index('id="others-removed"'):]
+    assert "rel_2" in marked and "rel_0_X_rel_2" in marked and "noise_07" not in marked
+    assert marked.count("removed by the latency budget") == 2
     fitted = c.get("/dashboard/feature-sets/ctr-main/versions/2").text
     assert "nothing removed: the choice fitted" in _section(fitted, "latency", "others").lower()
     assert "removed by the latency budget" not in fitted

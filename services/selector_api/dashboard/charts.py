@@ -27,8 +27,9 @@ def _label(text: str, limit: int = 22) -> str:
 
 
 def bars(items: Sequence[tuple[str, float]], *, fmt: str = "{:.3g}", css: Sequence[str] | None = None,
-         title: str = "", scale_max: float | None = None) -> Markup:
-    """A horizontal bar per (label, value), longest = ``scale_max`` (default: the largest value)."""
+         title: str = "", scale_max: float | None = None, notes: Sequence[str] | None = None) -> Markup:
+    """A horizontal bar per (label, value), longest = ``scale_max`` (default: the largest value);
+    ``notes[i]``, when not empty, is added to bar i's tooltip."""
     row, top, label_w, value_w = 22, 6, 170, 70
     height = top * 2 + row * max(len(items), 1)
     peak = scale_max if scale_max is not None else max((v for _, v in items), default=0.0)
@@ -40,8 +41,9 @@ def bars(items: Sequence[tuple[str, float]], *, fmt: str = "{:.3g}", css: Sequen
         y = top + i * row
         w = 0.0 if peak <= 0 else max(1.0, span * max(value, 0.0) / peak)
         cls = f"bar {css[i]}" if css else "bar"
+        note = f" ({notes[i]})" if notes and notes[i] else ""
         parts.append(
-            f'<g class="bar-row"><title>{escape(label)}: {escape(fmt.format(value))}</title>'
+            f'<g class="bar-row"><title>{escape(label)}: {escape(fmt.format(value))}{escape(note)}</title>'
             f'<text class="label" x="{label_w - 8}" y="{y + 15}" text-anchor="end">{escape(_label(label))}</text>'
             f'<rect class="{cls}" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 7}" rx="2"/>'
             f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + 15}">{escape(fmt.format(value))}</text></g>')

@@ -473,7 +473,7 @@ def version_page(request: Request, name: str, version: Version) -> HTMLResponse:
         kept_chart=charts.bars([(f"{f.rank}. {f.name}", f.score) for f in kept], scale_max=top,
                                title="attention score of each kept feature, in selection order"),
         others_chart=charts.bars([(c.name, c.score) for c in others], scale_max=top, css=[c.css for c in others],
-                                 title="attention score of each candidate not kept"),
+                                 notes=[c.note for c in others], title="attention score of each candidate not kept"),
         dims_chart=charts.bars(dims, fmt="{:.0f}", title="embedding dimensions per feature") if dims else None,
         active="feature-sets")
     if job is None or job.state not in ("queued", "running"):
