@@ -50,8 +50,11 @@ class _Progress:
             self.stage = event["stage"]
             self.bar = tqdm(total=event["total_steps"], desc=self.stage, unit="step", file=sys.stderr, leave=True)
         self.bar.n = event["step"]
-        picks = " ".join(f"{k}={v}" for k, v in event["picks"].items())
-        self.bar.set_postfix_str(f"epoch={event['epoch'] + 1} loss={event['loss']:.4f} {picks}".strip())
+        parts = []  # the cross pre-screen reports steps only: no epoch, loss or picks
+        if event.get("loss") is not None:
+            parts += [f"epoch={event['epoch'] + 1}", f"loss={event['loss']:.4f}"]
+        parts += [f"{k}={v}" for k, v in (event.get("picks") or {}).items()]
+        self.bar.set_postfix_str(" ".join(parts))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -80,6 +83,11 @@ def _summary(fs: Any) -> str:
     lines.append(f"  val AUC {m.val_auc:.4f} (all features {m.val_auc_all_features:.4f}); "
                  f"embeddings {m.embedding_mb:.2f} MB (all features {m.embedding_mb_all_features:.2f} MB); "
                  f"inference {m.inference_ms:.2f} ms / 1,024 rows")
+    if fs.latency is not None:
+        t = fs.latency
+        removed = [*t.removed_features, *(" x ".join(c) for c in t.removed_crosses)]
+        lines.append(f"  latency budget {t.budget_ms:g} ms: {t.ms_before:.2f} ms before, {t.ms_after:.2f} ms after; "
+                     + (f"removed {', '.join(removed)}" if removed else "nothing removed"))
     lines.append("  timings: " + ", ".join(f"{k}={v:.1f}s" for k, v in fs.timings.items()))
     return "\n".join(lines)
 

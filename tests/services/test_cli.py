@@ -77,9 +77,14 @@ def test_empty_table_and_budget_too_small(tmp_path, capsys):
 def test_synth_select_export_round_trip(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "d"), "--rows", "8000", "--seed", "1"]) == 0
     spec = {"name": "rt", "dataset": {"path": str(tmp_path / "d"), "label": "label"},
-            "selection": {"features": 5, "crosses": 1}, "training": {"epochs": 1, "batch_size": 512}}
+            "selection": {"features": 5, "crosses": 1}, "training": {"epochs": 1, "batch_size": 512},
+            "constraints": {"max_inference_ms": 10_000}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
     assert main(["select", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "fs.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "prescreen" in err  # the pre-screen's bar (steps only, no loss) and then the training bars
+    assert "latency budget 10000 ms:" in out and "nothing removed" in out
     assert main(["export", str(tmp_path / "fs.json"), "--format", "torchrec", "--out", str(tmp_path / "tr.json")]) == 0
     cfg = json.loads((tmp_path / "tr.json").read_text())
     fs = json.loads((tmp_path / "fs.json").read_text())
