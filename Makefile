@@ -6,7 +6,7 @@ PIP     := $(VENV)/bin/pip
 STAMP   := $(VENV)/.seqattn-setup
 TORCH   := torch==2.13.0
 TORCHREC:= torchrec==1.8.0
-# A CUDA host gets the CUDA fbgemm-gpu; a CPU host must never get it (see DESIGN.md, "The engine").
+# A CUDA host gets the CUDA fbgemm-gpu; a CPU host must never get it (see docs/architecture.md, "The engine").
 FBGEMM  := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo fbgemm-gpu==1.8.0 || echo fbgemm-gpu-cpu==1.8.0)
 
 .PHONY: setup test test-fast demo bench bench-quick clean browser screenshots

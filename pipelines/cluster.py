@@ -3,7 +3,7 @@
 A local cluster is started in this process with more logical CPUs than the machine has cores:
 a TorchTrainer run holds one CPU per worker for its whole life, and Ray Data's read and split
 tasks need CPUs of their own while it runs. With ``num_cpus`` equal to 2 real cores a 2-worker run
-leaves no CPU for the reads and waits for ever (measured; see DESIGN.md, "The engine").
+leaves no CPU for the reads and waits for ever (measured; see docs/architecture.md, "The engine").
 
 The local cluster is bound to loopback (127.0.0.1): GCS, raylet, object manager, workers and
 agents listen on no other interface, so ``seqattn serve --host 127.0.0.1`` exposes nothing beyond

@@ -45,7 +45,7 @@ GATE_LR_SCALE = 10.0
 
 # What the planner may choose from. Row-wise shards need a per-row bucketisation of ids that only the
 # CUDA kernels implement well; on CPU over gloo the planner keeps to whole tables or column slices
-# (see DESIGN.md, "The engine"). No data_parallel replicas: the planner gives those its `dense`
+# (see docs/architecture.md, "The engine"). No data_parallel replicas: the planner gives those its `dense`
 # kernel, outside the fused optimizer that trains every other table inside backward, so small tables
 # stayed at their initialisation (found by bench section g; tests/pipelines/test_engine.py).
 CPU_SHARDING_TYPES = (ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE)

@@ -1,6 +1,6 @@
 """The feature-set registry on disk: versions 1, 2, 3 ... per name, immutable, with a promoted one.
 
-Layout under ``SEQATTN_HOME`` (DESIGN.md, "State on disk"):
+Layout under ``SEQATTN_HOME`` (docs/architecture.md, "State on disk"):
 
 - ``seqattn.db``: SQLite in WAL mode (readers never block the writer); the tables
   ``feature_set_versions`` (one row per published version: where its file is, its headline
@@ -13,7 +13,7 @@ Layout under ``SEQATTN_HOME`` (DESIGN.md, "State on disk"):
   the transaction that allocates the version, so a published version always has its file and a
   file is never rewritten.
 
-Promotion (DESIGN.md, "Settings and job states"): the first version of a name is promoted at once.
+Promotion (docs/architecture.md, "Promotion"): the first version of a name is promoted at once.
 After that, ``promote: auto`` promotes a version whose validation AUC is not worse than the
 promoted one's by more than ``epsilon`` (0.001) and whose embedding memory and latency fit the
 spec's budgets; otherwise it is kept and marked ``rejected``. ``promote: manual`` keeps it

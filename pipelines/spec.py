@@ -1,6 +1,6 @@
 """The JobSpec a user writes (YAML or JSON) and the FeatureSet a job writes back.
 
-One pydantic model per contract of DESIGN.md, shared by the CLI, the API and the schedules, so a
+One pydantic model per contract (docs/jobspec.md), shared by the CLI, the API and the schedules, so a
 spec means the same thing everywhere. Every model forbids unknown keys: ``epoch: 3`` instead of
 ``epochs: 3`` is an error, not a silently ignored line. Validation problems come out as one
 :class:`~pipelines.errors.SpecError` naming the field path, e.g.
@@ -259,7 +259,7 @@ class JobSpec(_Strict):
         return load_spec(Path(path))
 
 
-# --- FeatureSet: what a job writes (DESIGN.md, "FeatureSet") ---------------------------------
+# --- FeatureSet: what a job writes (docs/jobspec.md, "The FeatureSet") ---------------------
 
 
 class SelectedFeature(_Strict):

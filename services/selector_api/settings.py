@@ -1,7 +1,7 @@
 """The service's settings: one pydantic-settings model read from ``SEQATTN_*`` environment variables.
 
 Every knob of the service lives here so that a deployment is described by its environment alone
-(DESIGN.md, "Settings and job states").
+(docs/architecture.md, "Settings").
 
 Example::
 

@@ -43,7 +43,7 @@ SERVED_HEADERS = {
     "Cache-Control": header_doc("`no-cache` for the promoted version (a promotion changes it); "
                                 "`public, max-age=31536000, immutable` for a numbered version"),
 }
-FEATURE_SET_JSON = {200: {"description": "The FeatureSet (DESIGN.md's JSON)", "headers": SERVED_HEADERS,
+FEATURE_SET_JSON = {200: {"description": "The FeatureSet (JSON, docs/jobspec.md)", "headers": SERVED_HEADERS,
                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeatureSet"}}}},
                     304: {"description": "Not modified: the If-None-Match ETag is current", "headers": SERVED_HEADERS}}
 EXPORT = {200: {"description": "TorchRec table configs (JSON) or a Feast FeatureService module (Python)",

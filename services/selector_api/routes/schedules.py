@@ -1,4 +1,4 @@
-"""``/v1/schedules``: continual pipelines (DESIGN.md) that re-run a job on the newest data window.
+"""``/v1/schedules``: continual pipelines (docs/jobspec.md) that re-run a job on the newest data window.
 
 The body of ``POST /v1/schedules`` is a schedule as ``seqattn pipeline run`` reads it, with the
 job inline (the API never reads spec files from the server's disk) and a ``window.path`` under the
