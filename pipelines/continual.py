@@ -54,7 +54,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from pipelines.errors import SpecError
 from pipelines.job import Event, run_job
+from pipelines.limits import JobLimits
 from pipelines.registry import DEFAULT_EPSILON, Registry, VersionRecord
+from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec, Name, as_spec_error, load_spec
 
 INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -248,14 +250,23 @@ def select_window(window: WindowSpec, as_of: str | None = None) -> tuple[str, li
     return key, values[-window.size:]
 
 
-def materialize_window(root: str | os.PathLike[str], key: str, values: list[str], out: Path) -> Path:
-    """Link the window's files into ``out/{key}={value}/...``; returns ``out``. Idempotent."""
+def materialize_window(root: str | os.PathLike[str], key: str, values: list[str], out: Path,
+                       roots: DataRoots | None = None) -> Path:
+    """Link the window's files into ``out/{key}={value}/...``; returns ``out``. Idempotent.
+
+    With ``roots`` (a service's data roots) each file's real location is checked as it is linked, so a
+    partition symlinked in from outside the roots after the schedule was created is refused. The
+    links are hard links where the filesystem allows: the window then holds the checked files
+    themselves, which a later swap of the source path cannot change."""
     out.mkdir(parents=True, exist_ok=True)
     for value in values:
         src = Path(root) / f"{key}={value}"
         for f in sorted(src.rglob("*")):
             if not f.is_file():
                 continue
+            if roots is not None and not roots.contains(f):
+                raise SpecError("window.path", f"{str(f)!r} resolves (through a symlink) to a place outside the data "
+                                f"roots ({', '.join(roots.roots)})")
             dst = out / f"{key}={value}" / f.relative_to(src)
             if dst.exists():
                 continue
@@ -320,12 +331,18 @@ class StepResult:
 
 
 def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registry | None = None,
-             on_event: Callable[[Event], None] | None = None) -> StepResult:
-    """Run the schedule once on its newest window (or the one ending at ``as_of``) and publish."""
+             on_event: Callable[[Event], None] | None = None, roots: DataRoots | None = None,
+             limits: JobLimits | None = None) -> StepResult:
+    """Run the schedule once on its newest window (or the one ending at ``as_of``) and publish.
+
+    A service passes its data ``roots`` (each partition file is checked as it is linked into the
+    window, and the job reads only the roots and that window) and its job size ``limits``."""
     registry = registry or Registry()
     key, values = select_window(schedule.window, as_of)
     folder = registry.home / "windows" / schedule.name / f"{values[0]}_{values[-1]}"
-    window = Window(key, tuple(values), materialize_window(schedule.window.path, key, values, folder))
+    window = Window(key, tuple(values), materialize_window(schedule.window.path, key, values, folder, roots))
+    if roots is not None:
+        roots = DataRoots.of([*roots.roots, folder])
     spec = schedule.job.model_copy(update={"dataset": schedule.job.dataset.model_copy(update={"path": str(window.path)})})
     warm_from = None
     if schedule.warm_start.mode == "candidates":
@@ -337,7 +354,7 @@ def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registr
     if on_event is not None:
         on_event({"kind": "stage", "stage": "window", "window": window.describe(), "warm_start_from": warm_from})
     job_id = f"{schedule.name}-{values[-1]}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    fs = run_job(spec, on_event=on_event, job_id=job_id)
+    fs = run_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
     source = json.dumps({"schedule": schedule.name, "partition": key, "window": list(values),
                          "warm_start_from": warm_from})
     record = registry.publish(fs, epsilon=schedule.promotion.epsilon, source=source,

@@ -85,6 +85,30 @@ def test_windows_end_at_as_of_and_link_the_files(drifting, tmp_path):
     assert err.value.field == "window.partition"
 
 
+def test_a_partition_symlinked_in_from_outside_the_roots_is_refused_when_linked(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.roots import DataRoots
+
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    for day in ("2026-01-01", "2026-01-02"):
+        (data / f"day={day}").mkdir(parents=True)
+        pq.write_table(pa.table({"label": [0, 1], "u": [1, 2]}), data / f"day={day}" / "part.parquet")
+    outside.mkdir()
+    pq.write_table(pa.table({"label": [0, 1], "u": [7, 8]}), outside / "secret.parquet")
+    roots = DataRoots.of([data])
+    key, values = select_window(ScheduleSpec.model_validate(_schedule(data)).window)
+    materialize_window(data, key, values, tmp_path / "w1", roots)  # inside the roots: linked
+    # After the schedule was created, a partition file becomes a symlink to a file outside the roots.
+    (data / "day=2026-01-02" / "part.parquet").unlink()
+    (data / "day=2026-01-02" / "part.parquet").symlink_to(outside / "secret.parquet")
+    with pytest.raises(SpecError) as err:
+        materialize_window(data, key, values, tmp_path / "w2", roots)
+    assert err.value.field == "window.path" and "outside the data roots" in err.value.message
+    assert not (tmp_path / "w2" / "day=2026-01-02" / "part.parquet").exists()
+
+
 def test_warm_start_keeps_previous_picks_and_explores_the_best_others(drifting, tmp_path):
     from pipelines.spec import Candidate, FeatureSet, SelectedFeature
 
