@@ -310,10 +310,15 @@ def write_partitioned_synth(
 ) -> dict[str, Any]:
     """Write one hive partition per day, ``out_dir/day=YYYY-MM-DD/part.parquet``, plus truth.json.
 
-    From day index ``drift_day`` on (0-based; ``None``: never) the world changes: ``rel_0`` stops
-    mattering and ``noise_02`` starts, so a continual pipeline should notice and re-select.
-    truth.json holds ``before`` and ``after`` (each a :func:`synth_table` truth), ``days`` and the
-    first drifted date ``drift_date``.
+    Each day holds ``rows_per_day`` rows, so a window of the last ``k`` days is the same size however
+    many days were written. The layout is what a schedule's window reads as is
+    (``window: {path: out_dir, partition: day}``, :mod:`pipelines.continual`); ``seqattn synth --days``
+    calls this.
+
+    From day index ``drift_day`` on (0-based; ``None``: never; ``>= days``: not within these days)
+    the world changes: ``rel_0`` stops mattering and ``noise_02`` starts, so a continual pipeline
+    should notice and re-select. truth.json holds ``before`` and ``after`` (each a
+    :func:`synth_table` truth of one day), ``days`` and the first drifted date ``drift_date``.
 
     Example::
 
@@ -325,6 +330,12 @@ def write_partitioned_synth(
         >>> "rel_0" in truth["before"]["relevant"], "rel_0" in truth["after"]["relevant"]
         (True, False)
     """
+    if days < 1:
+        raise ValueError(f"days: must be at least 1, got {days}")
+    if rows_per_day < 1:
+        raise ValueError(f"rows_per_day: must be at least 1, got {rows_per_day}")
+    if drift_day is not None and drift_day < 0:  # a negative index would drift every day yet name the last one
+        raise ValueError(f"drift_day: must be at least 0 (a 0-based day index) or None, got {drift_day}")
     if drift_day is not None and n_noise <= 2:
         raise ValueError(f"n_noise: the drift makes noise_02 relevant, so it needs n_noise >= 3, got {n_noise}")
     out = Path(out_dir)

@@ -175,6 +175,17 @@ def test_partitioned_with_drift(tmp_path: Path) -> None:
     assert "day" not in data.sparse_names and len(data.train) + len(data.valid) == 20_000
 
 
+@pytest.mark.parametrize("kwargs, field", [
+    ({"days": 0}, "days"),
+    ({"rows_per_day": 0}, "rows_per_day"),
+    ({"drift_day": -1}, "drift_day"),  # was accepted: every day drifted, and drift_date named the last one
+])
+def test_partitioned_bad_arguments(tmp_path: Path, kwargs: dict[str, int], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}: must be at least"):
+        write_partitioned_synth(tmp_path, **{"days": 2, "rows_per_day": 10, "n_noise": 3, **kwargs})
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
 def test_partitioned_without_drift(tmp_path: Path) -> None:
     truth = write_partitioned_synth(tmp_path, days=2, rows_per_day=200, drift_day=None, n_noise=0)
     assert truth["after"] is None and truth["drift_date"] is None and truth["before"]["rows"] == 200
