@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
+from pipelines.roots import DataRoots
 from services.selector_api.body_limit import BodySizeLimit
 from services.selector_api.dashboard import install_dashboard
 from services.selector_api.deps import Service
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cache = FeatureSetCache(store.registry)
     metrics = service_registry(store)
     workers = JobWorkers(store, settings.job_concurrency, on_published=lambda name: cache.invalidate(),
-                         metrics=JobMetrics(metrics))
+                         metrics=JobMetrics(metrics), roots=DataRoots.of(settings.roots()), limits=settings.limits(),
+                         max_memory_bytes=settings.job_memory_bytes())
     scheduler = ServiceScheduler(store, workers, tick_s=settings.schedule_tick_s, heartbeat_s=settings.heartbeat_s,
                                  stale_after_s=settings.stale_after_s, schedules_enabled=settings.scheduler_enabled)
 

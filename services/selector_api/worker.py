@@ -1,17 +1,16 @@
 """Background job execution: a few worker threads take queued jobs from the database and run them.
 
-Each worker calls the same code as the CLI: :func:`pipelines.job.run_job` for a job (which uses the
-Ray runner when ``training.num_workers > 1`` or ``SEQATTN_ENGINE=ray``) or
-:func:`pipelines.continual.run_step` for a schedule's run, then publishes through the registry.
-``job_concurrency`` threads bound how many jobs run at once; the rest wait in the jobs table
-(the queue), so they survive a restart.
+Each worker runs its job in a process of its own (:mod:`services.selector_api.job_process`), with
+the service's data roots and job limits, calling the same code as the CLI:
+:func:`pipelines.job.run_job` for a job (which uses the Ray runner when ``training.num_workers > 1``
+or ``SEQATTN_ENGINE=ray``) or :func:`pipelines.continual.run_step` for a schedule's run, and the
+result is published through the registry. ``job_concurrency`` threads bound how many jobs run at
+once; the rest wait in the jobs table (the queue), so they survive a restart.
 
-Cancellation must really stop a running job, not only relabel it: every progress event the job
-emits passes through ``on_event``, which raises :class:`JobCancelled` once the job's flag is set,
-unwinding the training loop at its next step. The flag is set by ``DELETE /v1/jobs/{id}`` in this
-process, or by the heartbeat when another instance asked (it reads ``cancel_requested``).
-(With the Ray runner the event is raised on the driver, which stops waiting for the workers, but
-the Ray Train run goes on until it ends: ``run_ray_job`` has no stop hook; see docs/service.md.)
+Cancellation really stops a running job, not only relabels it: the worker thread checks the job's
+flag at every progress event and every 0.2 s, and when it is set, raises :class:`JobCancelled`,
+which stops the job's process (SIGTERM, then SIGKILL). The flag is set by ``DELETE /v1/jobs/{id}``
+in this process, or by the heartbeat when another instance asked (it reads ``cancel_requested``).
 
 Example::
 
@@ -31,6 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.errors import SpecError
+from pipelines.limits import JobLimits
+from pipelines.roots import DataRoots
+from services.selector_api.job_process import JobProcessError, JobTask, default_memory_bytes, run_in_process
 from services.selector_api.metrics import JobMetrics
 from services.selector_api.store import JobRow, Store, instance_owner
 
@@ -78,8 +80,12 @@ class JobWorkers:
     """``concurrency`` threads running queued jobs; see the module docstring."""
 
     def __init__(self, store: Store, concurrency: int = 1,
-                 on_published: Callable[[str], None] | None = None, metrics: JobMetrics | None = None) -> None:
+                 on_published: Callable[[str], None] | None = None, metrics: JobMetrics | None = None,
+                 roots: DataRoots | None = None, limits: JobLimits | None = None,
+                 max_memory_bytes: int | None = None) -> None:
         self.store = store
+        self.roots, self.limits = roots, limits
+        self.max_memory_bytes = max_memory_bytes or default_memory_bytes()
         self.metrics = metrics
         self.concurrency = concurrency
         self.owner = instance_owner()
@@ -144,9 +150,12 @@ class JobWorkers:
         self._running[job.id] = flag
         progress = _Progress(self.store, job.id)
 
-        def on_event(event: dict[str, Any]) -> None:
+        def poll() -> None:
             if flag.is_set():
                 raise JobCancelled(job.id)
+
+        def on_event(event: dict[str, Any]) -> None:
+            poll()
             progress.update(event)
 
         started = time.perf_counter()
@@ -160,7 +169,7 @@ class JobWorkers:
         try:
             if flag.is_set():
                 raise JobCancelled(job.id)
-            record = self._execute(job, on_event)
+            record = self._execute(job, on_event, poll)
             progress.state["stage"] = "done"
             progress.flush()
             finish("succeeded", record=record)
@@ -178,23 +187,18 @@ class JobWorkers:
         except SpecError as exc:
             finish("failed", error=exc)
             log.info("job failed on its input", extra={"job_id": job.id, "field": exc.field, "problem": exc.message})
+        except JobProcessError as exc:  # over its memory, killed, or raised in its process (logged there)
+            finish("failed", error_message=str(exc))
+            log.info("job failed", extra={"job_id": job.id, "feature_set": job.name, "problem": str(exc)})
         except Exception as exc:  # the traceback goes to the log; the job shows one line
             log.exception("job failed", extra={"job_id": job.id, "feature_set": job.name})
             finish("failed", error_message=f"{type(exc).__name__}: {exc}")
         finally:
             self._running.pop(job.id, None)
 
-    def _execute(self, job: JobRow, on_event: Callable[[dict[str, Any]], None]) -> Any:
-        if job.kind == "job":
-            from pipelines.job import run_job
-            from pipelines.spec import load_spec
-
-            spec = load_spec(json.loads(job.spec))
-            fs = run_job(spec, on_event=on_event, job_id=job.id)
-            return self.store.publish(fs.model_copy(update={"job_id": job.id}), source="job")
-        from pipelines.continual import load_schedule, run_step
-
-        schedule = load_schedule(json.loads(job.spec))
-        # run_step publishes through the registry, which logs a promotion as by "schedule:NAME".
-        step = run_step(schedule, registry=self.store.registry, on_event=on_event)
-        return step.record
+    def _execute(self, job: JobRow, on_event: Callable[[dict[str, Any]], None], poll: Callable[[], None]) -> Any:
+        task = JobTask(job.kind, job.spec, job.id, str(self.store.home), self.roots, self.limits)
+        kind, result = run_in_process(task, on_event, poll, self.max_memory_bytes)
+        if kind == "feature_set":
+            return self.store.publish(result.model_copy(update={"job_id": job.id}), source="job")
+        return result  # a schedule's run published in its process, through the same registry

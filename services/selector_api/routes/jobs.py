@@ -60,7 +60,7 @@ async def submit_job(request: Request, response: Response, service: ServiceDep,
     payload = await json_body(request)
 
     def submit() -> tuple[JobRow, bool]:
-        spec = checked_spec(load_spec(_mapping(payload)), service.settings.roots())
+        spec = checked_spec(load_spec(_mapping(payload)), service.settings.roots(), service.settings.limits())
         return service.store.create_job("job", spec.name, spec.model_dump_json(), idempotency_key=idempotency_key,
                                         body_hash=request_hash(payload), max_queued=service.settings.max_queued_jobs)
 
@@ -115,8 +115,8 @@ def resubmit_job(job_id: str, service: ServiceDep) -> JobOut:
         raise Conflict("id", f"job {job_id!r} is {old.state}; only an ended job can be resubmitted")
     spec_json = old.spec
     if old.kind == "job":  # the data roots may have changed since
-        spec_json = checked_spec(load_spec(_mapping(json.loads(old.spec))),
-                                 service.settings.roots()).model_dump_json()
+        spec_json = checked_spec(load_spec(_mapping(json.loads(old.spec))), service.settings.roots(),
+                                 service.settings.limits()).model_dump_json()
     job, _ = service.store.create_job(old.kind, old.name, spec_json, schedule=old.schedule, resubmitted_from=old.id,
                                       max_queued=service.settings.max_queued_jobs)
     service.workers.wake()

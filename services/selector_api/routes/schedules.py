@@ -47,6 +47,10 @@ async def create_schedule(request: Request, response: Response, service: Service
         from pipelines.continual import load_schedule
 
         schedule = load_schedule(payload)
+        try:
+            service.settings.limits().check(schedule.job)
+        except SpecError as exc:  # the job is the schedule's "job" field
+            raise SpecError(f"job.{exc.field}", exc.message) from None
         real = check_path(schedule.window.path, service.settings.roots(), "window.path")
         schedule = schedule.model_copy(update={"window": schedule.window.model_copy(update={"path": real})})
         from pipelines.continual import partitions
