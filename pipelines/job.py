@@ -337,7 +337,7 @@ def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], No
         _emit(on_event, kind="stage", stage="prescreen")
 
         def progress(done: int, total: int) -> None:
-            _emit(on_event, kind="progress", stage="prescreen", epoch=0, step=done, total_steps=total, rows=0,
+            _emit(on_event, kind="progress", stage="prescreen", epoch=None, step=done, total_steps=total, rows=0,
                   loss=None, picks={})
 
         single = [n for n in data.sparse_names if n not in data.multi_valued]
