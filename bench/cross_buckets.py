@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import markdown_table, pool_map, study_parser
-from bench.datasets import DATA_ROOT
+from bench.datasets import FRAPPE, sample_path
 from seqattn_core.crosses import MAX_BUCKETS as FLAT
 
 # (data, selection.crosses, features, batch size)
@@ -66,7 +66,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         write_synth(work, rows=60_000, seed=0, n_noise=10)
-        paths = {"Frappe": str(DATA_ROOT / "frappe" / "frappe.parquet"), "planted": work}
+        paths = {"Frappe": str(sample_path(FRAPPE)), "planted": work}
         cells = [(name, paths[name], k, features, batch, seed, budgeted) for name, k, features, batch in CASES
                  for seed in range(args.seeds) for budgeted in (True, False)]
         results, seconds = pool_map(cell, cells, args.procs)

@@ -1,12 +1,16 @@
 """Loaders for the shared benchmark data (read in place, never copied) and the planted problem.
 
-The shared folder sits beside the repository (``../shared/data``); ``SEQATTN_BENCH_DATA`` overrides
-it. Several licences there forbid redistribution, so nothing here writes data anywhere.
+The sample data sits beside the repository (``../shared/data``); ``SEQATTN_SAMPLE_DATA`` overrides
+it, for the benchmarks and the tests alike (``tests/conftest.py`` reads it through
+:func:`sample_path`). Several licences there forbid redistribution, so nothing here writes data
+anywhere. A fresh clone has no sample data: ``bench.run`` then skips the sections that read it and
+the tests that read it skip, except under ``CI=true``, where a missing file is an error.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +18,18 @@ import numpy as np
 import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_ROOT = Path(os.environ.get("SEQATTN_BENCH_DATA", REPO_ROOT.parent / "shared" / "data"))
+SAMPLE_DATA_ENV = "SEQATTN_SAMPLE_DATA"
+DEFAULT_SAMPLE_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# The sample files, relative to the sample-data folder.
+FRAPPE = "frappe/frappe.parquet"
+CRITEO = "criteo"  # the folder: the job pools the 20k train and test parquet files in it
+PAPER_FILES = {
+    "Mice Protein": "paper/mice_protein.csv",
+    "ISOLET": "paper/isolet_1560.csv.gz",
+    "MNIST": "paper/mnist_5k.csv.gz",
+    "COIL-20": "paper/coil20_20x20.csv.gz",
+}
 
 FRAPPE_FIELDS = (
     "user", "item", "daytime", "weekday", "isweekend",
@@ -35,19 +50,48 @@ class Dataset:
     truth: dict[str, list[int]] = field(default_factory=dict)  # planted data only
 
 
-def _path(*parts: str) -> Path:
-    path = DATA_ROOT.joinpath(*parts)
+def sample_data_root() -> Path:
+    """The sample-data folder: ``$SEQATTN_SAMPLE_DATA``, else ``../shared/data`` beside the repository.
+    Read on every call, so that a test can point it elsewhere."""
+    return Path(os.environ.get(SAMPLE_DATA_ENV) or DEFAULT_SAMPLE_DATA)
+
+
+def sample_path(relative: str) -> Path:
+    """A sample file (or folder) by its path relative to the sample-data folder; it may not exist."""
+    return sample_data_root() / relative
+
+
+def describe(relative: str) -> str:
+    """How messages name a sample file: ``../shared/data/<relative>`` at the default location (the
+    path from the repository root), else the full path under ``$SEQATTN_SAMPLE_DATA``."""
+    root = sample_data_root()
+    return f"../shared/data/{relative}" if root == DEFAULT_SAMPLE_DATA else str(root / relative)
+
+
+def missing(relatives: Iterable[str]) -> list[str]:
+    """Those of ``relatives`` that are not in the sample-data folder, in order."""
+    return [r for r in dict.fromkeys(relatives) if not sample_path(r).exists()]
+
+
+def in_ci() -> bool:
+    """Whether this runs in CI (``CI`` set, as CI services do, to anything but empty/0/false/no):
+    there, missing sample data is an error instead of a skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _path(relative: str) -> Path:
+    path = sample_path(relative)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found: the benchmarks read the shared data in place "
-            f"(set SEQATTN_BENCH_DATA to the folder that holds frappe/ and paper/)"
+            f"{path} not found: the benchmarks read the sample data in place "
+            f"(set {SAMPLE_DATA_ENV} to the folder that holds frappe/ and paper/)"
         )
     return path
 
 
 def load_frappe() -> pd.DataFrame:
     """Frappe: ``label`` plus 10 categorical fields coded 0..card-1 (86,582 rows)."""
-    return pd.read_parquet(_path("frappe", "frappe.parquet"))
+    return pd.read_parquet(_path(FRAPPE))
 
 
 def _labels(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -60,7 +104,7 @@ def load_mice() -> Dataset:
     The mean is taken over the whole file (as the paper's loader does); it only fills 1,396 of
     83,160 cells, so the leak into the test split is negligible.
     """
-    df = pd.read_csv(_path("paper", "mice_protein.csv"))
+    df = pd.read_csv(_path(PAPER_FILES["Mice Protein"]))
     y = _labels(df["class"])
     X = df.drop(columns=["MouseID", "Genotype", "Treatment", "Behavior", "class"])
     X = X.fillna(X.mean())
@@ -72,7 +116,7 @@ def load_mice() -> Dataset:
 
 
 def load_isolet() -> Dataset:
-    df = pd.read_csv(_path("paper", "isolet_1560.csv.gz"))
+    df = pd.read_csv(_path(PAPER_FILES["ISOLET"]))
     return Dataset(
         "ISOLET", df.iloc[:, 1:].to_numpy(np.float64), _labels(df.iloc[:, 0]),
         list(df.columns[1:]), "approximate (subset)", "1,560 of the paper's 7,797 rows",
@@ -80,7 +124,7 @@ def load_isolet() -> Dataset:
 
 
 def load_mnist() -> Dataset:
-    df = pd.read_csv(_path("paper", "mnist_5k.csv.gz"), header=None)
+    df = pd.read_csv(_path(PAPER_FILES["MNIST"]), header=None)
     return Dataset(
         "MNIST", df.iloc[:, :784].to_numpy(np.float64) / 255.0, _labels(df.iloc[:, 784]),
         [f"px{i}" for i in range(784)], "approximate (subset)", "5,000 of the 60,000 training images",
@@ -88,7 +132,7 @@ def load_mnist() -> Dataset:
 
 
 def load_coil20() -> Dataset:
-    df = pd.read_csv(_path("paper", "coil20_20x20.csv.gz"))
+    df = pd.read_csv(_path(PAPER_FILES["COIL-20"]))
     return Dataset(
         "COIL-20", df.iloc[:, 1:].to_numpy(np.float64), _labels(df.iloc[:, 0]),
         list(df.columns[1:]), "approximate (resized)", "resized to 20x20, not pixel-identical",

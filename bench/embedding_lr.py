@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import markdown_table, mean_std, pool_map, study_parser
-from bench.datasets import DATA_ROOT
+from bench.datasets import CRITEO, FRAPPE, sample_path
 
 SCALES = (1.0, 2.0, 3.0, 5.0)
 
@@ -47,8 +47,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         write_synth(Path(work) / "planted100k", rows=100_000, seed=0, n_noise=6)  # section f's
         write_synth(Path(work) / "planted40k", rows=40_000, seed=0, n_noise=25)  # section g's
-        problems = [("Criteo", str(DATA_ROOT / "criteo"), 1, 128), ("Criteo", str(DATA_ROOT / "criteo"), 2, 128),
-                    ("Frappe", str(DATA_ROOT / "frappe" / "frappe.parquet"), 2, 1024),
+        problems = [("Criteo", str(sample_path(CRITEO)), 1, 128), ("Criteo", str(sample_path(CRITEO)), 2, 128),
+                    ("Frappe", str(sample_path(FRAPPE)), 2, 1024),
                     ("planted 100k", f"{work}/planted100k", 3, 1024), ("planted 40k", f"{work}/planted40k", 2, 256)]
         cells = [(*p, seed, scale) for p in problems for seed in range(args.seeds) for scale in SCALES]
         results, seconds = pool_map(_run, cells, args.procs)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.datasets import DATA_ROOT
+from bench.datasets import CRITEO, FRAPPE, sample_path
 from bench.field_methods import (DIM_CHOICES, METHODS, Ranking, Search, _all_features_model, rank_greedy,
                                  split_search, subset_config)
 from bench.lem import _config, _train_eval
@@ -81,6 +81,12 @@ class FieldBench:
 
 
 CURVE = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+SAMPLE_FILES = {"Criteo": CRITEO, "Frappe": FRAPPE}  # the problems read from the sample data
+
+
+def sample_data(cfg: FieldBench) -> list[str]:
+    """The sample files (relative to the sample-data folder) that ``cfg``'s problems read."""
+    return [SAMPLE_FILES[name] for name in cfg.problems if name in SAMPLE_FILES]
 
 
 def problems(cfg: FieldBench, work: Path) -> list[Problem]:
@@ -88,12 +94,12 @@ def problems(cfg: FieldBench, work: Path) -> list[Problem]:
     for name in cfg.problems:
         if name == "Criteo":
             out.append(Problem(
-                "Criteo", str(DATA_ROOT / "criteo"),
+                "Criteo", str(sample_path(CRITEO)),
                 "the 20,000-row Criteo sample (both shared files pooled), 39 fields: I1-I13 bucketised counts and "
                 "C1-C26 category ids, all embedded (the ERASE field layout); 1 epoch, batch 128 (a second epoch "
                 "over-fits the 16k training rows)", 1, 128, CURVE))
         elif name == "Frappe":
-            out.append(Problem("Frappe", str(DATA_ROOT / "frappe" / "frappe.parquet"),
+            out.append(Problem("Frappe", str(sample_path(FRAPPE)),
                                "86,582 rows, 10 fields, not subsampled; 2 epochs, batch 1024 (as section c)", 2, 1024,
                                tuple(i / 10 for i in range(1, 11))))
         elif name == "planted":

@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from bench import markdown_table, mean_std
-from bench.datasets import DATA_ROOT
+from bench.datasets import FRAPPE, sample_path
 from pipelines.dataset import EncodedDataset, load_dataset
 from pipelines.job import _evaluate, _fit, _source, plan_job, run_job
 from pipelines.spec import JobSpec, load_spec
@@ -199,7 +199,7 @@ def _problems(cfg: RunSettings, work: Path) -> list[Problem]:
     truth = write_synth(planted, rows=cfg.planted_rows, seed=0, n_noise=cfg.planted_noise)
     n_cols = len(truth["dense"]) + len(truth["sparse"])
     return [
-        Problem("Frappe", str(DATA_ROOT / "frappe" / "frappe.parquet"), "86,582 rows, 10 categorical fields"),
+        Problem("Frappe", str(sample_path(FRAPPE)), "86,582 rows, 10 categorical fields"),
         Problem("planted", str(planted), f"`seqattn synth`, {cfg.planted_rows:,} rows, {n_cols} columns, seed 0"),
     ]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import markdown_table, study_parser
-from bench.datasets import DATA_ROOT
+from bench.datasets import FRAPPE, sample_path
 from bench.pruning import MAGNITUDE, METHODS, SA, SA_LOGITS
 
 SPARSITIES = (0.9, 0.95)
@@ -327,7 +327,7 @@ def main() -> None:
     from pipelines.synth import write_synth
 
     with tempfile.TemporaryDirectory() as work:
-        paths = {("Frappe", None): str(DATA_ROOT / "frappe" / "frappe.parquet")}
+        paths = {("Frappe", None): str(sample_path(FRAPPE))}
         for rows in sorted({r for _, r, *_ in REGIMES if r}):  # 100k is section f's planted problem
             paths["planted", rows] = str(Path(work) / f"planted{rows}")
             write_synth(Path(paths["planted", rows]), rows=rows, seed=0, n_noise=6)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import markdown_table, pool_map, study_parser
-from bench.datasets import DATA_ROOT
+from bench.datasets import FRAPPE, sample_path
 from bench.pruning import MAGNITUDE, METHODS, SA, SA_LOGITS
 from bench.pruning_ablation import SPARSITIES, _run
 
@@ -99,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         planted = Path(work) / "planted"
         write_synth(planted, rows=100_000, seed=0, n_noise=6)  # section f's planted problem
-        paths = {"planted": str(planted), "Frappe": str(DATA_ROOT / "frappe" / "frappe.parquet")}
+        paths = {"planted": str(planted), "Frappe": str(sample_path(FRAPPE))}
         rows, seconds = pool_map(_run, _cells(paths, range(FIRST_SEED, FIRST_SEED + args.seeds)), args.procs)
     args.out.write_text(report(pd.DataFrame(rows), seconds, args.procs))
     print(f"wrote {args.out}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+from bench.datasets import SAMPLE_DATA_ENV, describe, in_ci, sample_path
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +20,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _shared_data(relative_path: str) -> Path:
+    path = sample_path(relative_path)
+    if path.exists():
+        return path
+    if in_ci():
+        pytest.fail(f"needs {describe(relative_path)} (the sample data), which is missing: under CI=true the "
+                    f"sample data must be there (set {SAMPLE_DATA_ENV} to its folder)", pytrace=False)
+    pytest.skip(f"needs {describe(relative_path)} (the sample data; CI has it)")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str], Path]:
+    """``shared_data("frappe/frappe.parquet")``: a file of the sample data that sits beside the
+    repository (``../shared/data``, or ``$SEQATTN_SAMPLE_DATA``; bench.datasets reads the location).
+    Where it is missing, as on a fresh clone, the calling test skips with a reason that names the
+    file; under ``CI=true`` it fails instead, since CI has the data."""
+    return _shared_data
