@@ -23,6 +23,7 @@ def one_thread() -> Iterator[None]:
 
 
 def _shared_data(relative_path: str) -> Path:
+    __tracebackhide__ = True  # a skip or failure is reported at the calling test's line
     path = sample_path(relative_path)
     if path.exists():
         return path
