@@ -83,6 +83,7 @@ def _context() -> mp.context.BaseContext:
 def _child(conn: Connection, task: JobTask) -> None:
     """The job process: run the task, send ``("event", dict)`` messages, then one result message."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: finally blocks, Ray's atexit
+    _die_with_parent()
     os.environ.clear()
     os.environ.update(task.env)
     logging.basicConfig(level=logging.ERROR)
@@ -112,6 +113,15 @@ def _child(conn: Connection, task: JobTask) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent goes. Its parent is the forkserver, which exits
+    with the service, so a service killed with SIGKILL leaves no job training (or publishing) on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _rss(proc: psutil.Process) -> int:

@@ -82,6 +82,22 @@ def test_a_cancelled_job_leaves_no_process_behind(data_root: Path, tmp_path: Pat
     assert all(not psutil.pid_exists(pid) for pid in seen if pid not in before)
 
 
+def test_a_service_killed_mid_job_leaves_no_job_process_behind(tmp_path: Path, data_root: Path,
+                                                                 server_factory: Any) -> None:
+    server = server_factory(tmp_path / "home", [data_root])
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        job_id = client.post("/v1/jobs", json=job_spec(training={"epochs": 40}), headers=AUTH).json()["id"]
+        deadline = time.monotonic() + 120
+        while not (client.get(f"/v1/jobs/{job_id}").json()["progress"] or {}).get("step"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    family = psutil.Process(server.proc.pid).children(recursive=True)
+    assert len(family) >= 2  # the forkserver and the job's process
+    server.kill()  # SIGKILL: no shutdown code runs in the service
+    gone, alive = psutil.wait_procs(family, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+
+
 def test_a_queued_jobs_file_swapped_for_a_symlink_outside_the_roots_is_refused_when_read(tmp_path: Path,
                                                                                           data_root: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
