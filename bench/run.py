@@ -4,7 +4,10 @@
     python -m bench.run --quick          # same code, fewer seeds / epochs / k values: a few minutes
     python -m bench.run --sections c     # one section; the others stay as they are in the report
 
-Nothing is cached: every figure in a section comes from the run that wrote it.
+Nothing is cached: every figure in a section comes from the run that wrote it. The sections that read
+the sample data (``../shared/data``, or ``$SEQATTN_SAMPLE_DATA``) are skipped where it is missing, as
+on a fresh clone: the report says so under the section's heading and keeps the figures of the run
+before, and the other sections still run. Under ``CI=true`` a missing file is an error instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -27,8 +30,8 @@ matplotlib.use("Agg")
 import sklearn  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from bench import feature_selection, lem, paper_table, pruning  # noqa: E402
-from bench.datasets import REPO_ROOT  # noqa: E402
+from bench import datasets, feature_selection, lem, paper_table, pruning  # noqa: E402
+from bench.datasets import FRAPPE, PAPER_FILES, REPO_ROOT  # noqa: E402
 
 # Selector settings shared by both sections: the selector's defaults (30 epochs, batch 256, one
 # hidden layer of 64, Adam 1e-3, warm-up 0.1), written out so the report states them; quick mode
@@ -43,10 +46,13 @@ def _section_a(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
     return feature_selection.run(cfg, img_dir, log)
 
 
+def _config_b(quick: bool) -> paper_table.PaperBench:
+    return (paper_table.PaperBench(seeds=(0,), attention=ATTENTION_QUICK, mlp_epochs=100)
+            if quick else paper_table.PaperBench(attention=ATTENTION_FULL))
+
+
 def _section_b(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
-    cfg = (paper_table.PaperBench(seeds=(0,), attention=ATTENTION_QUICK, mlp_epochs=100)
-           if quick else paper_table.PaperBench(attention=ATTENTION_FULL))
-    return paper_table.run(cfg, img_dir, log)
+    return paper_table.run(_config_b(quick), img_dir, log)
 
 
 def _section_c(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
@@ -76,15 +82,26 @@ def _section_f(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
     return pruning.run(cfg, img_dir, work, log)
 
 
+def _config_g(quick: bool):  # -> bench.field.FieldBench, imported only when section g is asked for
+    from bench import field
+
+    return (field.FieldBench(seeds=(0,), problems=("planted",), full_curve=False, planted_rows=8_000, planted_noise=5,
+                             greedy_problems=("planted",), greedy_max_k=1, dim_problems=("planted",),
+                             scale_candidates=(20, 80), scale_candidate_rows=2_000, scale_rows=(4_000, 8_000),
+                             scale_large_rows=0, placement_probe_fields=0)
+            if quick else field.FieldBench())
+
+
+def _needs_g(quick: bool) -> list[str]:
+    from bench import field
+
+    return field.sample_data(_config_g(quick))
+
+
 def _section_g(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
     from bench import field
 
-    cfg = (field.FieldBench(seeds=(0,), problems=("planted",), full_curve=False, planted_rows=8_000, planted_noise=5,
-                            greedy_problems=("planted",), greedy_max_k=1, dim_problems=("planted",),
-                            scale_candidates=(20, 80), scale_candidate_rows=2_000, scale_rows=(4_000, 8_000),
-                            scale_large_rows=0, placement_probe_fields=0)
-           if quick else field.FieldBench())
-    return field.run(cfg, img_dir, work, log)
+    return field.run(_config_g(quick), img_dir, work, log)
 
 
 # One entry per report section: (quick, img_dir, work_dir, log) -> markdown.
@@ -92,6 +109,23 @@ SECTIONS: dict[str, Callable[[bool, Path, Path, Callable[[str], None]], str]] = 
     "a": _section_a, "b": _section_b, "c": _section_c,
     "d": _section_d, "e": _section_e, "f": _section_f, "g": _section_g,
 }
+
+# The sample files each section reads (relative to the sample-data folder), quick or not: a section
+# whose files are missing is skipped, or under CI=true the run stops before it starts. Sections d
+# and e read only generated data.
+NEEDS: dict[str, Callable[[bool], Sequence[str]]] = {
+    "a": lambda quick: [FRAPPE],  # feature_selection.frappe_problem
+    "b": lambda quick: [PAPER_FILES[name] for name in _config_b(quick).datasets],
+    "c": lambda quick: [FRAPPE],  # lem._problems: Frappe and planted
+    "f": lambda quick: [FRAPPE],  # pruning runs lem._problems
+    "g": _needs_g,  # Criteo and Frappe in full; quick mode runs only the planted problem
+}
+
+
+def missing_data(letters: Sequence[str], quick: bool) -> dict[str, list[str]]:
+    """The sections among ``letters`` whose sample files are missing, with those files."""
+    out = {letter: datasets.missing(NEEDS[letter](quick)) for letter in letters if letter in NEEDS}
+    return {letter: files for letter, files in out.items() if files}
 
 
 def cpu_model() -> str:
@@ -132,6 +166,22 @@ def split_sections(text: str) -> dict[str, str]:
             for i, (letter, pos) in enumerate(starts)}
 
 
+SKIPPED = re.compile(r"\A\*Skipped by `[^\n]*\n+")
+
+
+def skipped(previous: str | None, letter: str, command: str, files: Sequence[str]) -> str:
+    """A section not run for want of sample data: its previous text (if the report had one) with a
+    line under the heading that says what was missing, in place of an earlier such line; the figures
+    below stay from the run that made them (its own *Generated by* line dates them)."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title, _, body = (previous or f"## {letter}. Skipped\n").partition("\n")
+    body = SKIPPED.sub("", body.lstrip("\n"))
+    earlier = " What follows is from the earlier run stamped below." if body.startswith("*Generated by `") else ""
+    note = (f"*Skipped by `{command}` on {now}: needs {', '.join(datasets.describe(f) for f in files)} "
+            f"(the sample data, read in place; CI has it).{earlier}*")
+    return f"{title}\n\n{note}\n" + (f"\n{body}" if body else "")
+
+
 def stamp(section: str, command: str, seconds: float) -> str:
     """Put the generating command and date under the section's heading."""
     title, _, body = section.partition("\n")
@@ -152,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--sections: unknown section(s) {', '.join(unknown)}; choose from {''.join(SECTIONS)}")
 
+    letters = sorted(set(args.sections))
+    missing = missing_data(letters, args.quick)
+    if missing and datasets.in_ci():
+        for letter, files in missing.items():
+            print(f"error: section {letter} needs {', '.join(datasets.describe(f) for f in files)} (the sample "
+                  f"data), which is missing: under CI=true the sample data must be there (set "
+                  f"{datasets.SAMPLE_DATA_ENV} to its folder); nothing was run", file=sys.stderr)
+        return 1
+
     import torch
 
     torch.set_num_threads(args.threads)
@@ -164,15 +223,23 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python -m bench.run" + (" --quick" if args.quick else "")
     with threadpool_limits(limits=args.threads), tempfile.TemporaryDirectory(prefix="seqattn-bench-") as work:
-        for letter in sorted(set(args.sections)):
+        for letter in letters:
             t0 = time.perf_counter()
-            text = SECTIONS[letter](args.quick, img_dir, Path(work), log)
+            text = None if letter in missing else SECTIONS[letter](args.quick, img_dir, Path(work), log)
             # Re-read the report now, not at the start: a section written meanwhile by another run stays.
             sections = split_sections(args.out.read_text()) if args.out.exists() else {}
-            sections[letter] = stamp(text, f"{command} --sections {letter}", time.perf_counter() - t0)
+            if text is None:
+                sections[letter] = skipped(sections.get(letter), letter, f"{command} --sections {letter}",
+                                           missing[letter])
+            else:
+                sections[letter] = stamp(text, f"{command} --sections {letter}", time.perf_counter() - t0)
             # Written after every section, so a long run that is stopped keeps what it finished.
             args.out.write_text(header(args.threads) + "\n" + "\n".join(sections[k] for k in sorted(sections)))
-            log(f"section {letter} written to {args.out}")
+            if text is None:
+                log(f"section {letter} skipped: needs "
+                    f"{', '.join(datasets.describe(f) for f in missing[letter])} (the sample data)")
+            else:
+                log(f"section {letter} written to {args.out}")
     return 0
 
 
