@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing and datasets.in_ci():
         for letter, files in missing.items():
             print(f"error: section {letter} needs {', '.join(datasets.describe(f) for f in files)} (the sample "
-                  f"data), which is missing: under CI=true the sample data must be there (set "
-                  f"{datasets.SAMPLE_DATA_ENV} to its folder); nothing was run", file=sys.stderr)
+                  f"data), which {'is' if len(files) == 1 else 'are'} missing", file=sys.stderr)
+        print(f"error: under CI=true the sample data must be there (set {datasets.SAMPLE_DATA_ENV} to its folder); "
+              "nothing was run", file=sys.stderr)
         return 1
 
     import torch
