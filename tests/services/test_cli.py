@@ -119,3 +119,243 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().endswith(message)
+
+
+# --- synth --days: daily partitions a schedule reads as written --------------------------------
+
+
+def test_synth_days_writes_the_partitions_the_jobspec_doc_uses(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the doc's command, relative paths and all
+    assert main(["synth", "--out", "data/daily", "--days", "3", "--rows", "20000"]) == 0
+    out = capsys.readouterr().out
+    days = sorted(p.name for p in (tmp_path / "data/daily").iterdir() if p.is_dir())
+    assert days == ["day=2026-01-01", "day=2026-01-02", "day=2026-01-03"]
+    assert [pq.read_metadata(tmp_path / "data/daily" / d / "part.parquet").num_rows for d in days] == [20_000] * 3
+    truth = json.loads((tmp_path / "data/daily/truth.json").read_text())
+    assert truth["drift_day"] is None and truth["after"] is None  # no drift unless asked
+    assert "3 daily partition(s) of 20,000 rows (60,000 in all)" in out
+
+
+def test_synth_drift_day_and_start(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--days", "3", "--rows", "50", "--drift-day", "1",
+                 "--start", "2025-12-31", "--noise", "3"]) == 0
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert truth["days"] == ["2025-12-31", "2026-01-01", "2026-01-02"] and truth["drift_date"] == "2026-01-01"
+    assert "drift from day=2026-01-01" in capsys.readouterr().out
+
+
+def test_synth_warns_about_partitions_it_did_not_write(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--days", "3", "--rows", "20", "--noise", "0"]) == 0
+    capsys.readouterr()
+    assert main(["synth", "--out", str(tmp_path), "--days", "2", "--rows", "20", "--noise", "0"]) == 0
+    assert capsys.readouterr().err.strip().startswith("warning: --out: ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--drift-day", "1"], "error: --drift-day: needs --days"),
+    (["--start", "2026-02-01"], "error: --start: needs --days"),
+    (["--days", "3", "--drift-day", "3"], "error: --drift-day: must be less than --days (3)"),
+    (["--days", "3", "--drift-day", "1", "--noise", "2"], "error: --noise: the drift makes noise_02 relevant"),
+    (["--days", "3", "--start", "9999-12-30"], "error: --start: 9999-12-30 + 3 days passes the last date"),
+])
+def test_synth_bad_combinations_exit_2_naming_the_flag(tmp_path, capsys, argv, message):
+    assert main(["synth", "--out", str(tmp_path / "d"), "--rows", "10", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+    assert not (tmp_path / "d").exists()
+
+
+def test_synth_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["synth", "--out", str(tmp_path / "f"), "--rows", "10"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --out: ")
+
+
+@pytest.mark.slow
+def test_synth_days_then_pipeline_run_publishes_a_version(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--out", "data/daily", "--days", "3", "--rows", "1500", "--noise", "3"]) == 0
+    schedule = {"name": "daily", "cadence": {"cron": "0 3 * * *"},
+                "window": {"path": "data/daily", "partition": "day", "size": 2},
+                "job": {"name": "ctr", "dataset": {"path": "data/daily", "label": "label"},
+                        "selection": {"features": 3}, "training": {"epochs": 1, "batch_size": 512}}}
+    (tmp_path / "schedule.yaml").write_text(yaml.safe_dump(schedule))
+    capsys.readouterr()
+    assert main(["pipeline", "run", "schedule.yaml", "--home", "home"]) == 0
+    out = capsys.readouterr().out
+    assert "window day=2026-01-02..2026-01-03 (2 partitions) -> ctr version 1 promoted" in out
+    from pipelines.registry import Registry
+    assert [r.version for r in Registry(tmp_path / "home").versions("ctr")] == [1]
+
+
+# --- --help: every argument described, with its default ------------------------------------------
+
+
+def _subcommands(parser, prefix=()):
+    """(command words, parser) for every leaf subcommand."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _subcommands(sub, (*prefix, name)) or [((*prefix, name), sub)]
+    return found
+
+
+def test_every_subcommand_help_describes_each_argument_and_its_default(capsys):
+    from services.cli import build_parser
+
+    commands = dict(_subcommands(build_parser()))
+    assert {" ".join(c) for c in commands} == {"synth", "select", "export", "demo", "pipeline run", "serve"}
+    for words, sub in commands.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([*words, "--help"])
+        assert exit_.value.code == 0
+        text = "".join(capsys.readouterr().out.split())  # argparse wraps lines at spaces and hyphens
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{' '.join(words)} {action.dest}: no help"
+            expanded = sub._get_formatter()._expand_help(action)
+            assert "".join(expanded.split()) in text
+            if action.option_strings and not action.required:
+                assert "(default: " in expanded, f"{' '.join(words)} {action.option_strings[0]}: no default stated"
+
+
+def test_serve_help_lists_every_setting_from_the_model(capsys):
+    from services.selector_api.settings import Settings
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "environment variables" in text
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  SEQATTN_")]
+    assert listed == [f"SEQATTN_{name.upper()}" for name in Settings.model_fields]
+    assert "SEQATTN_JOB_CONCURRENCY" in listed and "SEQATTN_HOME" in listed
+    assert " ".join(text.split()).count("(default: 1)") >= 1  # job_concurrency's default, from the model
+
+
+# --- serve: a taken port, the URLs once listening, missing data roots ----------------------------
+
+
+def _clean_env(monkeypatch, tmp_path):
+    for key in [k for k in __import__("os").environ if k.startswith("SEQATTN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SEQATTN_HOME", str(tmp_path / "home"))
+
+
+def test_serve_on_a_taken_port_says_so_before_any_banner_and_exits_3(tmp_path, monkeypatch, capsys):
+    import socket
+
+    _clean_env(monkeypatch, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 3
+    out, err = capsys.readouterr()
+    assert out == ""  # no URL lines, no startup banner
+    assert err.splitlines() == [f"error: --port: 127.0.0.1:{port} is already in use; stop what listens there "
+                                "or pick another --port"]
+
+
+def test_serve_prints_its_urls_once_listening_and_warns_about_missing_roots(tmp_path):
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+    from live_server import REPO, free_port
+
+    present, missing = tmp_path / "data", tmp_path / "no-such-root"
+    present.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQATTN_")}
+    env.update({"SEQATTN_HOME": str(tmp_path / "home"), "SEQATTN_DATA_ROOTS": f"{present}{os.pathsep}{missing}",
+                "SEQATTN_SCHEDULER_ENABLED": "false", "PYTHONWARNINGS": "ignore"})
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [stdout.put(line.rstrip("\n")) for line in proc.stdout], daemon=True).start()
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not lines or not lines[-1].startswith("  API"):  # the last URL line
+            assert proc.poll() is None and time.monotonic() < deadline, lines
+            try:
+                lines.append(stdout.get(timeout=1.0))
+            except queue.Empty:
+                pass
+        base = f"http://127.0.0.1:{port}"
+        assert lines == [f"seqattn serve: listening on {base}", f"  dashboard  {base}/dashboard",
+                         f"  API        {base}/v1/...  (docs: {base}/docs)"]
+        # Printed once listening: both pages answer now.
+        assert httpx.get(f"{base}/dashboard", timeout=10).status_code == 200
+        assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)  # our own child, by its pid
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
+        print(err)  # shown when the test fails
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: SEQATTN_DATA_ROOTS: {str(missing)!r} does not exist; no dataset can be read under it"]
+
+
+# --- export of a set that was never published ----------------------------------------------------
+
+
+def _unpublished(tmp_path):
+    from pipelines.spec import FeatureSet, JobSpec, SelectedFeature
+
+    fs = FeatureSet(name="ctr", spec=JobSpec(name="ctr", dataset={"path": "d", "label": "y"}),
+                    features=[SelectedFeature(name="user", kind="sparse", rank=1, score=0.5, embedding_dim=8)])
+    path = tmp_path / "fs.json"
+    path.write_text(fs.model_dump_json())  # what `seqattn select --out` writes: version null
+    return path
+
+
+def test_export_of_an_unpublished_set_makes_up_no_version(tmp_path, capsys):
+    path = _unpublished(tmp_path)
+    assert main(["export", str(path), "--format", "feast"]) == 0
+    source = capsys.readouterr().out
+    assert "name='ctr-unpublished'" in source and "ctr_unpublished = FeatureService(" in source
+    assert "version 1" not in source and "-v1" not in source and "seqattn_version" not in source
+    assert main(["export", str(path), "--out", str(tmp_path / "tr.json")]) == 0
+    assert capsys.readouterr().out.strip() == (f"wrote {tmp_path / 'tr.json'} (torchrec configuration of "
+                                               "ctr-unpublished, never published: no version)")
+    about = json.loads((tmp_path / "tr.json").read_text())["feature_set"]
+    assert about["version"] is None and about["published"] is False
+
+
+def test_serve_urls_for_a_wildcard_and_an_ipv6_host():
+    import doctest
+
+    import services.cli
+    from services.cli import serve_urls
+
+    assert serve_urls("0.0.0.0", 9000)[:2] == ["seqattn serve: listening on 0.0.0.0:9000 (every interface)",
+                                             "  dashboard  http://127.0.0.1:9000/dashboard"]
+    assert serve_urls("::1", 9000)[1] == "  dashboard  http://[::1]:9000/dashboard"
+    assert doctest.testmod(services.cli).failed == 0
+
+
+def test_summary_latency_line_names_what_was_removed():
+    from pipelines.spec import FeatureSet, JobSpec, LatencyTrim, SelectedFeature
+    from services.cli import _summary
+
+    fs = FeatureSet(name="ctr", spec=JobSpec(name="ctr", dataset={"path": "d", "label": "y"}),
+                    features=[SelectedFeature(name="user", kind="sparse", rank=1, score=0.5, embedding_dim=8)],
+                    metrics={"val_auc": 0.7}, timings={"total_s": 1.0},
+                    latency=LatencyTrim(budget_ms=5, ms_before=7.5, ms_after=4.25, removed_features=["item"],
+                                        removed_crosses=[("a", "b")]))
+    lines = _summary(fs).splitlines()  # metrics the set lacks are n/a (a None used to crash the summary)
+    assert lines[2] == ("  val AUC 0.7000 (all features n/a); embeddings n/a MB (all features n/a MB); "
+                        "inference n/a ms / 1,024 rows")
+    assert "  latency budget 5 ms: 7.50 ms before, 4.25 ms after; removed item, a x b" in lines
+    assert "latency" not in _summary(fs.model_copy(update={"latency": None}))
