@@ -355,8 +355,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 if self.started and not self.should_exit:
                     print("\n".join(serve_urls(args.host, args.port)), flush=True)
 
+        from services.selector_api.http_protocol import server_options
+
         config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_config=None,
-                                access_log=args.access_log, workers=1)
+                                access_log=args.access_log, workers=1,
+                                **server_options(settings.max_header_bytes))  # head limit, JSON 400/431
         server = Server(config)
         server.run(sockets=[sock])
     finally:

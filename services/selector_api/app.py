@@ -40,6 +40,7 @@ from services.selector_api.errors import install_error_handlers
 from services.selector_api.metrics import JobMetrics, RequestMetrics, service_registry
 from services.selector_api.routes import feature_sets, jobs, ops, schedules
 from services.selector_api.scheduler import ServiceScheduler
+from services.selector_api.security_headers import SecurityHeaders
 from services.selector_api.serving import FeatureSetCache, ServePromoted
 from services.selector_api.settings import Settings
 from services.selector_api.store import Store
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServePromoted, cache=cache)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, the fast path's and the 413s too
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -106,7 +108,7 @@ DOCS_ASSETS = "/docs-assets"
 # The pages' own inline scripts and styles, and our files; nothing from elsewhere (ReDoc would
 # fetch its "powered by" logo from cdn.redoc.ly; this makes the browser skip it).
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'")
+            "img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'")
 
 
 def docs_assets_dir() -> Path:
@@ -148,6 +150,14 @@ def install_docs(app: FastAPI) -> None:
             redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon, with_google_fonts=False))
 
 
+def _add_component(components: dict[str, Any], name: str, schema: dict[str, Any]) -> None:
+    """Add one schema to ``components.schemas``; two different schemas under one name (two models
+    with the same class name) are an error here, not a document whose answers violate it."""
+    if name in components and components[name] != schema:
+        raise RuntimeError(f"two OpenAPI components are named {name!r}; rename one of the models")
+    components[name] = schema
+
+
 def operation_id(route: APIRoute) -> str:
     """A readable operationId for a route without an explicit one: its function's name in camelCase
     (``submit_job`` -> ``submitJob``), rather than FastAPI's ``submit_job_v1_jobs_post``."""
@@ -167,13 +177,20 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     from pipelines.continual import ScheduleSpec
     from pipelines.spec import FeatureSet, JobSpec
+    from services.selector_api.deps import NAME_SCHEMA_PATTERN
+    from services.selector_api.models import PromoteRequest
 
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (JobSpec, ScheduleSpec, FeatureSet):
+    for model in (JobSpec, ScheduleSpec, FeatureSet, PromoteRequest):
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(js.pop("$defs", {}))
-        components[model.__name__] = js
+        for name, sub in {**js.pop("$defs", {}), model.__name__: js}.items():
+            _add_component(components, name, sub)
+    # pipelines' Name is checked by a validator, which JSON Schema cannot see: declare its rule.
+    for model in ("JobSpec", "ScheduleSpec", "FeatureSet"):
+        name = components[model].get("properties", {}).get("name", {})
+        if name.get("type") == "string":
+            name.setdefault("pattern", NAME_SCHEMA_PATTERN)
     fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,8 +53,16 @@ class QueueFull(SpecError):
     """Too many queued jobs (HTTP 503): the client should retry later."""
 
 
+class TooManyRequests(SpecError):
+    """A client over one of its rate limits (HTTP 429); ``retry_after`` seconds until it may retry."""
+
+    def __init__(self, field: str, message: str, retry_after: int) -> None:
+        super().__init__(field, message)
+        self.retry_after = retry_after
+
+
 _STATUS = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, UnsupportedMediaType: 415,
-           QueueFull: 503}
+           TooManyRequests: 429, QueueFull: 503}
 
 
 def status_of(exc: SpecError) -> int:
@@ -64,7 +73,9 @@ def error_body(field: str | None, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
 
-def _field_of(loc: tuple[Any, ...]) -> str:
+def _field_of(loc: tuple[Any, ...], kind: str = "") -> str:
+    if kind == "json_invalid":  # loc is ("body", <offset of the error>): the body is at fault
+        return "body"
     where, rest = (loc[0], loc[1:]) if loc and loc[0] in ("body", "path", "query", "header", "cookie") else ("", loc)
     out = ""
     for part in rest:
@@ -81,13 +92,40 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "json_invalid":
-        return f"is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}"
+        at = error.get("loc", ())[1:2]
+        where = f" at character {at[0]}" if at and isinstance(at[0], int) else ""
+        return f"is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}{where}"
     if kind == "value_error" and "ctx" in error:
         return str(error["ctx"].get("error"))
     shown = repr(error.get("input"))
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     msg = str(error.get("msg", "is invalid")).replace("Input should be", "must be", 1)
     return f"{msg[0].lower() + msg[1:]} (got {shown})"
+
+
+def allowed_methods(request: Request, starlette_allow: str = "") -> list[str]:
+    """Every method the API documents at this request's path, with those Starlette named.
+    (Starlette's 405 names only the methods of the first route whose path matched, so
+    ``OPTIONS /v1/jobs`` said ``Allow: POST`` without ``GET``.) The OpenAPI document is the list of
+    what is served; routes outside it (the docs pages, the dashboard) keep Starlette's answer."""
+    methods = {m.strip().upper() for m in starlette_allow.split(",") if m.strip()}
+    for pattern, documented in _path_patterns(request.app):
+        if pattern.fullmatch(request.url.path):
+            methods |= documented
+    return sorted(methods)
+
+
+def _path_patterns(app: Any) -> list[tuple[re.Pattern[str], set[str]]]:
+    cached = getattr(app.state, "allow_patterns", None)
+    if cached is None:
+        cached = [(re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))),
+                   {m.upper() for m in ops if m in _HTTP_METHODS})
+                  for path, ops in app.openapi().get("paths", {}).items()]
+        app.state.allow_patterns = cached
+    return cached
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -98,6 +136,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         if isinstance(exc, QueueFull):
             headers = {"Retry-After": "5"}
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(exc.to_dict(), status_code=status_of(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -108,22 +148,32 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0]
         message = _describe(first)
         if len(errors) > 1:
-            others = ", ".join(dict.fromkeys(_field_of(tuple(e["loc"])) for e in errors[1:]))
+            others = ", ".join(dict.fromkeys(_field_of(tuple(e["loc"]), e.get("type", "")) for e in errors[1:]))
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
         status = 400 if first.get("type") == "json_invalid" else 422
-        return JSONResponse(error_body(_field_of(tuple(first["loc"])), message), status_code=status)
+        return JSONResponse(error_body(_field_of(tuple(first["loc"]), first.get("type", "")), message),
+                            status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
         if isinstance(exc.detail, dict) and "message" in exc.detail:
             body = exc.detail
         elif exc.status_code == 404:
             body = error_body("path", f"no route {request.url.path!r}; see /docs")
         elif exc.status_code == 405:
-            body = error_body("method", f"{request.method} is not allowed on {request.url.path!r}")
+            allowed = allowed_methods(request, headers.get("Allow", "") or headers.get("allow", ""))
+            headers["Allow"] = ", ".join(allowed)
+            body = error_body("method", f"{request.method} is not allowed on {request.url.path!r}; "
+                                        f"allowed: {', '.join(allowed)}")
+        elif exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's own body parsing (a route with a pydantic body) met a JSON nested too deeply.
+            body = error_body("body", "is nested too deeply to be read")
+        elif exc.status_code == 400 and exc.__cause__ is not None:
+            body = error_body("body", "could not be read")
         else:
             body = error_body(None, str(exc.detail))
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -38,6 +38,8 @@ _ERROR_DOC: dict[int, dict[str, Any]] = {
     413: {"description": "The body is larger than SEQATTN_MAX_BODY_BYTES"},
     415: {"description": "The body is not JSON by its Content-Type"},
     422: {"description": "Invalid input; `field` names it"},
+    429: {"description": "This client is over a rate limit (SEQATTN_RATE_LIMIT_*); retry later",
+          "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
     503: {"description": "Too many queued jobs; retry later",
           "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
 }
@@ -107,7 +109,13 @@ class JobOut(BaseModel):
 
 
 class JobList(BaseModel):
+    """One page of jobs, newest first. ``next`` is the link to the following (older) page, with the
+    same filters and ``limit``; ``null`` on the last page."""
+
     jobs: list[JobOut]
+    next_cursor: str | None = Field(
+        None, description="The `cursor` of the next page (the id of this page's last job); null on the last page")
+    next: str | None = Field(None, description="The next page's URL (path and query); null on the last page")
 
 
 class VersionOut(BaseModel):
@@ -174,11 +182,14 @@ class PromoteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
-    expected_version: int | None = Field(None, ge=1)
+    version: int = Field(ge=1, le=2**31)
+    expected_version: int | None = Field(None, ge=1, le=2**31)
 
 
-class Promotion(BaseModel):
+class PromotionEntry(BaseModel):
+    """One line of the promotion log (not ``pipelines.continual.Promotion``, a schedule's
+    promotion policy: OpenAPI components are named after their class, so the names must differ)."""
+
     version: int
     previous_version: int | None
     source: str
@@ -192,7 +203,7 @@ class PromotionOut(BaseModel):
     promoted_version: int
     previous_version: int | None
     record: VersionOut
-    history: list[Promotion]
+    history: list[PromotionEntry]
 
 
 class ScheduleOut(BaseModel):

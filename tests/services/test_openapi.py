@@ -67,23 +67,25 @@ MUTATING = {("post", "/v1/jobs"), ("delete", "/v1/jobs/{job_id}"), ("post", "/v1
 
 # operationId and the error statuses each route can return (see the routes and services/selector_api/errors.py).
 OPERATIONS = {
-    ("post", "/v1/jobs"): ("submitJob", {400, 401, 409, 413, 415, 422, 503}),
-    ("get", "/v1/jobs"): ("listJobs", {422}),
+    # 429: a rate limit (services/selector_api/ratelimit.py): the submissions, the lists, and every
+    # route that needs the key (too many failed authentications).
+    ("post", "/v1/jobs"): ("submitJob", {400, 401, 409, 413, 415, 422, 429, 503}),
+    ("get", "/v1/jobs"): ("listJobs", {422, 429}),
     ("get", "/v1/jobs/{job_id}"): ("getJob", {404}),
-    ("delete", "/v1/jobs/{job_id}"): ("cancelJob", {401, 404, 409}),
-    ("post", "/v1/jobs/{job_id}/resubmit"): ("resubmitJob", {401, 404, 409, 422, 503}),
-    ("get", "/v1/feature-sets"): ("listFeatureSets", set()),
+    ("delete", "/v1/jobs/{job_id}"): ("cancelJob", {401, 404, 409, 429}),
+    ("post", "/v1/jobs/{job_id}/resubmit"): ("resubmitJob", {401, 404, 409, 422, 429, 503}),
+    ("get", "/v1/feature-sets"): ("listFeatureSets", {429}),
     ("get", "/v1/feature-sets/{name}"): ("getFeatureSet", {404, 422}),
-    ("get", "/v1/feature-sets/{name}/versions"): ("listFeatureSetVersions", {404, 422}),
+    ("get", "/v1/feature-sets/{name}/versions"): ("listFeatureSetVersions", {404, 422, 429}),
     ("get", "/v1/feature-sets/{name}/versions/{version}"): ("getFeatureSetVersion", {404, 422}),
     ("get", "/v1/feature-sets/{name}/versions/{version}/export"): ("exportFeatureSetVersion", {404, 422}),
-    ("post", "/v1/feature-sets/{name}/promote"): ("promoteFeatureSet", {401, 404, 409, 413, 422}),
-    ("post", "/v1/feature-sets/{name}/rollback"): ("rollbackFeatureSet", {401, 404, 409, 422}),
-    ("get", "/v1/schedules"): ("listSchedules", set()),
-    ("post", "/v1/schedules"): ("createSchedule", {400, 401, 409, 413, 415, 422}),
+    ("post", "/v1/feature-sets/{name}/promote"): ("promoteFeatureSet", {400, 401, 404, 409, 413, 415, 422, 429}),
+    ("post", "/v1/feature-sets/{name}/rollback"): ("rollbackFeatureSet", {401, 404, 409, 422, 429}),
+    ("get", "/v1/schedules"): ("listSchedules", {429}),
+    ("post", "/v1/schedules"): ("createSchedule", {400, 401, 409, 413, 415, 422, 429}),
     ("get", "/v1/schedules/{name}"): ("getSchedule", {404, 422}),
-    ("delete", "/v1/schedules/{name}"): ("deleteSchedule", {401, 404, 422}),
-    ("post", "/v1/schedules/{name}/run"): ("runSchedule", {401, 404, 409, 422}),
+    ("delete", "/v1/schedules/{name}"): ("deleteSchedule", {401, 404, 422, 429}),
+    ("post", "/v1/schedules/{name}/run"): ("runSchedule", {401, 404, 409, 422, 429}),
     ("get", "/healthz"): ("getHealth", set()),
     ("get", "/metrics"): ("getMetrics", set()),
 }

@@ -17,14 +17,17 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from pipelines.errors import SpecError
-from services.selector_api.deps import ServiceDep, check_name, require_api_key
+from services.selector_api.deps import ListBudget, NamePath, ServiceDep, check_name, json_body, require_api_key
 from services.selector_api.errors import NotFound
 from services.selector_api.models import (
     FeatureSetList,
     FeatureSetSummary,
-    Promotion,
+    PromotionEntry,
     PromotionOut,
     PromoteRequest,
     VersionList,
@@ -51,6 +54,10 @@ EXPORT = {200: {"description": "TorchRec table configs (JSON) or a Feast Feature
                 "content": {"application/json": {"schema": {"type": "object"}},
                             "text/x-python": {"schema": {"type": "string"}}}}}
 Version = Annotated[int, Path(ge=1, le=2**31)]
+# The body of promote is read by json_body (400 for bad JSON, 415 for another Content-Type, as on
+# every route with a body) and validated here; its schema is added to the components by app._openapi.
+PROMOTE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/PromoteRequest"}}}}}
 
 
 def _served_response(request: Request, served: Served, cache_control: str) -> Response:
@@ -65,8 +72,8 @@ def _known(service: ServiceDep, name: str) -> None:
     service.store.require_name(name)
 
 
-@router.get("", response_model=FeatureSetList, operation_id="listFeatureSets")
-def list_feature_sets(service: ServiceDep) -> FeatureSetList:
+@router.get("", response_model=FeatureSetList, responses=error_responses(429), operation_id="listFeatureSets")
+def list_feature_sets(service: ServiceDep, charge: ListBudget) -> FeatureSetList:
     """Every feature-set name with its promoted and latest version."""
     out = []
     for name in service.store.registry.names():
@@ -74,12 +81,13 @@ def list_feature_sets(service: ServiceDep) -> FeatureSetList:
         promoted = next((v.version for v in versions if v.promoted), None)
         out.append(FeatureSetSummary(name=name, promoted_version=promoted, latest_version=versions[-1].version,
                                      versions=len(versions), href=f"/v1/feature-sets/{name}"))
+    charge(len(out))
     return FeatureSetList(feature_sets=out)
 
 
 @router.get("/{name}", responses={**error_responses(404, 422), **FEATURE_SET_JSON}, response_class=Response,
             operation_id="getFeatureSet")
-async def get_promoted(name: str, request: Request) -> Response:
+async def get_promoted(name: NamePath, request: Request) -> Response:
     """The promoted version (from memory), with ``ETag`` and ``X-Feature-Set-Version``; 304 on a
     matching ``If-None-Match``. Clients revalidate each time (``Cache-Control: no-cache``), since a
     promotion changes the answer. (Cache hits are answered by ``serving.ServePromoted`` before
@@ -94,19 +102,20 @@ async def get_promoted(name: str, request: Request) -> Response:
     return _served_response(request, served, "no-cache")
 
 
-@router.get("/{name}/versions", response_model=VersionList, responses=error_responses(404, 422),
+@router.get("/{name}/versions", response_model=VersionList, responses=error_responses(404, 422, 429),
             operation_id="listFeatureSetVersions")
-def list_versions(name: str, service: ServiceDep) -> VersionList:
+def list_versions(name: NamePath, service: ServiceDep, charge: ListBudget) -> VersionList:
     """Every version, oldest first, with its metrics, promotion decision and stability."""
     check_name(name)
     versions = service.store.require_name(name)
+    charge(len(versions))
     promoted = next((v.version for v in versions if v.promoted), None)
     return VersionList(name=name, promoted_version=promoted, versions=[VersionOut.of(v) for v in versions])
 
 
 @router.get("/{name}/versions/{version}", responses={**error_responses(404, 422), **FEATURE_SET_JSON},
             response_class=Response, operation_id="getFeatureSetVersion")
-def get_version(name: str, version: Version, request: Request, service: ServiceDep) -> Response:
+def get_version(name: NamePath, version: Version, request: Request, service: ServiceDep) -> Response:
     """One version's FeatureSet; immutable, so cacheable for good."""
     check_name(name)
     service.store.require_name(name)
@@ -119,7 +128,7 @@ def get_version(name: str, version: Version, request: Request, service: ServiceD
 
 @router.get("/{name}/versions/{version}/export", responses={**error_responses(404, 422), **EXPORT},
             response_class=Response, operation_id="exportFeatureSetVersion")
-def export_version(name: str, version: Version, service: ServiceDep,
+def export_version(name: NamePath, version: Version, service: ServiceDep,
                    format: Annotated[Literal["torchrec", "feast"], Query()] = "torchrec") -> Response:
     """The version as TorchRec table configs (JSON) or a Feast ``FeatureService`` pinned to it (Python)."""
     from pipelines.export import export_feature_set
@@ -137,18 +146,29 @@ def export_version(name: str, version: Version, service: ServiceDep,
 
 
 def _promotion(service: ServiceDep, name: str, record_version: int) -> PromotionOut:
-    history = [Promotion(**p) for p in service.store.promotions(name)]
+    history = [PromotionEntry(**p) for p in service.store.promotions(name)]
     record = service.store.registry.record(name, record_version)
     previous = history[-1].previous_version if history else None
     return PromotionOut(name=name, promoted_version=record.version, previous_version=previous,
                         record=VersionOut.of(record), history=history)
 
 
-@router.post("/{name}/promote", response_model=PromotionOut, responses=error_responses(401, 404, 409, 413, 422),
+@router.post("/{name}/promote", response_model=PromotionOut, openapi_extra=PROMOTE_BODY,
+             responses=error_responses(400, 401, 404, 409, 413, 415, 422, 429),
              dependencies=[Depends(require_api_key)], operation_id="promoteFeatureSet")
-def promote(name: str, body: PromoteRequest, service: ServiceDep) -> PromotionOut:
+async def promote(name: NamePath, request: Request, service: ServiceDep) -> PromotionOut:
     """Serve ``version`` from now on (atomic: readers see the old or the new version, never a mix).
-    ``expected_version`` makes it a compare-and-set (409 if another promotion came first)."""
+    ``expected_version`` makes it a compare-and-set (409 if another promotion came first).
+    The body is a :class:`PromoteRequest`."""
+    payload = await json_body(request)
+    try:
+        body = PromoteRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    return await run_in_threadpool(_promote, service, name, body)
+
+
+def _promote(service: ServiceDep, name: str, body: PromoteRequest) -> PromotionOut:
     _known(service, name)
     try:
         record = service.store.promote(name, body.version, expected=body.expected_version)
@@ -160,9 +180,9 @@ def promote(name: str, body: PromoteRequest, service: ServiceDep) -> PromotionOu
     return _promotion(service, name, record.version)
 
 
-@router.post("/{name}/rollback", response_model=PromotionOut, responses=error_responses(401, 404, 409, 422),
+@router.post("/{name}/rollback", response_model=PromotionOut, responses=error_responses(401, 404, 409, 422, 429),
              dependencies=[Depends(require_api_key)], operation_id="rollbackFeatureSet")
-def rollback(name: str, service: ServiceDep) -> PromotionOut:
+def rollback(name: NamePath, service: ServiceDep) -> PromotionOut:
     """Promote again the version that was promoted before the current one."""
     _known(service, name)
     record = service.store.rollback(name)

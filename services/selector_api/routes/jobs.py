@@ -17,21 +17,33 @@ from __future__ import annotations
 import json
 import re
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from pipelines.spec import load_spec
 from services.selector_api.data_roots import checked_spec
-from services.selector_api.deps import ServiceDep, check_name, json_body, require_api_key
+from services.selector_api.deps import (
+    ListBudget,
+    NameQuery,
+    ServiceDep,
+    check_name,
+    json_body,
+    limit_submissions,
+    require_api_key,
+)
 from services.selector_api.errors import BadRequest, Conflict, NotFound
 from services.selector_api.models import JobList, JobOut, JobState, error_responses, header_doc
-from services.selector_api.store import JobRow, request_hash
+from services.selector_api.store import JobRow, Store, _job, request_hash
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JOB_ID = re.compile(r"j-[0-9a-f]{16}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+MAX_PAGE = 200  # jobs per page of GET /v1/jobs (a job with its spec is ~1 KB of JSON)
+JobIdPath = Annotated[str, Path(description="A job id, `j-` and 16 hex digits",
+                                json_schema_extra={"pattern": f"^{JOB_ID.pattern}$"})]
 SUBMITTED = {
     202: {"description": "Queued", "headers": {"Location": header_doc("/v1/jobs/{id}")}},
     200: {"description": "Replayed: the Idempotency-Key was used for this same body; the job it made",
@@ -49,10 +61,13 @@ def _job_id(job_id: str) -> str:
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SPEC_BODY,
-             responses={**SUBMITTED, **error_responses(400, 401, 409, 413, 415, 422, 503)},
-             dependencies=[Depends(require_api_key)], operation_id="submitJob")
+             responses={**SUBMITTED, **error_responses(400, 401, 409, 413, 415, 422, 429, 503)},
+             dependencies=[Depends(require_api_key), Depends(limit_submissions)], operation_id="submitJob")
 async def submit_job(request: Request, response: Response, service: ServiceDep,
-                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JobOut:
+                     idempotency_key: Annotated[str | None, Header(
+                         alias="Idempotency-Key", description="1-255 visible ASCII characters; a retry with the same "
+                         "key and body returns the first job (200) instead of queueing another",
+                         json_schema_extra={"pattern": f"^{IDEMPOTENCY_KEY.pattern}$"})] = None) -> JobOut:
     """Queue a selection job (a JobSpec). 202 with the job; with an ``Idempotency-Key`` already used
     for the same body, 200 with that job and no new one; for another body, 409."""
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
@@ -80,24 +95,52 @@ def _mapping(payload: object) -> dict:
     return payload
 
 
-@router.get("", response_model=JobList, responses=error_responses(422), operation_id="listJobs")
-def list_jobs(service: ServiceDep, state: JobState | None = None, name: str | None = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobList:
-    """Jobs, newest first; filter by ``state`` or feature-set ``name``."""
+@router.get("", response_model=JobList, responses=error_responses(422, 429), operation_id="listJobs")
+def list_jobs(service: ServiceDep, charge: ListBudget, state: JobState | None = None, name: NameQuery = None,
+              limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Jobs per page, at most {MAX_PAGE}")] = 100,
+              cursor: Annotated[str | None, Query(
+                  pattern=f"^{JOB_ID.pattern}$",
+                  description="Where the page starts: the previous page's `next_cursor` (its last job's id)")] = None,
+              ) -> JobList:
+    """Jobs, newest first, a page at a time; filter by ``state`` or feature-set ``name``. The
+    answer's ``next`` is the URL of the next page (``null`` on the last one)."""
     if name is not None:
         check_name(name)
-    return JobList(jobs=[JobOut.of(j) for j in service.store.list_jobs(state, name, limit)])
+    rows = _page(service.store, state, name, limit + 1, cursor)
+    more, rows = len(rows) > limit, rows[:limit]
+    charge(len(rows))
+    if not more:
+        return JobList(jobs=[JobOut.of(j) for j in rows])
+    query = {"limit": limit, "cursor": rows[-1].id, **({"state": state} if state else {}), **({"name": name} if name else {})}
+    return JobList(jobs=[JobOut.of(j) for j in rows], next_cursor=rows[-1].id, next=f"/v1/jobs?{urlencode(query)}")
+
+
+def _page(store: Store, state: str | None, name: str | None, limit: int, cursor: str | None) -> list[JobRow]:
+    """Up to ``limit`` jobs older than the job ``cursor`` (or the newest ones), newest first; the
+    same order as ``Store.list_jobs``, resumed by the job's sequence number. (``Store.list_jobs``
+    has no cursor; this reads the same table the same way.)"""
+    where, args = [], []
+    for column, value in (("state", state), ("name", name)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if cursor is not None:
+        where.append("seq < COALESCE((SELECT seq FROM jobs WHERE id = ?), 0)")
+        args.append(cursor)
+    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?"
+    with store.registry.connect() as db:
+        return [_job(r) for r in db.execute(sql, (*args, limit))]
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404), operation_id="getJob")
-def get_job(job_id: str, service: ServiceDep) -> JobOut:
+def get_job(job_id: JobIdPath, service: ServiceDep) -> JobOut:
     """A job with its live progress, its error, and the feature-set version it published."""
     return JobOut.of(service.store.get_job(_job_id(job_id)))
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobOut, responses=error_responses(401, 404, 409),
+@router.delete("/{job_id}", status_code=202, response_model=JobOut, responses=error_responses(401, 404, 409, 429),
                dependencies=[Depends(require_api_key)], operation_id="cancelJob")
-def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
+def cancel_job(job_id: JobIdPath, service: ServiceDep) -> JobOut:
     """Cancel: a queued job is cancelled at once; a running one stops at its next training step
     (poll until ``state`` is ``cancelled``). 409 when the job has already ended."""
     job = service.store.request_cancel(_job_id(job_id))
@@ -106,9 +149,9 @@ def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
 
 
 @router.post("/{job_id}/resubmit", status_code=202, response_model=JobOut,
-             responses=error_responses(401, 404, 409, 422, 503), dependencies=[Depends(require_api_key)],
-             operation_id="resubmitJob")
-def resubmit_job(job_id: str, service: ServiceDep) -> JobOut:
+             responses=error_responses(401, 404, 409, 422, 429, 503),
+             dependencies=[Depends(require_api_key), Depends(limit_submissions)], operation_id="resubmitJob")
+def resubmit_job(job_id: JobIdPath, service: ServiceDep) -> JobOut:
     """Queue a new job with the spec of an ended (interrupted, failed, cancelled) one."""
     old = service.store.get_job(_job_id(job_id))
     if old.state in ("queued", "running"):

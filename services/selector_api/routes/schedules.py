@@ -21,7 +21,15 @@ from fastapi.concurrency import run_in_threadpool
 
 from pipelines.errors import SpecError
 from services.selector_api.data_roots import check_path
-from services.selector_api.deps import ServiceDep, check_name, json_body, require_api_key
+from services.selector_api.deps import (
+    ListBudget,
+    NamePath,
+    ServiceDep,
+    check_name,
+    json_body,
+    limit_submissions,
+    require_api_key,
+)
 from services.selector_api.errors import BadRequest
 from services.selector_api.models import JobOut, ScheduleList, ScheduleOut, error_responses, header_doc
 
@@ -33,8 +41,8 @@ SCHEDULE_BODY = {"requestBody": {"required": True, "content": {
 
 
 @router.post("", status_code=201, response_model=ScheduleOut, openapi_extra=SCHEDULE_BODY,
-             responses={**CREATED, **error_responses(400, 401, 409, 413, 415, 422)},
-             dependencies=[Depends(require_api_key)], operation_id="createSchedule")
+             responses={**CREATED, **error_responses(400, 401, 409, 413, 415, 422, 429)},
+             dependencies=[Depends(require_api_key), Depends(limit_submissions)], operation_id="createSchedule")
 async def create_schedule(request: Request, response: Response, service: ServiceDep) -> ScheduleOut:
     """Create a schedule; its first run is one cadence from now (``POST .../run`` to run at once)."""
     payload = await json_body(request)
@@ -65,27 +73,29 @@ async def create_schedule(request: Request, response: Response, service: Service
     return out
 
 
-@router.get("", response_model=ScheduleList, operation_id="listSchedules")
-def list_schedules(service: ServiceDep) -> ScheduleList:
-    return ScheduleList(schedules=[ScheduleOut.of(r) for r in service.store.list_schedules()])
+@router.get("", response_model=ScheduleList, responses=error_responses(429), operation_id="listSchedules")
+def list_schedules(service: ServiceDep, charge: ListBudget) -> ScheduleList:
+    rows = service.store.list_schedules()
+    charge(len(rows))
+    return ScheduleList(schedules=[ScheduleOut.of(r) for r in rows])
 
 
 @router.get("/{name}", response_model=ScheduleOut, responses=error_responses(404, 422), operation_id="getSchedule")
-def get_schedule(name: str, service: ServiceDep) -> ScheduleOut:
+def get_schedule(name: NamePath, service: ServiceDep) -> ScheduleOut:
     return ScheduleOut.of(service.store.get_schedule(check_name(name)))
 
 
-@router.delete("/{name}", status_code=204, responses=error_responses(401, 404, 422),
+@router.delete("/{name}", status_code=204, responses=error_responses(401, 404, 422, 429),
                dependencies=[Depends(require_api_key)], operation_id="deleteSchedule")
-def delete_schedule(name: str, service: ServiceDep) -> Response:
+def delete_schedule(name: NamePath, service: ServiceDep) -> Response:
     """Delete the schedule; a run already queued or running goes on (cancel it as a job)."""
     service.store.delete_schedule(check_name(name))
     return Response(status_code=204)
 
 
-@router.post("/{name}/run", status_code=202, response_model=JobOut, responses=error_responses(401, 404, 409, 422),
-             dependencies=[Depends(require_api_key)], operation_id="runSchedule")
-def run_schedule(name: str, service: ServiceDep) -> JobOut:
+@router.post("/{name}/run", status_code=202, response_model=JobOut, responses=error_responses(401, 404, 409, 422, 429),
+             dependencies=[Depends(require_api_key), Depends(limit_submissions)], operation_id="runSchedule")
+def run_schedule(name: NamePath, service: ServiceDep) -> JobOut:
     """Queue one run now (409 while a run of this schedule is queued or running)."""
     job = service.store.queue_schedule_run(check_name(name))
     service.workers.wake()
