@@ -353,8 +353,8 @@ class LatencyTrim(_Strict):
 
 class FeatureSet(_Strict):
     """A job's result; immutable once written. ``version``, ``job_id`` and ``created_at`` are set
-    by whoever publishes it (the registry; `seqattn select --out` writes none: version null), so a local run may leave
-    them out.
+    by whoever publishes it (the registry; ``seqattn select --out`` writes version null), so a local
+    run may leave them out.
 
     Example::
 
