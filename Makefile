@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml deploy/constraints.txt Makefile
 test: setup
 	$(PY) -m pytest -q tests
 
-# The README's dashboard images, taken by the browser tests against a live server with real jobs.
+# The dashboard images in docs/dashboard.md, taken by the browser tests against a live server with real jobs.
 screenshots: setup
 	SEQATTN_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/services/test_dashboard_browser.py
 

@@ -1,6 +1,6 @@
 """The CUDA path against the CPU, on one machine: test_job's planted job (60k rows, 2 epochs) on a
 few training seeds, with the selection checks that test_job makes. Run it twice on a GPU host, the
-second time with the GPU hidden, and compare the lines seed by seed (README, "The GPU path"):
+second time with the GPU hidden, and compare the lines seed by seed (docs/gpu.md):
 
     python -m bench.gpu_check --label gpu 0 1 2 3
     CUDA_VISIBLE_DEVICES= python -m bench.gpu_check --label cpu 0 1 2 3

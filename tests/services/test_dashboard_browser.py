@@ -6,7 +6,7 @@ One server for the module: its pages are first seen empty, then two jobs run on 
 missing label fails, and a long job is submitted through the page's own form. The tests check what
 an engineer looks for (selected features, charts, diffs, live progress, the API's message for a bad
 spec, promote and rollback with the API key) and take screenshots at 1280×800 and 390 wide, into a
-temporary folder, or into ``$SEQATTN_SCREENSHOTS``: ``make screenshots`` refreshes the README's
+temporary folder, or into ``$SEQATTN_SCREENSHOTS``: ``make screenshots`` refreshes docs/dashboard.md's
 ``docs/img/dashboard-*.png`` this way (a plain test run leaves the tracked images alone).
 
 Chromium comes from ``make setup`` (apt). Without it these tests skip on a developer's machine and
