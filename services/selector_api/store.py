@@ -239,15 +239,17 @@ class Store:
             raise NotFound("id", f"no job {job_id!r}")
         return _job(row)
 
-    def list_jobs(self, state: str | None = None, name: str | None = None, limit: int = 100) -> list[JobRow]:
-        """Newest first."""
+    def list_jobs(self, state: str | None = None, name: str | None = None, limit: int = 100,
+                  cursor: str | None = None) -> list[JobRow]:
+        """Newest first; with ``cursor`` (a job id), only the jobs queued before that one (paging)."""
         where, args = [], []
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if name is not None:
-            where.append("name = ?")
-            args.append(name)
+        for column, value in (("state", state), ("name", name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if cursor is not None:
+            where.append("seq < COALESCE((SELECT seq FROM jobs WHERE id = ?), 0)")
+            args.append(cursor)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?"
         with self.registry.connect() as db:
             return [_job(r) for r in db.execute(sql, (*args, limit))]

@@ -35,7 +35,7 @@ from services.selector_api.deps import (
 )
 from services.selector_api.errors import BadRequest, Conflict, NotFound
 from services.selector_api.models import JobList, JobOut, JobState, error_responses, header_doc
-from services.selector_api.store import JobRow, Store, _job, request_hash
+from services.selector_api.store import JobRow, request_hash
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -106,30 +106,13 @@ def list_jobs(service: ServiceDep, charge: ListBudget, state: JobState | None = 
     answer's ``next`` is the URL of the next page (``null`` on the last one)."""
     if name is not None:
         check_name(name)
-    rows = _page(service.store, state, name, limit + 1, cursor)
+    rows = service.store.list_jobs(state, name, limit + 1, cursor)
     more, rows = len(rows) > limit, rows[:limit]
     charge(len(rows))
     if not more:
         return JobList(jobs=[JobOut.of(j) for j in rows])
     query = {"limit": limit, "cursor": rows[-1].id, **({"state": state} if state else {}), **({"name": name} if name else {})}
     return JobList(jobs=[JobOut.of(j) for j in rows], next_cursor=rows[-1].id, next=f"/v1/jobs?{urlencode(query)}")
-
-
-def _page(store: Store, state: str | None, name: str | None, limit: int, cursor: str | None) -> list[JobRow]:
-    """Up to ``limit`` jobs older than the job ``cursor`` (or the newest ones), newest first; the
-    same order as ``Store.list_jobs``, resumed by the job's sequence number. (``Store.list_jobs``
-    has no cursor; this reads the same table the same way.)"""
-    where, args = [], []
-    for column, value in (("state", state), ("name", name)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if cursor is not None:
-        where.append("seq < COALESCE((SELECT seq FROM jobs WHERE id = ?), 0)")
-        args.append(cursor)
-    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?"
-    with store.registry.connect() as db:
-        return [_job(r) for r in db.execute(sql, (*args, limit))]
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404), operation_id="getJob")
