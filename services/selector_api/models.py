@@ -160,9 +160,12 @@ def _source(text: str | None) -> dict[str, Any] | None:
 
 
 class VersionList(BaseModel):
+    """One page of versions, oldest first; ``next`` links the following (newer) page."""
+
     name: str
     promoted_version: int | None
     versions: list[VersionOut]
+    next: str | None = Field(None, description="The next page's URL (path and query); null on the last page")
 
 
 class FeatureSetSummary(BaseModel):
@@ -174,7 +177,10 @@ class FeatureSetSummary(BaseModel):
 
 
 class FeatureSetList(BaseModel):
+    """One page of feature sets, by name; ``next`` links the following page."""
+
     feature_sets: list[FeatureSetSummary]
+    next: str | None = Field(None, description="The next page's URL (path and query); null on the last page")
 
 
 class PromoteRequest(BaseModel):

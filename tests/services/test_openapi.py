@@ -74,7 +74,7 @@ OPERATIONS = {
     ("get", "/v1/jobs/{job_id}"): ("getJob", {404}),
     ("delete", "/v1/jobs/{job_id}"): ("cancelJob", {401, 404, 409, 429}),
     ("post", "/v1/jobs/{job_id}/resubmit"): ("resubmitJob", {401, 404, 409, 422, 429, 503}),
-    ("get", "/v1/feature-sets"): ("listFeatureSets", {429}),
+    ("get", "/v1/feature-sets"): ("listFeatureSets", {422, 429}),
     ("get", "/v1/feature-sets/{name}"): ("getFeatureSet", {404, 422}),
     ("get", "/v1/feature-sets/{name}/versions"): ("listFeatureSetVersions", {404, 422, 429}),
     ("get", "/v1/feature-sets/{name}/versions/{version}"): ("getFeatureSetVersion", {404, 422}),

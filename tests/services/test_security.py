@@ -163,6 +163,27 @@ def test_jobs_are_listed_a_page_at_a_time_with_a_next_link(tmp_path: Path) -> No
         assert r.status_code == 422 and r.json()["field"] == "limit"
 
 
+def test_versions_and_feature_sets_are_listed_a_page_at_a_time(tmp_path: Path) -> None:
+    made = publish_versions(tmp_path, "ctr", tuple(0.6 + i / 100 for i in range(5)))
+    for name in ("a1", "b2", "c3"):
+        publish_versions(tmp_path, name, (0.7,))
+    with _app(tmp_path) as c:
+        seen, url = [], "/v1/feature-sets/ctr/versions?limit=2"
+        while url:
+            page = c.get(url).json()
+            assert len(page["versions"]) <= 2 and page["promoted_version"] is not None
+            seen += [v["version"] for v in page["versions"]]
+            url = page["next"]
+        assert seen == made  # oldest first, each version once
+        names, url = [], "/v1/feature-sets?limit=3"
+        while url:
+            page = c.get(url).json()
+            names += [f["name"] for f in page["feature_sets"]]
+            url = page["next"]
+        assert names == ["a1", "b2", "c3", "ctr"]
+        assert c.get("/v1/feature-sets/ctr/versions", params={"limit": 201}).json()["field"] == "limit"
+
+
 # -- bodies that used to answer 500 ---------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ Example (with httpx)::
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -72,17 +73,27 @@ def _known(service: ServiceDep, name: str) -> None:
     service.store.require_name(name)
 
 
-@router.get("", response_model=FeatureSetList, responses=error_responses(429), operation_id="listFeatureSets")
-def list_feature_sets(service: ServiceDep, charge: ListBudget) -> FeatureSetList:
-    """Every feature-set name with its promoted and latest version."""
+MAX_PAGE = 200  # entries per page of the list routes
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Entries per page, at most {MAX_PAGE}")]
+
+
+@router.get("", response_model=FeatureSetList, responses=error_responses(422, 429), operation_id="listFeatureSets")
+def list_feature_sets(service: ServiceDep, charge: ListBudget, limit: PageLimit = 100,
+                      after: Annotated[str | None, Query(max_length=128, description=(
+                          "Where the page starts: the last name of the previous page"))] = None) -> FeatureSetList:
+    """Feature-set names in order, a page at a time, each with its promoted and latest version."""
+    names = [n for n in service.store.registry.names() if after is None or n > after]
+    page = names[:limit]
     out = []
-    for name in service.store.registry.names():
+    for name in page:
         versions = service.store.registry.versions(name)
         promoted = next((v.version for v in versions if v.promoted), None)
         out.append(FeatureSetSummary(name=name, promoted_version=promoted, latest_version=versions[-1].version,
                                      versions=len(versions), href=f"/v1/feature-sets/{name}"))
     charge(len(out))
-    return FeatureSetList(feature_sets=out)
+    more = len(names) > limit
+    return FeatureSetList(feature_sets=out, next=f"/v1/feature-sets?{urlencode({'limit': limit, 'after': page[-1]})}"
+                          if more else None)
 
 
 @router.get("/{name}", responses={**error_responses(404, 422), **FEATURE_SET_JSON}, response_class=Response,
@@ -104,13 +115,21 @@ async def get_promoted(name: NamePath, request: Request) -> Response:
 
 @router.get("/{name}/versions", response_model=VersionList, responses=error_responses(404, 422, 429),
             operation_id="listFeatureSetVersions")
-def list_versions(name: NamePath, service: ServiceDep, charge: ListBudget) -> VersionList:
-    """Every version, oldest first, with its metrics, promotion decision and stability."""
+def list_versions(name: NamePath, service: ServiceDep, charge: ListBudget, limit: PageLimit = 100,
+                  after: Annotated[int, Query(ge=0, le=2**31, description=(
+                      "Where the page starts: versions after this number (the previous page's last)"))] = 0,
+                  ) -> VersionList:
+    """Versions oldest first, a page at a time, with their metrics, promotion decision and stability."""
     check_name(name)
     versions = service.store.require_name(name)
-    charge(len(versions))
     promoted = next((v.version for v in versions if v.promoted), None)
-    return VersionList(name=name, promoted_version=promoted, versions=[VersionOut.of(v) for v in versions])
+    later = [v for v in versions if v.version > after]
+    page = later[:limit]
+    charge(len(page))
+    more = len(later) > limit
+    return VersionList(name=name, promoted_version=promoted, versions=[VersionOut.of(v) for v in page],
+                       next=f"/v1/feature-sets/{name}/versions?{urlencode({'limit': limit, 'after': page[-1].version})}"
+                       if more else None)
 
 
 @router.get("/{name}/versions/{version}", responses={**error_responses(404, 422), **FEATURE_SET_JSON},
