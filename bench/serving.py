@@ -64,6 +64,8 @@ class ServingBench:
     goal_p99_ms: float = 2.0
     dashboard_pairs: int = 5  # (closed, open) runs at the goal rate, in alternating order
     dashboard_jobs: int = 60  # finished jobs in the store, so the jobs page has rows to render
+    flood_clients: int = 16  # clients listing jobs in a loop beside the serving load
+    flood_jobs: int = 1000  # jobs in the flooded service's store (a full page is 200 of them)
 
 
 @dataclass
@@ -123,14 +125,17 @@ class Server:
     """``seqattn serve`` (or, ``bare_bytes`` given, :func:`bare_app` under uvicorn) in a child process
     on a free loopback port; stopped by its own pid."""
 
-    def __init__(self, home: Path, log_path: Path, bare_bytes: int | None = None) -> None:
+    def __init__(self, home: Path, log_path: Path, bare_bytes: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
         self.home, self.log_path, self.bare_bytes = home, log_path, bare_bytes
+        self.settings = settings or {}
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEQATTN_")}
         env.update({"SEQATTN_HOME": str(self.home), "SEQATTN_API_KEY": "bench-key", "PYTHONWARNINGS": "ignore"})
+        env.update(self.settings)
         argv = [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-level", "warning"]
         if self.bare_bytes is not None:
@@ -279,6 +284,7 @@ def closed_loop(port: int, path: str, seconds: float, connections: int, scenario
 
 # --- a dashboard client ------------------------------------------------------------------------
 
+FLOOD_PATH = "/v1/jobs?limit=200"
 DASHBOARD_PAGES = ("/dashboard", f"/dashboard/feature-sets/{NAME}", f"/dashboard/feature-sets/{NAME}/versions/1",
                    "/dashboard/jobs", "/dashboard/schedules")
 
@@ -307,27 +313,37 @@ def poll_dashboard(port: int, seconds: float, out: str) -> None:
     Path(out).write_text(json.dumps(latencies))
 
 
-class DashboardClient:
-    """:func:`poll_dashboard` in a child process, started and waited for by the ``with`` block."""
+def flood_jobs_list(port: int, seconds: float, connections: int, out: str) -> None:
+    """A careless script: ``connections`` clients listing jobs as fast as answers come back, the
+    largest page each time; prints ``ready``, then writes the statuses it got to ``out`` (JSON)."""
+    print("ready", flush=True)
+    r = closed_loop(port, FLOOD_PATH, seconds, connections, "flood", max_requests=10**9)
+    Path(out).write_text(json.dumps({"requests": len(r.latencies), "statuses": r.statuses}))
 
-    def __init__(self, port: int, seconds: float, out: Path) -> None:
-        self.port, self.seconds, self.out = port, seconds, out
+
+class ChildClient:
+    """``bench.serving.<target>(port, seconds, *args, out)`` in a child process, started (once it
+    printed ``ready``) and waited for by the ``with`` block; :meth:`result` reads ``out``."""
+
+    def __init__(self, target: str, port: int, seconds: float, out: Path, *args: object) -> None:
+        self.target, self.port, self.seconds, self.out, self.args = target, port, seconds, out, args
         self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> DashboardClient:
-        code = f"from bench.serving import poll_dashboard; poll_dashboard({self.port}, {self.seconds}, {str(self.out)!r})"
+    def __enter__(self) -> ChildClient:
+        call = ", ".join(map(repr, (self.port, self.seconds, *self.args, str(self.out))))
+        code = f"from bench.serving import {self.target}; {self.target}({call})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("the dashboard client did not start")
+            raise RuntimeError(f"the {self.target} client did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.wait(timeout=self.seconds + 60)
 
-    def latencies(self) -> np.ndarray:
-        return np.array(json.loads(self.out.read_text()))
+    def result(self) -> object:
+        return json.loads(self.out.read_text())
 
 
 def plant_jobs(home: Path, n: int) -> None:
@@ -397,6 +413,7 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
         closed_loop(bare.port, path, 5.0, cfg.connections, "warm-up", max_requests=cfg.warmup_requests)
         results.append(open_loop(bare.port, path, cfg.goal_rate, cfg.seconds, cfg.connections,
                                  "reference: bare ASGI app, same bytes"))
+    floods = flood_runs(cfg, work, log)
     load_after = os.getloadavg()[0]
     served = {le: after[le] - before.get(le, 0.0) for le in after}
     n_served = served.get(float("inf"), 0.0)
@@ -448,8 +465,61 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
         f"{parser} and {loop_name}. Warm-up: {cfg.warmup_requests:,} requests before measuring.",
         "",
         *dashboard_lines(cfg, pairs),
+        "",
+        *flood_lines(cfg, floods),
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FloodRun:
+    """The serving open loop on one server without and then with the jobs-list flood beside it."""
+
+    label: str
+    quiet: LoadResult
+    flooded: LoadResult
+    flood: dict  # what the flooding clients got: requests, statuses
+
+
+def flood_runs(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> list[FloodRun]:
+    """The same store served with the rate limits as shipped and with the list limit turned off."""
+    home = work / "flood-home"
+    Registry(home).publish(sample_feature_set(cfg.features, cfg.candidates))
+    plant_jobs(home, cfg.flood_jobs)
+    path = f"/v1/feature-sets/{NAME}"
+    runs = []
+    for k, (label, settings) in enumerate((("rate limits as shipped", {}),
+                                           ("list rate limit off", {"SEQATTN_RATE_LIMIT_LIST_ROWS": ""}))):
+        with Server(home, work / f"flood-{k}.log", settings=settings) as server:
+            closed_loop(server.port, path, 5.0, cfg.connections, "warm-up", max_requests=cfg.warmup_requests)
+            log(f"serving: {cfg.goal_rate} req/s without and with {cfg.flood_clients} clients listing jobs ({label})")
+            quiet = open_loop(server.port, path, cfg.goal_rate, cfg.seconds, cfg.connections, "no flood")
+            with ChildClient("flood_jobs_list", server.port, cfg.seconds + 1.0, work / f"flood-{k}.json",
+                             cfg.flood_clients) as flood:
+                flooded = open_loop(server.port, path, cfg.goal_rate, cfg.seconds, cfg.connections, "flood")
+            runs.append(FloodRun(label, quiet, flooded, flood.result()))  # type: ignore[arg-type]
+    return runs
+
+
+def flood_lines(cfg: ServingBench, runs: list[FloodRun]) -> list[str]:
+    """The report's part on a client flooding the list route."""
+    rows = [f"| {r.label} | {r.quiet.ms(0.5):.3f} | {r.quiet.ms(0.99):.3f} | {r.flooded.ms(0.5):.3f} | "
+            f"{r.flooded.ms(0.99):.3f} | {r.flooded.ms(0.99) / r.quiet.ms(0.99):.2f} | {r.flood['requests']:,} | "
+            f"{', '.join(f'{k}: {v:,}' for k, v in sorted(r.flood['statuses'].items()))} |" for r in runs]
+    return [
+        "### With a client flooding the jobs list",
+        "",
+        f"The open loop at {cfg.goal_rate:,} req/s for {cfg.seconds:g} s on a service holding {cfg.flood_jobs:,} jobs, "
+        f"first alone, then beside {cfg.flood_clients} connections of another process that ask for "
+        f"`GET {FLOOD_PATH}` (the largest page) as fast as answers come back. Once with the rate limits as shipped "
+        "(`SEQATTN_RATE_LIMIT_LIST_ROWS`: rows listed per client and minute), once on a second server of the "
+        "same store with that limit turned off. All clients are on 127.0.0.1, so they are one client to the limit.",
+        "",
+        "| server | alone p50 ms | alone p99 ms | flooded p50 ms | flooded p99 ms | p99 flooded / alone "
+        "| flood requests | flood statuses |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ]
 
 
 @dataclass
@@ -484,10 +554,10 @@ def dashboard_pair(port: int, path: str, cfg: ServingBench, k: int, work: Path,
                                                "dashboard closed"))
 
     def opened() -> tuple[tuple[LoadResult, float], np.ndarray]:
-        with DashboardClient(port, cfg.seconds + 1.0, work / f"dashboard-{k}.json") as dashboard:
+        with ChildClient("poll_dashboard", port, cfg.seconds + 1.0, work / f"dashboard-{k}.json") as dashboard:
             out = _within(port, lambda: open_loop(port, path, cfg.goal_rate, cfg.seconds, cfg.connections,
                                                   "dashboard open"))
-        return out, dashboard.latencies()
+        return out, np.array(dashboard.result())
 
     if k % 2 == 0:
         c, (o, pages) = closed(), opened()
