@@ -30,14 +30,16 @@ def cell(args: tuple[str, str, int, int | None, int, int, bool]) -> dict[str, ob
     import torch
 
     torch.set_num_threads(1)
-    import pipelines.job as job
+    import pipelines.stages as stages
+    from pipelines.job import run_job
     from pipelines.spec import load_spec
     from seqattn_core.crosses import bucket_budget
 
-    job.bucket_budget = bucket_budget if budgeted else lambda rows: FLAT  # set every time: pool workers are reused
-    fs = job.run_job(load_spec({"name": "buckets", "dataset": {"path": path, "label": "label"},
-                                "selection": {"features": features, "crosses": crosses, "embedding_dims": []},
-                                "training": {"epochs": 2, "batch_size": batch, "seed": seed}}))
+    # plan_job (pipelines.stages) sizes the crosses; set every time: pool workers are reused
+    stages.bucket_budget = bucket_budget if budgeted else lambda rows: FLAT
+    fs = run_job(load_spec({"name": "buckets", "dataset": {"path": path, "label": "label"},
+                            "selection": {"features": features, "crosses": crosses, "embedding_dims": []},
+                            "training": {"epochs": 2, "batch_size": batch, "seed": seed}}))
     return {"data": name, "crosses": crosses, "seed": seed, "budgeted": budgeted, "auc": fs.metrics.val_auc,
             "picked": ", ".join(f"{a} x {b} ({c.buckets:,})" for c in fs.crosses for a, b in [c.features]) or "none"}
 

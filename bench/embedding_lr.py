@@ -27,14 +27,14 @@ def _run(args: tuple) -> dict[str, object]:
 
     torch.set_num_threads(1)
     import pipelines.engine as engine
-    from bench.lem import LEMBench, Problem, _config, _spec, _train_eval
+    from bench.lem import LEMBench, Problem, job_spec, model_config, train_eval
     from pipelines.dataset import load_dataset
 
     name, path, epochs, batch, seed, scale = args
     engine.EMBEDDING_LR_SCALE = scale  # read by engine.place when the optimizers are built
-    spec = _spec(Problem(name, path, ""), LEMBench(epochs=epochs, batch_size=batch), seed)
+    spec = job_spec(Problem(name, path, ""), LEMBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
-    metrics = _train_eval(data, spec, _config(data))
+    metrics = train_eval(data, spec, model_config(data))
     return {"problem": f"{name}, {epochs} epoch(s), batch {batch}", "seed": seed, "scale": scale,
             "auc": metrics["auc"], "logloss": metrics["logloss"]}
 

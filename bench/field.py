@@ -6,7 +6,7 @@ from scratch on the top ``k`` fields and scored on held-out rows. Here:
 
 * **one model for all.** Ranking and retraining use the product's TorchRec LEM
   (``EmbeddingBagCollection`` under ``DistributedModelParallel``, FBGEMM fused CPU kernels, DCN-v2
-  tower), trained by the product's one loop; the retrained model is :func:`bench.lem._train_eval`,
+  tower), trained by the product's one loop; the retrained model is :func:`bench.lem.train_eval`,
   the same call section c uses.
 * **one split per seed.** The seed fixes the train/validation split (80/20) and the initialisation.
   Rankers see only the train split (its first 80 % to train, its last 20 % as held-out search
@@ -22,7 +22,6 @@ with the number of candidates and with rows (timing only).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,12 +32,12 @@ import numpy as np
 import pandas as pd
 
 from bench.datasets import CRITEO, FRAPPE, sample_path
-from bench.field_methods import (DIM_CHOICES, METHODS, Ranking, Search, _all_features_model, rank_greedy,
+from bench.field_methods import (DIM_CHOICES, METHODS, Ranking, Search, all_features_model, rank_greedy,
                                  split_search, subset_config)
-from bench.lem import _config, _train_eval
+from bench.lem import model_config, train_eval
 from pipelines.dataset import EncodedDataset, load_dataset
-from pipelines.job import _fit, _outcome, _source, plan_job
 from pipelines.spec import JobSpec, load_spec
+from pipelines.stages import batch_source, fit, plan_job, selection_outcome
 from pipelines.synth import write_synth
 from seqattn_core.dimensions import heuristic_dims
 
@@ -115,7 +114,8 @@ def problems(cfg: FieldBench, work: Path) -> list[Problem]:
     return out
 
 
-def _spec(problem: Problem, seed: int) -> JobSpec:
+def job_spec(problem: Problem, seed: int) -> JobSpec:
+    """The JobSpec of ``problem`` at ``seed``: every field kept, the problem's epochs and batch size."""
     return load_spec({"name": "bench", "dataset": {"path": problem.path, "label": "label"},
                       "selection": {"features": None, "crosses": 0, "embedding_dims": []},
                       "training": {"epochs": problem.epochs, "batch_size": problem.batch_size, "seed": seed}})
@@ -155,7 +155,7 @@ class Retrainer:
         key = (frozenset(kept), crosses, tuple(sorted(dims.items())))
         if key not in self.cache:
             config = subset_config(self.data, fields, crosses, dims, self.spec.training.embedding_dim)
-            self.cache[key] = {**_train_eval(self.data, self.spec, config), "crosses": len(crosses)}
+            self.cache[key] = {**train_eval(self.data, self.spec, config), "crosses": len(crosses)}
             self.runs += 1
         return self.cache[key]
 
@@ -164,7 +164,7 @@ def run_problem(problem: Problem, cfg: FieldBench, log: Callable[[str], None]) -
     """(one row per method x seed x k: the retrained model's metrics; one row per method x seed: the ranking)."""
     rows, rankings = [], []
     for seed in cfg.seeds:
-        spec = _spec(problem, seed)
+        spec = job_spec(problem, seed)
         data = load_dataset(spec.dataset, seed=seed)
         search = Search(split_search(data), spec)
         fields = search.fields
@@ -172,7 +172,7 @@ def run_problem(problem: Problem, cfg: FieldBench, log: Callable[[str], None]) -
         ks = k_grid(problem, n, cfg.full_curve)
         retrain = Retrainer(data, spec)
         # One plain run: the all-features LEM trained on the search rows (SHARK and permutation reuse it).
-        plain_s = _all_features_model(search).train_seconds
+        plain_s = all_features_model(search).train_seconds
         for name in cfg.methods:
             if name == "greedy" and problem.name not in cfg.greedy_problems:
                 continue
@@ -198,32 +198,32 @@ def dimensions(problem: Problem, seeds: Sequence[int], log: Callable[[str], None
     blocks under memory budgets; every field kept (a budget may make the blocks drop some)."""
     rows = []
     for seed in seeds:
-        spec = _spec(problem, seed)
+        spec = job_spec(problem, seed)
         data = load_dataset(spec.dataset, seed=seed)
         log(f"g: {problem.name} seed {seed}: dimensions")
         cards = {n: data.cardinalities[n] for n in data.sparse_names}
         for width in DIM_CHOICES:
             rows.append({"seed": seed, "variant": "fixed", "setting": f"{width}",
-                         **_train_eval(data, spec, _config(data, embedding_dim=width))})
+                         **train_eval(data, spec, model_config(data, embedding_dim=width))})
         for base in DIM_CHOICES[1:]:
             dims = heuristic_dims("power_law", cards, tuple(d for d in DIM_CHOICES if d <= base))
             rows.append({"seed": seed, "variant": "power law (Ginart)", "setting": f"base {base}",
-                         **_train_eval(data, spec, _config(data, dims=dims))})
+                         **train_eval(data, spec, model_config(data, dims=dims))})
         search = split_search(data)
-        ref = _config(data, embedding_dim=16).embedding_bytes()
+        ref = model_config(data, embedding_dim=16).embedding_bytes()
         for share in (0.5, 0.75, 1.0):
             sel_spec = spec.model_copy(update={
                 "selection": spec.selection.model_copy(update={"embedding_dims": list(DIM_CHOICES)}),
                 "constraints": spec.constraints.model_copy(update={"max_embedding_mb": share * ref / 2**20})})
             start = time.perf_counter()
             plan = plan_job(sel_spec, search)
-            src = _source(search.train, search, plan.search.dense, tuple(search.sparse_names), ())
-            placed, _ = _fit(plan.search, plan.selection, src, sel_spec, "selection", None)
-            outcome = _outcome(placed.model, 0.0)
+            src = batch_source(search.train, search, plan.search.dense, tuple(search.sparse_names), ())
+            placed, _ = fit(plan.search, plan.selection, src, sel_spec, "selection", None)
+            outcome = selection_outcome(placed.model, 0.0)
             names = list(search.dense_names) + list(search.sparse_names)
             kept = [names[i] for i in outcome.kept]
             config = subset_config(data, kept, dims=dict(outcome.dims))
-            metrics = _train_eval(data, spec, config)
+            metrics = train_eval(data, spec, config)
             rows.append({"seed": seed, "variant": "Sequential Attention blocks", "setting": f"budget {share:.2f} x fixed 16",
                          **metrics, "select_s": time.perf_counter() - start - metrics["seconds"],
                          "fields": len(kept)})
@@ -246,7 +246,7 @@ def scale(cfg: FieldBench, work: Path, log: Callable[[str], None]) -> pd.DataFra
         if not path.exists():
             write_synth(path, rows=n_rows, seed=0, n_noise=n_fields - 15)
         problem = Problem("scale", str(path), "", cfg.scale_epochs, 512, ())
-        spec = _spec(problem, 0)
+        spec = job_spec(problem, 0)
         log(f"g: scale {n_fields} fields x {n_rows:,} rows")
         data = load_dataset(spec.dataset, seed=0)
         search = Search(split_search(data), spec)
@@ -254,11 +254,11 @@ def scale(cfg: FieldBench, work: Path, log: Callable[[str], None]) -> pd.DataFra
         sel_spec = spec.model_copy(update={"selection": spec.selection.model_copy(update={"features": k})})
         start = time.perf_counter()
         plan = plan_job(sel_spec, search.data)
-        src = _source(search.data.train, search.data, plan.search.dense, tuple(search.data.sparse_names), ())
-        _, fit_s = _fit(plan.search, plan.selection, src, sel_spec, "selection", None)
+        src = batch_source(search.data.train, search.data, plan.search.dense, tuple(search.data.sparse_names), ())
+        _, fit_s = fit(plan.search, plan.selection, src, sel_spec, "selection", None)
         select_s = time.perf_counter() - start
         start = time.perf_counter()
-        _, plain_s = _fit(plan.base, None, src, spec, "plain", None)
+        _, plain_s = fit(plan.base, None, src, spec, "plain", None)
         plain_wall = time.perf_counter() - start
         mi_s = rank_mutual_info(search).seconds
         rows.append({"axis": axis, "fields": n_fields, "rows": n_rows, "train_rows": len(search.data.train),
@@ -270,13 +270,13 @@ def scale(cfg: FieldBench, work: Path, log: Callable[[str], None]) -> pd.DataFra
 PLACEMENT_PROBE = """
 import sys, time, torch
 torch.set_num_threads(1)
-from bench.lem import _config
+from bench.lem import model_config
 from pipelines.dataset import load_dataset
 from pipelines.engine import place
 from pipelines.spec import DatasetSpec
 from seqattn_core.lem import LargeEmbeddingModel
 data = load_dataset(DatasetSpec(path=sys.argv[1], label="label"), seed=0)
-model = LargeEmbeddingModel(_config(data), None, device=torch.device("meta"))
+model = LargeEmbeddingModel(model_config(data), None, device=torch.device("meta"))
 start = time.perf_counter()
 place(model, 0.01)
 print("PLACED", time.perf_counter() - start, len(data.sparse_names), sum(data.cardinalities.values()), flush=True)
@@ -304,32 +304,3 @@ def placement_probe(n_fields: int, rows: int, timeout_s: float, work: Path) -> d
                 "error": done.stderr.strip().splitlines()[-1:] or ["no output"]}
     _, secs, tables, ids = line[0].split()
     return {"fields": n_fields, "rows": rows, "placed": True, "seconds": float(secs), "tables": int(tables), "ids": int(ids)}
-
-
-def _slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Exponent b of y ~ x^b (least squares on logs)."""
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
-
-
-def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
-    # Timing-only scale points first: the quickest to fail (TorchRec's planner on many tables).
-    sc = scale(cfg, work, log) if cfg.scale_candidates else pd.DataFrame()
-    probe = None
-    if cfg.placement_probe_fields:
-        log(f"g: placement probe, {cfg.placement_probe_fields} fields (at most {cfg.placement_timeout_s:.0f} s)")
-        probe = placement_probe(cfg.placement_probe_fields, cfg.scale_candidate_rows, cfg.placement_timeout_s, work)
-    probs = problems(cfg, work)
-    curves, rankings = [], []
-    for problem in probs:
-        c, r = run_problem(problem, cfg, log)
-        curves.append(c); rankings.append(r)
-    curves_df, rank_df = pd.concat(curves, ignore_index=True), pd.concat(rankings, ignore_index=True)
-    dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems], ignore_index=True) \
-        if cfg.dim_problems else pd.DataFrame()
-    keep = os.environ.get("SEQATTN_BENCH_KEEP")  # a folder to keep the raw frames in (re-rendering, checks)
-    if keep:
-        pd.to_pickle({"curves": curves_df, "rankings": rank_df, "dims": dim_df, "scale": sc, "probe": probe},
-                     Path(keep) / "field.pkl")
-    from bench.field_report import render  # the report imports this module
-
-    return render(cfg, probs, curves_df, rank_df, dim_df, sc, probe, img_dir)

@@ -13,7 +13,7 @@ tables, DCN-v2 tower, FBGEMM fused kernels under ``DistributedModelParallel``) w
 :class:`FieldGate` between the pooled embeddings and the tower, placed by
 :func:`pipelines.engine.place` and trained by the product's one loop
 (:func:`seqattn_core.training.train`). Sequential Attention and one-shot attention are the job's own
-gated run (:func:`pipelines.job.plan_job` + :func:`pipelines.job._fit`).
+gated run (:func:`pipelines.stages.plan_job` + :func:`pipelines.stages.fit`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from bench.lem import _config, _train_eval
-from pipelines.dataset import EncodedDataset, EncodedSplit, _take_jagged
+from bench.lem import model_config, train_eval
+from pipelines.dataset import EncodedDataset, EncodedSplit, take_jagged
 from pipelines.engine import Placed, place
-from pipelines.job import _fit, _outcome, _source, plan_job
 from pipelines.spec import JobSpec
+from pipelines.stages import batch_source, fit, plan_job, selection_outcome
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig
@@ -82,13 +82,13 @@ def split_search(data: EncodedDataset, holdout: float = 0.2) -> EncodedDataset:
 
 
 def _rows(split: EncodedSplit, rows: np.ndarray) -> EncodedSplit:
-    sparse = {k: _take_jagged(v, l, rows) for k, (v, l) in split.sparse.items()}
+    sparse = {k: take_jagged(v, l, rows) for k, (v, l) in split.sparse.items()}
     return EncodedSplit(np.ascontiguousarray(split.dense[rows]), sparse, split.labels[rows], split.row_index[rows])
 
 
 def _all_sources(data: EncodedDataset, config: LEMConfig) -> tuple[BatchSource, BatchSource]:
     sparse = tuple(f.name for f in config.sparse)
-    return (_source(data.train, data, config.dense, sparse, ()), _source(data.valid, data, config.dense, sparse, ()))
+    return (batch_source(data.train, data, config.dense, sparse, ()), batch_source(data.valid, data, config.dense, sparse, ()))
 
 
 # -- the gated model ------------------------------------------------------------------------------
@@ -290,10 +290,10 @@ def _seed(spec: JobSpec, stage: str) -> None:
 def fit_gated(gate: FieldGate, data: EncodedDataset, spec: JobSpec, stage: str,
               on_step: Callable[[Placed, StepEvent], None] | None = None) -> tuple[Placed, float]:
     """Place and train a :class:`GatedLEM` of every field on ``data.train``: the same placement,
-    optimizers, seeding and loop as :func:`pipelines.job._fit`; ``on_step`` runs after every step."""
+    optimizers, seeding and loop as :func:`pipelines.stages.fit`; ``on_step`` runs after every step."""
     t = spec.training
     _seed(spec, stage)
-    config = _config(data, embedding_dim=t.embedding_dim)
+    config = model_config(data, embedding_dim=t.embedding_dim)
     model = GatedLEM(config, gate, device=torch.device("meta"))
     placed = place(model, t.learning_rate)
     src = _all_sources(data, config)[0]
@@ -323,8 +323,8 @@ def _job_spec(search: Search, **selection: Any) -> JobSpec:
     return search.spec.model_copy(update={"selection": search.spec.selection.model_copy(update=selection)})
 
 
-def _sequential(search: Search, crosses: bool, dims: bool, one_shot: bool = False,
-                warmup: float | None = None) -> Ranking:
+def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool = False,
+                       warmup: float | None = None) -> Ranking:
     """Sequential Attention's job: ONE gated run selects every field in order (``features`` = all),
     and optionally crosses and dimension blocks in the same run; ``one_shot`` takes the whole order
     at once from a single phase with no warm-up (the top-k of the trained gates); ``warmup``
@@ -337,9 +337,9 @@ def _sequential(search: Search, crosses: bool, dims: bool, one_shot: bool = Fals
     selection = replace(plan.selection, per_step=n, warmup=0.0) if one_shot else plan.selection
     if warmup is not None:
         selection = replace(selection, warmup=warmup)
-    train_src = _source(data.train, data, plan.search.dense, tuple(data.sparse_names), plan.crosses)
-    placed, _ = _fit(plan.search, selection, train_src, spec, "selection", None)
-    outcome = _outcome(placed.model, 0.0)
+    train_src = batch_source(data.train, data, plan.search.dense, tuple(data.sparse_names), plan.crosses)
+    placed, _ = fit(plan.search, selection, train_src, spec, "selection", None)
+    outcome = selection_outcome(placed.model, 0.0)
     seconds = time.perf_counter() - start
     order = [search.fields[i] for i in outcome.kept]
     order += [f for f in search.fields if f not in order]  # only if a budget stopped the race early
@@ -348,26 +348,26 @@ def _sequential(search: Search, crosses: bool, dims: bool, one_shot: bool = Fals
 
 
 def rank_sequential(search: Search) -> Ranking:
-    return _sequential(search, crosses=False, dims=False)
+    return sequential_ranking(search, crosses=False, dims=False)
 
 
 def rank_sequential_crosses(search: Search) -> Ranking:
-    return _sequential(search, crosses=True, dims=False)
+    return sequential_ranking(search, crosses=True, dims=False)
 
 
 def rank_sequential_dims(search: Search) -> Ranking:
-    return _sequential(search, crosses=True, dims=True)
+    return sequential_ranking(search, crosses=True, dims=True)
 
 
 def rank_oneshot(search: Search) -> Ranking:
-    return _sequential(search, crosses=False, dims=False, one_shot=True)
+    return sequential_ranking(search, crosses=False, dims=False, one_shot=True)
 
 
 def rank_autofield(search: Search) -> Ranking:
     data, t = search.data, search.spec.training
     gate = AutoFieldGate(len(search.fields), len(data.dense_names))
     arch_opt = torch.optim.Adam([gate.alpha], lr=t.learning_rate * 10)
-    held_out = _cycle(_all_sources(data, _config(data, embedding_dim=t.embedding_dim))[1], t.batch_size, t.seed)
+    held_out = _cycle(_all_sources(data, model_config(data, embedding_dim=t.embedding_dim))[1], t.batch_size, t.seed)
 
     def arch_step(placed: Placed, ev: StepEvent) -> None:
         # First-order DARTS: one step of the architecture logits on a held-out batch. The unwrapped
@@ -396,7 +396,7 @@ def _mean_over_held_out(placed: Placed, data: EncodedDataset, config: LEMConfig)
 
 def rank_adafs(search: Search) -> Ranking:
     data, t = search.data, search.spec.training
-    config = _config(data, embedding_dim=t.embedding_dim)
+    config = model_config(data, embedding_dim=t.embedding_dim)
     width = len(data.dense_names) + sum(config.table_dims().values())
     _seed(search.spec, "adafs-controller")  # the controller's initial weights, drawn before fit_gated seeds the model
     gate = AdaFSGate(len(search.fields), len(data.dense_names), width)
@@ -422,7 +422,7 @@ def rank_group_lasso(search: Search) -> Ranking:
     start = time.perf_counter()
     placed, _ = fit_gated(gate, data, search.spec, "group_lasso")
     gate.record = []
-    _mean_over_held_out(placed, data, _config(data, embedding_dim=t.embedding_dim))
+    _mean_over_held_out(placed, data, model_config(data, embedding_dim=t.embedding_dim))
     norms = torch.stack(gate.record).mean(0).sqrt().numpy()
     gate.record = None
     return Ranking(_ranked(search.fields, norms), time.perf_counter() - start, 1.0)
@@ -442,7 +442,9 @@ class AllFeaturesModel:
 _TRAINED: dict[int, AllFeaturesModel] = {}
 
 
-def _all_features_model(search: Search) -> AllFeaturesModel:
+def all_features_model(search: Search) -> AllFeaturesModel:
+    """The all-features model of ``search``, trained on first use and kept for the next caller
+    (one search's data at a time)."""
     key = id(search.data)
     if key not in _TRAINED:
         _TRAINED.clear()
@@ -450,7 +452,7 @@ def _all_features_model(search: Search) -> AllFeaturesModel:
         start = time.perf_counter()
         placed, _ = fit_gated(gate, search.data, search.spec, "all_features")
         seconds = time.perf_counter() - start  # wall time with placement, like every ranking's wall time
-        _TRAINED[key] = AllFeaturesModel(placed, gate, _config(search.data, embedding_dim=search.spec.training.embedding_dim),
+        _TRAINED[key] = AllFeaturesModel(placed, gate, model_config(search.data, embedding_dim=search.spec.training.embedding_dim),
                                          seconds)
     return _TRAINED[key]
 
@@ -460,7 +462,7 @@ def rank_shark(search: Search) -> Ranking:
     Recommender Systems", CIKM 2023), feature pruning: a field's importance is the first-order
     Taylor estimate of the loss change when its embedding is zeroed, ``|sum_b e_f . dL/de_f|``,
     accumulated over held-out batches of the trained all-features model."""
-    trained = _all_features_model(search)
+    trained = all_features_model(search)
     start = time.perf_counter()
     model, t = trained.placed.model, search.spec.training
     model.eval()  # no dropout/batch norm in the LEM; eval only stops any selection bookkeeping
@@ -491,11 +493,11 @@ class _FieldIndexModel:
         n_dense = len(self.data.dense_names)
         dense = np.stack([self.split.dense[X[:, j], j] for j in range(n_dense)], axis=1) if n_dense else \
             np.zeros((len(X), 0), np.float32)
-        sparse = {name: _take_jagged(*self.split.sparse[name], X[:, n_dense + i])
+        sparse = {name: take_jagged(*self.split.sparse[name], X[:, n_dense + i])
                   for i, name in enumerate(self.data.sparse_names)}
         split = EncodedSplit(dense, sparse, self.split.labels, self.split.row_index)
         cfg = self.trained.config
-        src = _source(split, self.data, cfg.dense, tuple(f.name for f in cfg.sparse), ())
+        src = batch_source(split, self.data, cfg.dense, tuple(f.name for f in cfg.sparse), ())
         probs, _ = predict(self.trained.placed.forward, src.batches(EVAL_BATCH))
         return probs
 
@@ -504,7 +506,7 @@ def rank_permutation(search: Search, n_repeats: int = 5) -> Ranking:
     """Permutation importance (Breiman, "Random Forests", Machine Learning 2001) of the trained
     all-features model on the held-out rows: the drop in AUC when one field is shuffled, by
     :func:`sklearn.inspection.permutation_importance` (``n_repeats`` shuffles per field)."""
-    trained = _all_features_model(search)
+    trained = all_features_model(search)
     start = time.perf_counter()
     split = search.data.valid
     X = np.tile(np.arange(len(split))[:, None], (1, len(search.fields)))
@@ -546,7 +548,7 @@ def rank_greedy(search: Search, max_k: int | None = None) -> Ranking:
         for f in fields:
             if f in chosen:
                 continue
-            auc = _train_eval(data, spec, subset_config(data, chosen + [f], embedding_dim=spec.training.embedding_dim))["auc"]
+            auc = train_eval(data, spec, subset_config(data, chosen + [f], embedding_dim=spec.training.embedding_dim))["auc"]
             runs += 1
             if auc > best_auc:
                 best, best_auc = f, auc
@@ -567,7 +569,7 @@ def rank_random(search: Search) -> Ranking:
 def subset_config(data: EncodedDataset, fields: list[str], crosses: tuple[CrossFeature, ...] = (),
                   dims: dict[str, int] | None = None, embedding_dim: int = 16) -> LEMConfig:
     """The LEM of exactly ``fields`` (+ ``crosses``), in the dataset's column order."""
-    base = _config(data, crosses=crosses, dims=dims, embedding_dim=embedding_dim)
+    base = model_config(data, crosses=crosses, dims=dims, embedding_dim=embedding_dim)
     keep = set(fields)
     return replace(base, dense=tuple(d for d in base.dense if d in keep),
                    sparse=tuple(s for s in base.sparse if s.name in keep))

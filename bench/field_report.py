@@ -1,10 +1,12 @@
 """Section g's report: the tables, the "what this means" readings and the plots, rendered from the
-raw frames of one run of :mod:`bench.field` (``render``), so a kept run can be re-rendered."""
+raw frames of one run of :mod:`bench.field` (``render``), so a kept run can be re-rendered; and the
+section's entry point, ``run``: the measurements of :mod:`bench.field`, then ``render``."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from bench import markdown_table, mean_std
-from bench.field import FRACTIONS, SA_METHODS, FieldBench, Problem, _slope, aukc, k_at
+from bench.field import (FRACTIONS, SA_METHODS, FieldBench, Problem, aukc, dimensions, k_at, placement_probe,
+                         problems, run_problem, scale)
 from bench.field_methods import METHODS
 from pipelines.engine import PLANNER_MAX_TABLES
 from seqattn_core.lem import warmup_for
@@ -207,6 +210,11 @@ def _plot_scale(sc: pd.DataFrame, path: Path) -> None:
         ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel(f"{label} (log)"); ax.set_ylabel("wall s (log)")
         ax.grid(alpha=0.3); ax.legend(fontsize=8)
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+
+def _slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Exponent b of y ~ x^b (least squares on logs)."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
 def render(cfg: FieldBench, probs: list[Problem], curves_df: pd.DataFrame, rank_df: pd.DataFrame, dim_df: pd.DataFrame,
@@ -408,3 +416,26 @@ def _scale_report(sc: pd.DataFrame, cfg: FieldBench, probe: dict[str, Any] | Non
                           "growth of the placement time above."]
     lines += ["", "![scale](img/field-scale.png)", ""]
     return lines
+
+
+def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
+    """Section g end to end: every measurement of :mod:`bench.field`, then :func:`render`."""
+    # Timing-only scale points first: the quickest to fail (TorchRec's planner on many tables).
+    sc = scale(cfg, work, log) if cfg.scale_candidates else pd.DataFrame()
+    probe = None
+    if cfg.placement_probe_fields:
+        log(f"g: placement probe, {cfg.placement_probe_fields} fields (at most {cfg.placement_timeout_s:.0f} s)")
+        probe = placement_probe(cfg.placement_probe_fields, cfg.scale_candidate_rows, cfg.placement_timeout_s, work)
+    probs = problems(cfg, work)
+    curves, rankings = [], []
+    for problem in probs:
+        c, r = run_problem(problem, cfg, log)
+        curves.append(c); rankings.append(r)
+    curves_df, rank_df = pd.concat(curves, ignore_index=True), pd.concat(rankings, ignore_index=True)
+    dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems], ignore_index=True) \
+        if cfg.dim_problems else pd.DataFrame()
+    keep = os.environ.get("SEQATTN_BENCH_KEEP")  # a folder to keep the raw frames in (re-rendering, checks)
+    if keep:
+        pd.to_pickle({"curves": curves_df, "rankings": rank_df, "dims": dim_df, "scale": sc, "probe": probe},
+                     Path(keep) / "field.pkl")
+    return render(cfg, probs, curves_df, rank_df, dim_df, sc, probe, img_dir)

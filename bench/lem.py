@@ -3,7 +3,7 @@ embedding dimensions buy against the simple alternatives.
 
 Every model here is the product's own LEM (TorchRec ``EmbeddingBagCollection`` under
 ``DistributedModelParallel``, FBGEMM's fused CPU kernels), trained by the product's own loop
-(:func:`pipelines.job._fit`) on the same train/validation split, with the same epochs and batch size.
+(:func:`pipelines.stages.fit`) on the same train/validation split, with the same epochs and batch size.
 
 * **Cost.** The gated selection run against a plain run of the very same model (same tables, same
   crosses, same widths, no gates): training rows/s of each, and the whole selection (cross
@@ -35,8 +35,9 @@ from sklearn.metrics import roc_auc_score
 from bench import markdown_table, mean_std
 from bench.datasets import FRAPPE, sample_path
 from pipelines.dataset import EncodedDataset, load_dataset
-from pipelines.job import _evaluate, _fit, _source, plan_job, run_job
+from pipelines.job import run_job
 from pipelines.spec import JobSpec, load_spec
+from pipelines.stages import batch_source, evaluate, fit, plan_job
 from pipelines.synth import write_synth
 from seqattn_core.batches import first_ids
 from seqattn_core.crosses import MAX_BUCKETS, CrossFeature, cross_buckets, prescreen_pairs  # section c: a flat cap
@@ -73,26 +74,30 @@ class Problem:
     note: str
 
 
-def _spec(problem: Problem, cfg: RunSettings, seed: int, **selection: Any) -> JobSpec:
+def job_spec(problem: Problem, cfg: RunSettings, seed: int, **selection: Any) -> JobSpec:
+    """The JobSpec of one benchmark run on ``problem`` at ``seed``: every feature kept and nothing
+    searched unless ``selection`` says so, with the section's epochs and batch size (sections c, f)."""
     return load_spec({"name": "bench", "dataset": {"path": problem.path, "label": "label"},
                       "selection": {"features": None, "crosses": 0, "embedding_dims": [], **selection},
                       "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": seed}})
 
 
-def _config(data: EncodedDataset, crosses: Sequence[CrossFeature] = (), dims: dict[str, int] | None = None,
-            embedding_dim: int = 16) -> LEMConfig:
+def model_config(data: EncodedDataset, crosses: Sequence[CrossFeature] = (), dims: dict[str, int] | None = None,
+                 embedding_dim: int = 16) -> LEMConfig:
+    """The LEM of every column of ``data`` plus ``crosses``, tables ``embedding_dim`` wide unless
+    ``dims`` gives a table its own width."""
     sparse_features = tuple(SparseFeature(n, data.cardinalities[n], n in data.multi_valued) for n in data.sparse_names)
     return LEMConfig(dense=tuple(data.dense_names), sparse=sparse_features, crosses=tuple(crosses),
                      embedding_dim=embedding_dim, embedding_dims=dims or {})
 
 
-def _train_eval(data: EncodedDataset, spec: JobSpec, config: LEMConfig,
-                selection: SelectionConfig | None = None) -> dict[str, float]:
+def train_eval(data: EncodedDataset, spec: JobSpec, config: LEMConfig,
+               selection: SelectionConfig | None = None) -> dict[str, float]:
     """Train ``config`` (gated when ``selection`` is given) and score it on the validation split."""
     sparse_names = tuple(f.name for f in config.sparse)
-    train_src = _source(data.train, data, config.dense, sparse_names, config.crosses)
-    placed, seconds = _fit(config, selection, train_src, spec, "bench", None)
-    metrics = _evaluate(placed, _source(data.valid, data, config.dense, sparse_names, config.crosses))
+    train_src = batch_source(data.train, data, config.dense, sparse_names, config.crosses)
+    placed, seconds = fit(config, selection, train_src, spec, "bench", None)
+    metrics = evaluate(placed, batch_source(data.valid, data, config.dense, sparse_names, config.crosses))
     return {"auc": metrics["auc"], "logloss": metrics["logloss"], "seconds": seconds,
             "rows_per_s": len(data.train) * spec.training.epochs / seconds, "mb": mb(config.embedding_bytes())}
 
@@ -106,9 +111,9 @@ def _all_pairs(data: EncodedDataset) -> list[CrossFeature]:
 # -- the three studies ----------------------------------------------------------------------------
 def cost(problem: Problem, cfg: LEMBench, seed: int) -> dict[str, float]:
     """Gated selection run vs a plain run of the same model (crosses + dims + features searched)."""
-    data = load_dataset(_spec(problem, cfg, seed).dataset, seed=seed)
+    data = load_dataset(job_spec(problem, cfg, seed).dataset, seed=seed)
     n_features = len(data.dense_names) + len(data.sparse_names)
-    spec = _spec(problem, cfg, seed, features=max(1, n_features // 2), crosses=cfg.crosses,
+    spec = job_spec(problem, cfg, seed, features=max(1, n_features // 2), crosses=cfg.crosses,
                  embedding_dims=list(DIM_CHOICES))
     plan = plan_job(spec, data)  # the job's own search space: pre-screened crosses, widest choice
     model, selection, prescreen_s = plan.search, plan.selection, plan.timings.get("prescreen_s", 0.0)
@@ -116,7 +121,7 @@ def cost(problem: Problem, cfg: LEMBench, seed: int) -> dict[str, float]:
     # so each variant gets one early and one late run and the mean of its two counts.
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "gated": []}
     for variant in ("plain", "gated", "gated", "plain"):
-        runs[variant].append(_train_eval(data, spec, model, selection if variant == "gated" else None))
+        runs[variant].append(train_eval(data, spec, model, selection if variant == "gated" else None))
     plain_s, gated_s = (float(np.mean([r["seconds"] for r in runs[v]])) for v in ("plain", "gated"))
     rows = len(data.train) * spec.training.epochs
     return {"plain_rows_per_s": rows / plain_s, "gated_rows_per_s": rows / gated_s,
@@ -126,14 +131,14 @@ def cost(problem: Problem, cfg: LEMBench, seed: int) -> dict[str, float]:
 
 def crosses(problem: Problem, cfg: LEMBench, seed: int) -> list[dict[str, Any]]:
     """AUC of retrained models with no crosses, all pairs, the pre-screen's top k, and Sequential Attention's k."""
-    spec = _spec(problem, cfg, seed)
+    spec = job_spec(problem, cfg, seed)
     data = load_dataset(spec.dataset, seed=seed)
-    ranked = plan_job(_spec(problem, cfg, seed, crosses=cfg.crosses), data).crosses
+    ranked = plan_job(job_spec(problem, cfg, seed, crosses=cfg.crosses), data).crosses
     rows = []
     for variant, chosen in (("no crosses", []), ("all pairs", _all_pairs(data)),
                             (f"pre-screen top {cfg.crosses}", ranked[: cfg.crosses])):
-        rows.append({"variant": variant, "crosses": len(chosen), **_train_eval(data, spec, _config(data, chosen))})
-    fs = run_job(_spec(problem, cfg, seed, crosses=cfg.crosses))
+        rows.append({"variant": variant, "crosses": len(chosen), **train_eval(data, spec, model_config(data, chosen))})
+    fs = run_job(job_spec(problem, cfg, seed, crosses=cfg.crosses))
     rows.append({"variant": f"Sequential Attention {cfg.crosses}", "crosses": len(fs.crosses),
                  "auc": fs.metrics.val_auc, "logloss": fs.metrics.val_logloss, "mb": fs.metrics.embedding_mb,
                  "seconds": fs.timings["selection_s"] + fs.timings["retrain_s"],
@@ -144,15 +149,15 @@ def crosses(problem: Problem, cfg: LEMBench, seed: int) -> list[dict[str, Any]]:
 
 def dimensions(problem: Problem, cfg: LEMBench, seed: int) -> list[dict[str, Any]]:
     """AUC and memory of fixed widths, cardinality rules, and Sequential Attention's blocks."""
-    spec = _spec(problem, cfg, seed)
+    spec = job_spec(problem, cfg, seed)
     data = load_dataset(spec.dataset, seed=seed)
     rows = []
     for width in (min(DIM_CHOICES), 16):
-        rows.append({"variant": f"fixed {width}", **_train_eval(data, spec, _config(data, embedding_dim=width))})
+        rows.append({"variant": f"fixed {width}", **train_eval(data, spec, model_config(data, embedding_dim=width))})
     for rule, label in (("merlin", "Merlin rule"), ("fastai", "fastai rule"), ("power_law", "power law (Ginart)")):
         dims = heuristic_dims(rule, {n: data.cardinalities[n] for n in data.sparse_names}, DIM_CHOICES)
-        rows.append({"variant": label, **_train_eval(data, spec, _config(data, dims=dims))})
-    fs = run_job(_spec(problem, cfg, seed, embedding_dims=list(DIM_CHOICES)))
+        rows.append({"variant": label, **train_eval(data, spec, model_config(data, dims=dims))})
+    fs = run_job(job_spec(problem, cfg, seed, embedding_dims=list(DIM_CHOICES)))
     rows.append({"variant": "Sequential Attention blocks", "auc": fs.metrics.val_auc, "logloss": fs.metrics.val_logloss,
                  "mb": fs.metrics.embedding_mb, "seconds": fs.timings["selection_s"] + fs.timings["retrain_s"],
                  "dims": {f.name: f.embedding_dim for f in fs.features if f.embedding_dim}})
@@ -162,7 +167,7 @@ def dimensions(problem: Problem, cfg: LEMBench, seed: int) -> list[dict[str, Any
 def pair_ground_truth(path: str, seed: int) -> pd.DataFrame:
     """Frappe: the pre-screen's gain per pair next to the AUC lift of adding that pair, alone, to a
     one-hot logistic regression of every field (one fit per pair: the expensive ground truth)."""
-    data = load_dataset(_spec(Problem("", path, ""), LEMBench(), seed).dataset, seed=seed)
+    data = load_dataset(job_spec(Problem("", path, ""), LEMBench(), seed).dataset, seed=seed)
     single = [n for n in data.sparse_names if n not in data.multi_valued]
     ranked = prescreen_pairs({n: first_ids(*data.train.sparse[n]) for n in single}, data.cardinalities,
                              data.train.labels, max_candidates=len(single) ** 2, seed=seed, min_gain=-np.inf)
@@ -194,7 +199,8 @@ def pair_ground_truth(path: str, seed: int) -> pd.DataFrame:
 
 
 # -- the report -----------------------------------------------------------------------------------
-def _problems(cfg: RunSettings, work: Path) -> list[Problem]:
+def make_problems(cfg: RunSettings, work: Path) -> list[Problem]:
+    """Sections c and f's data: Frappe (the sample data) and planted rows written under ``work``."""
     planted = work / "planted"
     truth = write_synth(planted, rows=cfg.planted_rows, seed=0, n_noise=cfg.planted_noise)
     n_cols = len(truth["dense"]) + len(truth["sparse"])
@@ -288,7 +294,7 @@ def _plot(cross_df: pd.DataFrame, dim_df: pd.DataFrame, path: Path) -> None:
 
 
 def run(cfg: LEMBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
-    problems = _problems(cfg, work)
+    problems = make_problems(cfg, work)
     costs, cross_rows, dim_rows = [], [], []
     for problem in problems:
         for seed in cfg.seeds:

@@ -26,11 +26,11 @@ from torch.utils import benchmark
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from bench import markdown_table, mean_std
-from bench.lem import Problem, _config, _problems, _spec, _train_eval
+from bench.lem import Problem, job_spec, make_problems, model_config, train_eval
 from pipelines.dataset import EncodedDataset, load_dataset
 from pipelines.engine import place
-from pipelines.job import _evaluate, _source
 from pipelines.spec import JobSpec
+from pipelines.stages import batch_source, evaluate
 from seqattn_core.lem import LargeEmbeddingModel, SelectionConfig
 from seqattn_core.pruning import BlockSparsifier, PruningConfig
 from seqattn_core.training import train
@@ -63,24 +63,24 @@ class PruningBench:
     heads_kept: tuple[int, ...] = (1, 2, 4)
 
 
-def _train(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None, inspect: bool = False) -> dict[str, object]:
+def train_pruned(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None, inspect: bool = False) -> dict[str, object]:
     """One run of the LEM (every feature, no crosses) with the tower pruned by ``pruning``. With
     ``inspect``, also the training rows' log-loss and :func:`kept_by_input` of the first pruned layer."""
-    config = _config(data)
+    config = model_config(data)
     names = tuple(f.name for f in config.sparse)
     t = spec.training
     torch.manual_seed(t.seed)
     model = LargeEmbeddingModel(config, None, device=torch.device("meta"), pruning=pruning)
     placed = place(model, t.learning_rate)
-    source = _source(data.train, data, config.dense, names, ())
+    source = batch_source(data.train, data, config.dense, names, ())
     steps = source.num_batches(t.batch_size)
     train(placed.forward, placed.model, placed.optimizer, lambda e: source.batches(t.batch_size, seed=t.seed * 1000 + e),
           steps, t.epochs, gate_optimizer=placed.optimizer)
-    metrics = _evaluate(placed, _source(data.valid, data, config.dense, names, ()))
+    metrics = evaluate(placed, batch_source(data.valid, data, config.dense, names, ()))
     achieved = model.pruner.block_sparsity() if model.pruner is not None else 0.0
     out: dict[str, object] = {"auc": metrics["auc"], "logloss": metrics["logloss"], "achieved": achieved}
     if inspect:
-        out["train_logloss"] = _evaluate(placed, source)["logloss"]
+        out["train_logloss"] = evaluate(placed, source)["logloss"]
         if model.pruner is not None:
             out["kept_by_input"] = kept_by_input(model, next(iter(source.batches(t.batch_size, seed=0))).sparse)
     return out
@@ -105,13 +105,13 @@ def kept_by_input(model: LargeEmbeddingModel, sparse: KeyedJaggedTensor) -> dict
 
 
 def quality(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, object]]:
-    spec = _spec(problem, cfg, seed)
+    spec = job_spec(problem, cfg, seed)
     data = load_dataset(spec.dataset, seed=seed)
-    rows = [{"method": "dense (no pruning)", "sparsity": 0.0, "block": 0, **_train(data, spec, None)}]
+    rows = [{"method": "dense (no pruning)", "sparsity": 0.0, "block": 0, **train_pruned(data, spec, None)}]
     for block, sparsity in itertools.product(cfg.blocks, cfg.sparsities):
         for label, settings in METHODS.items():
             pruning = PruningConfig(sparsity=sparsity, block=block, **settings)
-            rows.append({"method": label, "sparsity": sparsity, "block": block, **_train(data, spec, pruning)})
+            rows.append({"method": label, "sparsity": sparsity, "block": block, **train_pruned(data, spec, pruning)})
     return [{**r, "problem": problem.name, "seed": seed} for r in rows]
 
 
@@ -119,14 +119,14 @@ def heads(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, obje
     """AutoInt LEM with ``cfg.heads`` heads: Sequential Attention keeps k of them within one run
     (the dropped heads are switched off for the run's last phase), against a k-head model trained
     from scratch for the same epochs, and against all heads."""
-    spec = _spec(problem, cfg, seed)
+    spec = job_spec(problem, cfg, seed)
     data = load_dataset(spec.dataset, seed=seed)
-    full = replace(_config(data), interaction="autoint", heads=cfg.heads, head_dim=8)
-    rows = [{"variant": f"all {cfg.heads} heads", "k": cfg.heads, **_train_eval(data, spec, full)}]
+    full = replace(model_config(data), interaction="autoint", heads=cfg.heads, head_dim=8)
+    rows = [{"variant": f"all {cfg.heads} heads", "k": cfg.heads, **train_eval(data, spec, full)}]
     for k in cfg.heads_kept:
-        chosen = _train_eval(data, spec, full, SelectionConfig(features=None, heads=k))
+        chosen = train_eval(data, spec, full, SelectionConfig(features=None, heads=k))
         rows.append({"variant": "Sequential Attention", "k": k, **chosen})
-        rows.append({"variant": "trained with k heads", "k": k, **_train_eval(data, spec, replace(full, heads=k))})
+        rows.append({"variant": "trained with k heads", "k": k, **train_eval(data, spec, replace(full, heads=k))})
     return [{**r, "problem": problem.name, "seed": seed} for r in rows]
 
 
@@ -220,7 +220,7 @@ def _plot(sp: pd.DataFrame, path: Path) -> None:
 
 
 def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
-    problems = _problems(cfg, work)
+    problems = make_problems(cfg, work)
     rows, head_rows = [], []
     for problem in problems:
         for seed in cfg.seeds:
@@ -229,8 +229,8 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
             head_rows += heads(problem, cfg, seed)
     df, head_df = pd.DataFrame(rows), pd.DataFrame(head_rows)
     # The Frappe tower: dense projection (16) + 10 tables x 16 -> 256 -> 128.
-    data = load_dataset(_spec(problems[0], cfg, cfg.seeds[0]).dataset, seed=cfg.seeds[0])
-    config = _config(data)
+    data = load_dataset(job_spec(problems[0], cfg, cfg.seeds[0]).dataset, seed=cfg.seeds[0])
+    config = model_config(data)
     widths = (config.dense_dim * bool(config.dense) + sum(config.table_dims().values()),) + tuple(config.hidden)
     log("f: speed")
     sp = speed(widths, cfg)

@@ -62,22 +62,22 @@ LOGIT_RATES, RATE_SEEDS = (10.0, 25.0, 50.0), range(5)
 PAIRED_HEADER = ["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS]
 
 
-def _run(cell: tuple) -> dict[str, object]:
+def run_cell(cell: tuple) -> dict[str, object]:
     """One run: (study, problem, rows, path, seed, epochs, batch, sparsity, variant, PruningConfig settings)."""
     import torch
 
     torch.set_num_threads(1)
-    from bench.lem import Problem, _spec
-    from bench.pruning import PruningBench, _train
+    from bench.lem import Problem, job_spec
+    from bench.pruning import PruningBench, train_pruned
     from pipelines.dataset import load_dataset
     from seqattn_core.pruning import PruningConfig
 
     study, problem, rows, path, seed, epochs, batch, sparsity, variant, settings = cell
-    spec = _spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
+    spec = job_spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
     pruning = PruningConfig(sparsity=sparsity, **{"block": 8, **settings})  # bench.pruning_schedule sets block
     return {"study": study, "problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
-            "variant": variant, **settings, **_train(data, spec, pruning, inspect=study == "ranking"),
+            "variant": variant, **settings, **train_pruned(data, spec, pruning, inspect=study == "ranking"),
             "cardinalities": data.cardinalities}
 
 
@@ -338,7 +338,7 @@ def main() -> None:
         start = time.perf_counter()
         with get_context("spawn").Pool(args.procs) as pool:
             rows = []
-            for i, row in enumerate(pool.imap_unordered(_run, cells), 1):
+            for i, row in enumerate(pool.imap_unordered(run_cell, cells), 1):
                 rows.append(row)
                 print(f"{i}/{len(cells)} {row['problem']} seed {row['seed']} {row['variant']} {row['sparsity']}: "
                       f"{row['logloss']:.4f}", flush=True)

@@ -22,7 +22,7 @@ import pandas as pd
 from bench import markdown_table, pool_map, study_parser
 from bench.datasets import FRAPPE, sample_path
 from bench.pruning import MAGNITUDE, METHODS, SA, SA_LOGITS
-from bench.pruning_ablation import SPARSITIES, _run
+from bench.pruning_ablation import SPARSITIES, run_cell
 
 # (tile size, cycles); the first is section f's schedule.
 SCHEDULES = ((8, 2), (4, 2), (16, 2), (8, 1), (8, 3))
@@ -100,7 +100,7 @@ def main() -> None:
         planted = Path(work) / "planted"
         write_synth(planted, rows=100_000, seed=0, n_noise=6)  # section f's planted problem
         paths = {"planted": str(planted), "Frappe": str(sample_path(FRAPPE))}
-        rows, seconds = pool_map(_run, _cells(paths, range(FIRST_SEED, FIRST_SEED + args.seeds)), args.procs)
+        rows, seconds = pool_map(run_cell, _cells(paths, range(FIRST_SEED, FIRST_SEED + args.seeds)), args.procs)
     args.out.write_text(report(pd.DataFrame(rows), seconds, args.procs))
     print(f"wrote {args.out}")
 

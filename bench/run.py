@@ -99,9 +99,9 @@ def _needs_g(quick: bool) -> list[str]:
 
 
 def _section_g(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None]) -> str:
-    from bench import field
+    from bench import field_report
 
-    return field.run(_config_g(quick), img_dir, work, log)
+    return field_report.run(_config_g(quick), img_dir, work, log)
 
 
 # One entry per report section: (quick, img_dir, work_dir, log) -> markdown.
@@ -116,8 +116,8 @@ SECTIONS: dict[str, Callable[[bool, Path, Path, Callable[[str], None]], str]] = 
 NEEDS: dict[str, Callable[[bool], Sequence[str]]] = {
     "a": lambda quick: [FRAPPE],  # feature_selection.frappe_problem
     "b": lambda quick: [PAPER_FILES[name] for name in _config_b(quick).datasets],
-    "c": lambda quick: [FRAPPE],  # lem._problems: Frappe and planted
-    "f": lambda quick: [FRAPPE],  # pruning runs lem._problems
+    "c": lambda quick: [FRAPPE],  # lem.make_problems: Frappe and planted
+    "f": lambda quick: [FRAPPE],  # pruning runs lem.make_problems
     "g": _needs_g,  # Criteo and Frappe in full; quick mode runs only the planted problem
 }
 

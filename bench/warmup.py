@@ -35,10 +35,10 @@ def cell(problem: Problem, seed: int, warmups: Sequence[float] = WARMUPS) -> lis
 
     torch.set_num_threads(1)
     from bench import field
-    from bench.field_methods import Search, _sequential, split_search
+    from bench.field_methods import Search, sequential_ranking, split_search
     from pipelines.dataset import load_dataset
 
-    spec = field._spec(problem, seed)
+    spec = field.job_spec(problem, seed)
     data = load_dataset(spec.dataset, seed=seed)
     search = Search(split_search(data), spec)
     n = len(search.fields)
@@ -46,7 +46,7 @@ def cell(problem: Problem, seed: int, warmups: Sequence[float] = WARMUPS) -> lis
     retrain = field.Retrainer(data, spec)  # a field set shared by two orders trains once
     out = []
     for warmup in warmups:
-        ranking = _sequential(search, crosses=False, dims=False, warmup=warmup)
+        ranking = sequential_ranking(search, crosses=False, dims=False, warmup=warmup)
         aucs = [retrain(ranking.order[:k], ranking)["auc"] for k in ks]
         out.append({"problem": problem.name, "epochs": problem.epochs, "seed": seed, "warmup": warmup,
                     "aukc": field.aukc(ks, aucs, n), "auc_k1": aucs[0]})

@@ -35,7 +35,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from pipelines.engine import Placed
 from pipelines.errors import SpecError
-from pipelines.job import StageHooks
+from pipelines.stages import StageHooks
 
 T = TypeVar("T")
 

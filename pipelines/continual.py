@@ -53,11 +53,12 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import SpecError
-from pipelines.job import Event, run_job
+from pipelines.job import run_job
 from pipelines.limits import JobLimits
 from pipelines.registry import DEFAULT_EPSILON, Registry, VersionRecord
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec, Name, as_spec_error, load_spec
+from pipelines.stages import Event
 
 INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

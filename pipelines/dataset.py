@@ -199,7 +199,7 @@ def resolve_columns(schema: pa.Schema, spec: DatasetSpec, partition_columns: Seq
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
-def _parquet_files(root: Path) -> list[str]:
+def parquet_files(root: Path) -> list[str]:
     """Data files under ``root``: the ``*.parquet`` ones when there are any (so a truth.json or a
     README beside them is skipped), else every file (Hive writes names like ``000000_0``).
     Names starting with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are bookkeeping, never data."""
@@ -216,7 +216,7 @@ def _open(path: str, roots: DataRoots | None = None) -> pads.Dataset:
     root = Path(path)
     if not root.exists():
         raise SpecError("dataset.path", f"{path!r} not found (give a Parquet file or a directory of them)")
-    files = _parquet_files(root) if root.is_dir() else [str(root)]
+    files = parquet_files(root) if root.is_dir() else [str(root)]
     if not files:
         raise SpecError("dataset.path", f"no Parquet files in {path!r}")
     try:
@@ -297,7 +297,7 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return order[n_valid:], order[:n_valid]
 
 
-def _take_jagged(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def take_jagged(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The runs of ``rows`` (in that order) from a jagged (values, lengths) pair."""
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
@@ -357,7 +357,7 @@ def _encode_sparse(
     in_train[train_rows] = True
     kept, remap = _vocabulary(index[in_train[parents]], len(uniques))
     ids = remap[index]
-    return uniques.take(pa.array(kept)), [_take_jagged(ids, lengths, rows) for rows in splits]
+    return uniques.take(pa.array(kept)), [take_jagged(ids, lengths, rows) for rows in splits]
 
 
 def _check_informative(labels: np.ndarray, columns: Columns, dense_std: np.ndarray,

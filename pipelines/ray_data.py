@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, _parquet_files, resolve_columns
+from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, parquet_files, resolve_columns
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
@@ -83,7 +83,7 @@ def check_parquet(spec: DatasetSpec, roots: DataRoots | None = None) -> ParquetS
     root = Path(spec.path)
     if not root.exists():
         raise SpecError("dataset.path", f"{spec.path!r} not found (give a Parquet file or a directory of them)")
-    files = _parquet_files(root) if root.is_dir() else [str(root)]
+    files = parquet_files(root) if root.is_dir() else [str(root)]
     if not files:
         raise SpecError("dataset.path", f"no Parquet files in {spec.path!r}")
     base = str(root) if root.is_dir() else None

@@ -4,12 +4,12 @@ The driver (this process):
 
 1. checks the Parquet files and reads the needed columns with Ray Data (:mod:`pipelines.ray_data`);
 2. encodes them once (:func:`pipelines.dataset.encode_table`: the split and the vocabularies must
-   be the same on every worker) and fixes the search space (:func:`pipelines.job.plan_job`);
+   be the same on every worker) and fixes the search space (:func:`pipelines.stages.plan_job`);
 3. hands the encoded train rows to a ``TorchTrainer`` as a Ray Dataset; each worker takes its
    shard with ``ray.train.get_dataset_shard("train")`` and every validation row;
 4. relays the workers' progress events to ``on_event`` while they run.
 
-Each worker runs :func:`pipelines.job.run_stages`, the in-process stages, on its shard: TorchRec's
+Each worker runs :func:`pipelines.stages.run_stages`, the in-process stages, on its shard: TorchRec's
 planner shards the tables across the workers' process group (table-wise, column-wise or
 data-parallel on CPU with gloo; row-wise too on GPUs with NCCL), ``DistributedModelParallel``
 exchanges the embeddings, and the gates train on the averaged gradients, so every worker makes the
@@ -45,7 +45,7 @@ from pipelines.cluster import connect
 from pipelines.dataset import EncodedDataset, EncodedSplit, encode_table
 from pipelines.engine import Placed, device
 from pipelines.errors import SpecError
-from pipelines.job import Event, _emit, plan_job, run_stages, seed_everything
+from pipelines.stages import Event, emit, plan_job, run_stages, seed_everything
 from pipelines.limits import JobLimits
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
 from pipelines.roots import DataRoots
@@ -243,7 +243,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
 
     options = options or RayOptions()
     t0 = time.perf_counter()
-    _emit(on_event, kind="stage", stage="load")
+    emit(on_event, kind="stage", stage="load")
     source = check_parquet(spec.dataset, roots)  # before Ray starts: bad input fails in a second
     placement = _placement(options)
     connect()
@@ -294,7 +294,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
         while True:
             done = not thread.is_alive()
             for event in ray.get(bus.drain.remote()):
-                _emit(on_event, **event)
+                emit(on_event, **event)
             if done:
                 break
             thread.join(options.poll_s)

@@ -6,7 +6,7 @@ dense ``(n, d)`` float32, and per sparse feature a jagged pair ``(values, length
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +86,25 @@ class BatchSource:
         self.values = [cols[k][0] for k in self.keys]
         self.lengths = [cols[k][1] for k in self.keys]
         self.offsets = [np.concatenate([[0], np.cumsum(l, dtype=np.int64)]) for l in self.lengths]
+
+    def keep_keys(self, keys: Collection[str]) -> None:
+        """Drop every sparse column whose key is not in ``keys``, in place, keeping the others' order.
+
+        A cross reads the ids of its two features, which the model need not keep itself: build the
+        source with them, then keep only the model's tables, so a batch's KJT holds exactly those.
+
+            >>> src = BatchSource(np.zeros((2, 0), np.float32),
+            ...                   {"a": (np.array([1, 2]), np.array([1, 1])), "b": (np.array([3, 1]), np.array([1, 1]))},
+            ...                   np.array([1, 0], np.float32), [CrossFeature("a", "b", buckets=16)], {"a": 3, "b": 4})
+            >>> src.keep_keys({"b", "a_X_b"})
+            >>> src.keys, src.batch(0, 2).sparse.keys()
+            (['b', 'a_X_b'], ['b', 'a_X_b'])
+        """
+        idx = [i for i, k in enumerate(self.keys) if k in keys]
+        self.keys = [self.keys[i] for i in idx]
+        self.values = [self.values[i] for i in idx]
+        self.lengths = [self.lengths[i] for i in idx]
+        self.offsets = [self.offsets[i] for i in idx]
 
     def __len__(self) -> int:
         return len(self.labels)

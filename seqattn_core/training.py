@@ -56,6 +56,37 @@ def model_device(forward: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def gate_learning_rate(model: LargeEmbeddingModel, total_steps: int, learning_rate: float) -> float:
+    """The learning rate of ``model``'s gate logits when trained for ``total_steps`` by :func:`train`.
+
+    Adam moves a logit by about its lr per step: give the shortest race's phase room to move the
+    logits by ~3 nats, so short runs (few steps per pick) still separate the candidates. Never
+    below ten times the towers' ``learning_rate`` (and exactly that for a model without gates).
+    The features' and crosses' races share the first ``dims_start`` of the run when dimension
+    blocks are searched, the blocks' race the rest; each race spends its warm-up, then splits what
+    is left into its phases.
+
+        >>> from seqattn_core.lem import LEMConfig, SelectionConfig, SparseFeature
+        >>> config = LEMConfig(dense=(), sparse=(SparseFeature("a", 10), SparseFeature("b", 10)))
+        >>> gate_learning_rate(LargeEmbeddingModel(config), 1000, 0.01)  # no gates: 10 x lr
+        0.1
+        >>> gated = LargeEmbeddingModel(config, SelectionConfig(features=1, warmup=0.0))
+        >>> gate_learning_rate(gated, 20, 0.01)  # 1 phase of 20 steps: 3 nats in 20 steps
+        0.15
+    """
+    floor = learning_rate * 10
+    if model.selection is None:
+        return floor
+    s = model.selection
+    spans = []
+    for m, frac in ((model.feature_attention, s.dims_start if model.dim_attention else 1.0),
+                    (model.cross_attention, s.dims_start if model.dim_attention else 1.0),
+                    (model.dim_attention, 1.0 - s.dims_start)):
+        if m is not None:
+            spans.append(total_steps * frac * (1 - m.schedule.warmup) / m.schedule.num_phases)
+    return max(floor, 3.0 / max(1.0, min(spans))) if spans else floor
+
+
 def train(
     forward: nn.Module,
     model: LargeEmbeddingModel,

@@ -2,7 +2,7 @@
 
 import torch
 
-from bench.field import Problem, _spec
+from bench.field import Problem, job_spec
 from bench.field_methods import Search, rank_adafs, split_search
 from pipelines.dataset import load_dataset
 from pipelines.synth import write_synth
@@ -10,7 +10,7 @@ from pipelines.synth import write_synth
 
 def test_adafs_ranking_ignores_the_global_random_state(tmp_path):
     write_synth(tmp_path / "planted", rows=3000, seed=0, n_noise=2)
-    spec = _spec(Problem("planted", str(tmp_path / "planted"), "", 1, 256, ()), seed=0)
+    spec = job_spec(Problem("planted", str(tmp_path / "planted"), "", 1, 256, ()), seed=0)
     search = Search(split_search(load_dataset(spec.dataset, seed=0)), spec)
     orders = []
     for state in (1, 2):

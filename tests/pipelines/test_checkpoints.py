@@ -12,8 +12,8 @@ from pipelines.checkpoints import CheckpointedStages, restore, snapshot
 from pipelines.dataset import load_dataset
 from pipelines.engine import place
 from pipelines.errors import SpecError
-from pipelines.job import plan_job, run_stages, seed_everything
 from pipelines.spec import load_spec
+from pipelines.stages import plan_job, run_stages, seed_everything
 from pipelines.synth import write_synth
 from seqattn_core.batches import BatchSource
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
