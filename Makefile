@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml deploy/constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH) $(FBGEMM)
 	$(PIP) install -q --disable-pip-version-check --no-deps $(TORCHREC)
-	$(PIP) install -q --disable-pip-version-check -c deploy/constraints.txt -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check -c deploy/constraints.txt -e '.[dev,bench]'
 	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, sklearn; print('seqattn setup ok: torch', torch.__version__, 'torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0')"
 	touch $@
 
