@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from pathlib import Path
 
 import pandas as pd
 

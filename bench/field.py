@@ -32,8 +32,16 @@ import numpy as np
 import pandas as pd
 
 from bench.datasets import CRITEO, FRAPPE, sample_path
-from bench.field_methods import (DIM_CHOICES, METHODS, Ranking, Search, all_features_model, rank_greedy,
-                                 split_search, subset_config)
+from bench.field_methods import (
+    DIM_CHOICES,
+    METHODS,
+    Ranking,
+    Search,
+    all_features_model,
+    rank_greedy,
+    split_search,
+    subset_config,
+)
 from bench.lem import model_config, train_eval
 from pipelines.dataset import EncodedDataset, load_dataset
 from pipelines.spec import JobSpec, load_spec
@@ -107,7 +115,8 @@ def problems(cfg: FieldBench, work: Path) -> list[Problem]:
             n = len(truth["dense"]) + len(truth["sparse"])
             out.append(Problem("planted", str(path),
                                f"`seqattn synth --rows {cfg.planted_rows} --seed 0`, {cfg.planted_noise} noise columns: "
-                               f"{n} candidate fields (3 dense); 2 epochs, batch 256 (at batch 1024 a full-order search of 40 fields "
+                               f"{n} candidate fields (3 dense); 2 epochs, batch 256 (at batch 1024 a full-order search "
+                               "of 40 fields "
                                "gets barely one step per pick)", 2, 256, CURVE))
         else:
             raise ValueError(f"problems: unknown {name!r}")

@@ -82,7 +82,7 @@ def split_search(data: EncodedDataset, holdout: float = 0.2) -> EncodedDataset:
 
 
 def _rows(split: EncodedSplit, rows: np.ndarray) -> EncodedSplit:
-    sparse = {k: take_jagged(v, l, rows) for k, (v, l) in split.sparse.items()}
+    sparse = {k: take_jagged(v, lens, rows) for k, (v, lens) in split.sparse.items()}
     return EncodedSplit(np.ascontiguousarray(split.dense[rows]), sparse, split.labels[rows], split.row_index[rows])
 
 
@@ -452,7 +452,8 @@ def all_features_model(search: Search) -> AllFeaturesModel:
         start = time.perf_counter()
         placed, _ = fit_gated(gate, search.data, search.spec, "all_features")
         seconds = time.perf_counter() - start  # wall time with placement, like every ranking's wall time
-        _TRAINED[key] = AllFeaturesModel(placed, gate, model_config(search.data, embedding_dim=search.spec.training.embedding_dim),
+        config = model_config(search.data, embedding_dim=search.spec.training.embedding_dim)
+        _TRAINED[key] = AllFeaturesModel(placed, gate, config,
                                          seconds)
     return _TRAINED[key]
 

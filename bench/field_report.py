@@ -15,11 +15,23 @@ import numpy as np
 import pandas as pd
 
 from bench import markdown_table, mean_std
-from bench.field import (FRACTIONS, SA_METHODS, FieldBench, Problem, aukc, dimensions, k_at, placement_probe,
-                         problems, run_problem, scale)
+from bench.field import (
+    FRACTIONS,
+    SA_METHODS,
+    FieldBench,
+    Problem,
+    aukc,
+    dimensions,
+    k_at,
+    placement_probe,
+    problems,
+    run_problem,
+    scale,
+)
 from bench.field_methods import METHODS
 from pipelines.engine import PLANNER_MAX_TABLES
 from seqattn_core.lem import warmup_for
+
 
 # -- the report -----------------------------------------------------------------------------------
 def _label(name: str) -> str:
@@ -161,13 +173,16 @@ def _plot_curves(curves: pd.DataFrame, path: Path) -> None:
             stats = g.groupby("k").auc.agg(["mean", "std"]).fillna(0)
             ax.plot(stats.index, stats["mean"], ls, color=color, label=_label(method), lw=2 if method == "sa" else 1.2)
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.12)
-        ax.set_xlabel("k (fields kept)"); ax.set_ylabel("validation AUC of the retrained model")
+        ax.set_xlabel("k (fields kept)")
+        ax.set_ylabel("validation AUC of the retrained model")
         ax.set_title(f"{problem}: AUC against k (mean ± std over seeds)")
         lo = sub.groupby(["method", "k"]).auc.mean().quantile(0.15)
         ax.set_ylim(lo, sub.auc.max() + 0.003)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_cost(s: pd.DataFrame, plain: dict[str, pd.Series], path: Path) -> None:
@@ -179,11 +194,15 @@ def _plot_cost(s: pd.DataFrame, plain: dict[str, pd.Series], path: Path) -> None
             ratio = np.mean([r.seconds / plain[problem][r.seed] for r in g.itertuples()])
             ax.errorbar(max(ratio, 1e-2), g.aukc.mean(), yerr=g.aukc.std(ddof=0), fmt="*" if method in SA_METHODS else "o",
                         color=COLORS[method], ms=12 if method in SA_METHODS else 7, label=_label(method))
-        ax.set_xscale("log"); ax.set_ylabel("AUKC")
+        ax.set_xscale("log")
+        ax.set_ylabel("AUKC")
         ax.set_xlabel("ranking wall time ÷ one plain training run (log; no training shown at 0.01)")
-        ax.set_title(f"{problem}: quality against selection cost"); ax.grid(alpha=0.3)
+        ax.set_title(f"{problem}: quality against selection cost")
+        ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_dims(dims: pd.DataFrame, path: Path) -> None:
@@ -195,21 +214,34 @@ def _plot_dims(dims: pd.DataFrame, path: Path) -> None:
             stats = g.groupby("setting", sort=False).agg(mb=("mb", "mean"), auc=("auc", "mean"), sd=("auc", "std"))
             stats = stats.sort_values("mb")
             ax.errorbar(stats.mb, stats.auc, yerr=stats.sd.fillna(0), fmt=markers[variant], label=variant, ms=8)
-        ax.set_xscale("log"); ax.set_xlabel("embedding MB (log)"); ax.set_ylabel("validation AUC")
-        ax.set_title(f"{problem}: embedding memory against AUC"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding MB (log)")
+        ax.set_ylabel("validation AUC")
+        ax.set_title(f"{problem}: embedding memory against AUC")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_scale(sc: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, axis, x, label in ((axes[0], "candidates", "fields", "candidate fields"), (axes[1], "rows", "train_rows", "training rows")):
+    for ax, axis, x, label in ((axes[0], "candidates", "fields", "candidate fields"),
+                               (axes[1], "rows", "train_rows", "training rows")):
         g = sc[sc.axis == axis].sort_values(x)
         for col, name in (("select_s", "Sequential Attention selection run"), ("plain_s", "one plain training run"),
                           ("mi_s", "MI filter")):
             ax.plot(g[x], g[col], "o-", label=name)
-        ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel(f"{label} (log)"); ax.set_ylabel("wall s (log)")
-        ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{label} (log)")
+        ax.set_ylabel("wall s (log)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _slope(x: Sequence[float], y: Sequence[float]) -> float:
@@ -261,13 +293,15 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
         "first-order DARTS (logits stepped on held-out batches, weights on training batches). *AdaFS (soft)*: a "
         "controller network weighs the fields per example (OptFS's per-value gates would need a gate per embedding "
         "row inside FBGEMM's fused tables, so AdaFS was the cleaner one to implement faithfully). *ShuffleGate*: "
-        "gate g mixes each field with a batch-shuffled copy of itself, L1 on g (λ = 1e-4; larger λ closed every gate). *SHARK*: first-order "
+        "gate g mixes each field with a batch-shuffled copy of itself, L1 on g (λ = 1e-4; larger λ closed every gate). "
+        "*SHARK*: first-order "
         "Taylor importance |Σ e·∂L/∂e| of the trained all-features model. *Permutation importance*: scikit-learn's "
         "`permutation_importance` (5 shuffles per field, AUC drop) on the same trained model. *Group lasso*: "
         "penalty λ Σ_f RMS‖e_f‖ (λ = 0.02) on each field's pooled embedding, ranked by the norm. *MI filter*: "
         "scikit-learn's `mutual_info_classif` on the ids. *Greedy forward*: retrains the LEM for every remaining "
         f"field at every step ({', '.join(cfg.greedy_problems) or 'nowhere'}; elsewhere it does not fit: on Criteo the "
-        f"full order is {sum(range(2, 40))} training runs, on the planted data {sum(range(2, 41))}). *Random*: a random order per seed. *All features* is every curve's last "
+        f"full order is {sum(range(2, 40))} training runs, on the planted data {sum(range(2, 41))}). "
+        "*Random*: a random order per seed. *All features* is every curve's last "
         "point (k = all).",
         "",
     ]
@@ -310,7 +344,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
             shown = ", ".join(order[:10]) + (" ..." if len(order) > 10 else "")
             extra = f" (crosses: {', '.join(g.crosses.iloc[0])})" if g.crosses.iloc[0] else ""
             order_rows.append([_label(method), shown + extra])
-        lines += [f"Top of each ranking ({p.name}, seed {cfg.seeds[0]}):", "", markdown_table(["method", "fields, best first"], order_rows), ""]
+        lines += [f"Top of each ranking ({p.name}, seed {cfg.seeds[0]}):", "",
+                  markdown_table(["method", "fields, best first"], order_rows), ""]
     lines += ["![AUC against k](img/field-curves.png)", "", "![quality against cost](img/field-cost.png)", ""]
     if len(dims):
         lines += [
@@ -347,7 +382,8 @@ def _dims_meaning(dims: pd.DataFrame) -> str:
         others = stats.drop(index="Sequential Attention blocks", level=0)
         fits = others[others.mb <= sa.loc[best_sa, "mb"] * 1.001]
         cmp = (f"the best other method within that memory is {fits.auc.idxmax()[0]} {fits.auc.idxmax()[1]} "
-               f"({fits.auc.max():.4f} at {fits.mb[fits.auc.idxmax()]:.3f} MB)") if len(fits) else "no other method fits that memory"
+               f"({fits.auc.max():.4f} at {fits.mb[fits.auc.idxmax()]:.3f} MB)") if len(fits) \
+            else "no other method fits that memory"
         top = others.auc.idxmax()
         out.append(f"{problem}: Sequential Attention's best point is {best_sa} ({sa.loc[best_sa, 'auc']:.4f} at "
                    f"{sa.loc[best_sa, 'mb']:.3f} MB); {cmp}; the best AUC overall among the others is {top[0]} {top[1]} "
@@ -430,7 +466,8 @@ def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] =
     curves, rankings = [], []
     for problem in probs:
         c, r = run_problem(problem, cfg, log)
-        curves.append(c); rankings.append(r)
+        curves.append(c)
+        rankings.append(r)
     curves_df, rank_df = pd.concat(curves, ignore_index=True), pd.concat(rankings, ignore_index=True)
     dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems], ignore_index=True) \
         if cfg.dim_problems else pd.DataFrame()

@@ -214,9 +214,13 @@ def _plot(sp: pd.DataFrame, path: Path) -> None:
         ax.plot(g.sparsity * 100, g.speedup, marker="o", ls="-" if block == sp.block.min() else "--",
                 label=f"{block}x{block} tiles, batch {batch}")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("block sparsity (%)"); ax.set_ylabel("speed-up of BSR over dense (x)")
-    ax.set_title("MLP tower: block-sparse vs dense, 1 thread"); ax.legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    ax.set_xlabel("block sparsity (%)")
+    ax.set_ylabel("speed-up of BSR over dense (x)")
+    ax.set_title("MLP tower: block-sparse vs dense, 1 thread")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
@@ -266,10 +270,12 @@ def run(cfg: PruningBench, img_dir: Path, work: Path, log: Callable[[str], None]
         "### Speed of the block-sparse tower",
         "",
         f"The same tower ({' → '.join(map(str, widths))}, ReLU) with dense weights against BSR weights "
-        "(`torch.sparse_bsr`, multiplied as `W @ x.T` through `torch.addmm`), median of `torch.utils.benchmark` runs, one thread.",
+        "(`torch.sparse_bsr`, multiplied as `W @ x.T` through `torch.addmm`), median of `torch.utils.benchmark` runs, "
+        "one thread.",
         "",
         markdown_table(["tiles", "block sparsity", "batch", "dense ms", "BSR ms", "speed-up"],
-                       [[f"{r.block}×{r.block}", f"{r.sparsity:.0%}", r.batch, f"{r.dense_ms:.3f}", f"{r.bsr_ms:.3f}", f"{r.speedup:.2f}x"]
+                       [[f"{r.block}×{r.block}", f"{r.sparsity:.0%}", r.batch, f"{r.dense_ms:.3f}", f"{r.bsr_ms:.3f}",
+                         f"{r.speedup:.2f}x"]
                         for r in sp.itertuples()]),
         "",
         "![pruning speed](img/pruning_speed.png)",

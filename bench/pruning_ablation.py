@@ -76,8 +76,8 @@ def run_cell(cell: tuple) -> dict[str, object]:
     spec = job_spec(Problem(problem, path, ""), PruningBench(epochs=epochs, batch_size=batch), seed)
     data = load_dataset(spec.dataset, seed=seed)
     pruning = PruningConfig(sparsity=sparsity, **{"block": 8, **settings})  # bench.pruning_schedule sets block
-    return {"study": study, "problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch, "sparsity": sparsity,
-            "variant": variant, **settings, **train_pruned(data, spec, pruning, inspect=study == "ranking"),
+    return {"study": study, "problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch,
+            "sparsity": sparsity, "variant": variant, **settings, **train_pruned(data, spec, pruning, inspect=study == "ranking"),
             "cardinalities": data.cardinalities}
 
 
@@ -115,7 +115,8 @@ def _spans(seeds: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
-def _versus_magnitude(df: pd.DataFrame, variants: tuple[str, ...]) -> tuple[list[list[str]], dict[tuple[str, str], tuple[int, int]]]:
+def _versus_magnitude(df: pd.DataFrame,
+                      variants: tuple[str, ...]) -> tuple[list[list[str]], dict[tuple[str, str], tuple[int, int]]]:
     """Per regime and sparsity: the seeds, magnitude's mean log-loss, then each variant's log-loss
     (and AUC) minus magnitude's, paired by seed; with, per (variant, data), the cells at or below."""
     if "weight_decay" not in df:
@@ -169,7 +170,8 @@ def ranking_report(df: pd.DataFrame) -> str:
 def _in_regime(df: pd.DataFrame, regime: tuple) -> pd.DataFrame:
     """The rows of one ``(problem, rows, epochs, batch, seeds)`` regime (any seed)."""
     name, rows, epochs, batch, _ = regime
-    return df[(df.problem == name) & (df.epochs == epochs) & (df.batch == batch) & ((df.rows == rows) if rows else df.rows.isna())]
+    return df[(df.problem == name) & (df.epochs == epochs) & (df.batch == batch)
+              & ((df.rows == rows) if rows else df.rows.isna())]
 
 
 def followups_report(df: pd.DataFrame) -> str:
@@ -185,8 +187,9 @@ def followups_report(df: pd.DataFrame) -> str:
         for regime in DECAYED:
             with_decay = _in_regime(at[at.variant == MAGNITUDE], regime)
             worst = with_decay.loc[with_decay.logloss.idxmax()]
-            kept = kept.drop(_in_regime(kept, regime)[lambda g: (g.seed == worst.seed) & (g.weight_decay == wd)].index)
-            without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]
+            # The row filters run at once, inside this iteration (B023 is about late binding).
+            kept = kept.drop(_in_regime(kept, regime)[lambda g: (g.seed == worst.seed) & (g.weight_decay == wd)].index)  # noqa: B023
+            without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]  # noqa: B023
             shift.append(f"{regime[0]}, decay {wd:g}: {without.logloss.mean():.4f} without, {with_decay.logloss.mean():.4f} "
                          f"with (its worst run: seed {worst.seed}, {worst.sparsity:.0%}, {worst.logloss:.4f})")
     rated = tuple(f"{SA_LOGITS} ×{r:g}" for r in (*LOGIT_RATES, 100.0))
@@ -215,7 +218,8 @@ def followups_report(df: pd.DataFrame) -> str:
         "Where the logit ranking loses most (Frappe, 6 epochs): is it because the logits move too far in twice "
         "the steps? Each column is the logits' rate (× the run's, Adam eps 1e-3); ×100 is the ranking study's.",
         "",
-        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"rate ×{v.rsplit('×', 1)[1]}" for v in rated],
+        markdown_table(["data, training", "sparsity", "seeds", "magnitude log-loss"]
+                       + [f"rate ×{v.rsplit('×', 1)[1]}" for v in rated],
                        rate_rows),
         "",
         "**What this means.** Cells where the mean is at most magnitude's: "

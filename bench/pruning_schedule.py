@@ -74,11 +74,13 @@ def report(df: pd.DataFrame, seconds: float, procs: int) -> str:
         f"UTC ({os.cpu_count()} CPUs; {seconds / 60:.1f} min; {len(df)} runs, one thread each).*",
         "",
         "Section f's model, data and training (3 epochs, batch 1024) of [benchmarks.md](benchmarks.md), on seeds "
-        f"{seeds[0]}-{seeds[-1]}; both SequentialAttention++ rankings at section f's settings. Each column changes one knob of section f's "
+        f"{seeds[0]}-{seeds[-1]}; both SequentialAttention++ rankings at section f's settings. "
+        "Each column changes one knob of section f's "
         "schedule (8x8 tiles, 2 cycles, the first column). Each cell: the validation log-loss minus block magnitude's "
         "at the same seed and schedule, mean ± std over seeds (seeds at or below magnitude's).",
         "",
-        *[line for v, (rows, _) in paired.items() for line in (f"**{v}** minus magnitude:", "", markdown_table(header, rows), "")],
+        *[line for v, (rows, _) in paired.items()
+          for line in (f"**{v}** minus magnitude:", "", markdown_table(header, rows), "")],
         "Each method's own mean log-loss (" + " / ".join(METHODS) + "):",
         "",
         markdown_table(header, absolute),

@@ -188,7 +188,8 @@ def _request(port: int, path: str, headers: dict[str, str]) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
 
 
-async def _open_loop(port: int, request: bytes, rate: float, total: int, connections: int) -> tuple[np.ndarray, int, dict[int, int], float]:
+async def _open_loop(port: int, request: bytes, rate: float, total: int,
+                     connections: int) -> tuple[np.ndarray, int, dict[int, int], float]:
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
     latencies = np.full(total, np.nan)
     statuses: dict[int, int] = {}

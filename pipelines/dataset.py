@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,7 +232,7 @@ def read_table(spec: DatasetSpec, roots: DataRoots | None = None) -> tuple[pa.Ta
 
     Example::
 
-        >>> import tempfile, pyarrow.parquet as pq
+        >>> import os, tempfile, pyarrow.parquet as pq
         >>> path = os.path.join(tempfile.mkdtemp(), "t.parquet")
         >>> pq.write_table(pa.table({"y": [0, 1], "c": [3, 4], "note": ["x", "y"]}), path)
         >>> table, columns = read_table(DatasetSpec(path=path, label="y", sparse=["c"]))
@@ -437,7 +436,7 @@ def load_dataset(spec: DatasetSpec, seed: int = 0, *, standardize: bool = True,
 
     Example::
 
-        >>> import tempfile, pyarrow.parquet as pq
+        >>> import os, tempfile, pyarrow.parquet as pq
         >>> path = os.path.join(tempfile.mkdtemp(), "t.parquet")
         >>> pq.write_table(pa.table({"y": [0, 1] * 50, "c": list(range(100)), "x": [0.5] * 100}), path)
         >>> data = load_dataset(DatasetSpec(path=path, label="y"), seed=0)

@@ -148,7 +148,6 @@ forget_broken_http_filesystem()
 def read_parquet(source: ParquetSource) -> pa.Table:
     """The needed columns of every file, read by Ray Data tasks, in file order."""
     import ray.data
-
     from ray.data.datasource import Partitioning
 
     ctx = ray.data.DataContext.get_current()

@@ -45,11 +45,11 @@ from pipelines.cluster import connect
 from pipelines.dataset import EncodedDataset, EncodedSplit, encode_table
 from pipelines.engine import Placed, device
 from pipelines.errors import SpecError
-from pipelines.stages import Event, emit, plan_job, run_stages, seed_everything
 from pipelines.limits import JobLimits
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
+from pipelines.stages import Event, emit, plan_job, run_stages, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,10 @@ def _plan_tables(placed: Placed) -> dict[str, dict[str, Any]]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: its shard -> the shared stages, checkpointed every epoch."""
-    import torch
-    import torch.distributed as dist
     import ray.train
     import ray.train.torch
+    import torch
+    import torch.distributed as dist
 
     if torch.cuda.is_available():  # the GPU Ray gave this worker: engine.device() and NCCL use the current one
         torch.cuda.set_device(ray.train.torch.get_device())
@@ -134,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
         if int(n) < len(train):
             keep = int(n)
-            train = EncodedSplit(train.dense[:keep], {k: _head(v, l, keep) for k, (v, l) in train.sparse.items()},
+            train = EncodedSplit(train.dense[:keep], {k: _head(v, lens, keep) for k, (v, lens) in train.sparse.items()},
                                  train.labels[:keep], train.row_index[:keep])
     data = replace(meta, train=train, valid=valid)
 

@@ -49,7 +49,8 @@ if typing.TYPE_CHECKING:
     from seqattn_core.pruning import PruningConfig
 
 __all__ = [
-    "Candidate", "Compression", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec", "PrunedLayer", "PruningSpec",
+    "Candidate", "Compression", "Constraints", "DatasetSpec", "FeatureSet", "FeatureSetMetrics", "JobSpec", "PrunedLayer",
+    "PruningSpec",
     "SelectedCross", "SelectedFeature", "SelectionSpec", "SpecError", "TrainingSpec",
     "as_spec_error", "load_spec",
 ]
@@ -201,7 +202,7 @@ class PruningSpec(_Strict):
     cycles: int = Field(2, ge=1, le=10)
     heads: int | None = Field(None, ge=1)
 
-    def config(self) -> "PruningConfig | None":
+    def config(self) -> PruningConfig | None:
         """The tower's :class:`~seqattn_core.pruning.PruningConfig`, or None when ``sparsity`` is unset.
 
         Example::

@@ -38,8 +38,16 @@ from pipelines.dataset import EncodedDataset, EncodedSplit
 from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
 from pipelines.limits import JobLimits
-from pipelines.spec import (Candidate, Compression, FeatureSet, JobSpec, LatencyTrim, PrunedLayer, SelectedCross,
-                            SelectedFeature)
+from pipelines.spec import (
+    Candidate,
+    Compression,
+    FeatureSet,
+    JobSpec,
+    LatencyTrim,
+    PrunedLayer,
+    SelectedCross,
+    SelectedFeature,
+)
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb

@@ -104,6 +104,19 @@ class SequentialAttention(nn.Module):
         1.0
     """
 
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    costs: torch.Tensor
+    selected: torch.Tensor
+    order: torch.Tensor
+    scores: torch.Tensor
+    phases_done: torch.Tensor
+    exhausted: torch.Tensor
+    eligible: torch.Tensor
+    warming: torch.Tensor
+    budget: torch.Tensor
+    prerequisites: torch.Tensor
+    group_index: torch.Tensor | None
+
     def __init__(
         self,
         num_candidates: int,
@@ -141,7 +154,8 @@ class SequentialAttention(nn.Module):
         self.register_buffer("eligible", torch.ones(num_candidates, dtype=torch.bool))
         self.register_buffer("warming", torch.tensor(warmup > 0))
         self.register_buffer("budget", torch.tensor(math.inf if budget is None else float(budget), dtype=torch.float64))
-        pre = torch.full((num_candidates,), -1, dtype=torch.long) if prerequisites is None else torch.as_tensor(prerequisites, dtype=torch.long)
+        pre = (torch.full((num_candidates,), -1, dtype=torch.long) if prerequisites is None
+               else torch.as_tensor(prerequisites, dtype=torch.long))
         if pre.shape != (num_candidates,) or bool((pre >= num_candidates).any()):
             raise ValueError("prerequisites: need one index (or -1) per candidate")
         self.register_buffer("prerequisites", pre)

@@ -75,7 +75,7 @@ class BatchSource:
         dense = np.asarray(dense, dtype=np.float32).reshape(n, -1)
         self.dense = dense if dense_columns is None else np.ascontiguousarray(dense[:, list(dense_columns)])
         cols: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.asarray(v, dtype=np.int64), np.asarray(l, dtype=np.int32)) for k, (v, l) in sparse.items()
+            k: (np.asarray(v, dtype=np.int64), np.asarray(lens, dtype=np.int32)) for k, (v, lens) in sparse.items()
         }
         for c in crosses:
             if cardinalities is None:
@@ -85,7 +85,7 @@ class BatchSource:
         self.keys = list(cols)
         self.values = [cols[k][0] for k in self.keys]
         self.lengths = [cols[k][1] for k in self.keys]
-        self.offsets = [np.concatenate([[0], np.cumsum(l, dtype=np.int64)]) for l in self.lengths]
+        self.offsets = [np.concatenate([[0], np.cumsum(lens, dtype=np.int64)]) for lens in self.lengths]
 
     def keep_keys(self, keys: Collection[str]) -> None:
         """Drop every sparse column whose key is not in ``keys``, in place, keeping the others' order.
@@ -114,7 +114,7 @@ class BatchSource:
 
     def batch(self, start: int, stop: int) -> Batch:
         values = [v[o[start] : o[stop]] for v, o in zip(self.values, self.offsets)]
-        lengths = [l[start:stop] for l in self.lengths]
+        lengths = [lens[start:stop] for lens in self.lengths]
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys,
             values=torch.from_numpy(np.concatenate(values)) if values else torch.zeros(0, dtype=torch.long),

@@ -221,6 +221,9 @@ class LargeEmbeddingModel(nn.Module):
         torch.Size([2])
     """
 
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    stage: torch.Tensor
+
     def __init__(
         self,
         config: LEMConfig,

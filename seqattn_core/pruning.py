@@ -139,7 +139,7 @@ class PruningConfig:
 
     def phase_at(self, progress: float) -> int:
         """Index of the phase that holds ``progress`` (a phase includes its end, except the dense ones)."""
-        for i, (kind, start, end) in enumerate(self.phases()):
+        for i, (kind, _start, end) in enumerate(self.phases()):
             if progress < end or (progress <= end and kind != "dense"):
                 return i
         return len(self.phases()) - 1
@@ -186,6 +186,9 @@ class BlockSparseLinear(nn.Module):
         >>> torch.allclose(fast(torch.ones(2, 32)), layer(torch.ones(2, 32)), atol=1e-5)
         True
     """
+
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    mask: torch.Tensor
 
     def __init__(self, linear: nn.Linear, block: int, method: Method = "attention", clip: float = 1.0,
                  rank_by: RankBy = "weight") -> None:
@@ -254,13 +257,17 @@ class BlockSparseLinear(nn.Module):
         return 1.0 - float(self.mask.float().mean())
 
     @torch.no_grad()
-    def to_inference(self) -> "BlockSparseInference":
+    def to_inference(self) -> BlockSparseInference:
         """A serving copy: the attention folded into the weight, stored as a BSR tensor."""
         return BlockSparseInference(self.effective_weight(), self.linear.bias, self.block)
 
 
 class BlockSparseInference(nn.Module):
     """A linear layer with a block-sparse (BSR) weight; input columns padded to whole tiles."""
+
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, block: int) -> None:
         super().__init__()
@@ -303,6 +310,9 @@ class BlockSparsifier(nn.Module):
         0.75
     """
 
+    # Buffers (register_buffer in __init__), declared for the type checker.
+    phase: torch.Tensor
+
     def __init__(self, layers: list[BlockSparseLinear], config: PruningConfig) -> None:
         super().__init__()
         self.layers = list(layers)  # a plain list: not submodules of this one
@@ -310,7 +320,7 @@ class BlockSparsifier(nn.Module):
         self.register_buffer("phase", torch.tensor(-1))
 
     @classmethod
-    def wrap(cls, module: nn.Module, config: PruningConfig) -> "BlockSparsifier":
+    def wrap(cls, module: nn.Module, config: PruningConfig) -> BlockSparsifier:
         layers = []
         for parent in list(module.modules()):
             for name, child in list(parent.named_children()):

@@ -111,7 +111,8 @@ def _summary(fs: Any) -> str:
         dim = f" dim={f.embedding_dim}" if f.embedding_dim else ""
         lines.append(f"  {f.rank:>3}. {f.name:<24} {f.kind:<6} score={f.score:.3f}{dim}")
     for c in fs.crosses:
-        lines.append(f"  x{c.rank:>2}. {' x '.join(c.features):<24} cross  score={c.score:.3f} buckets={c.buckets} dim={c.embedding_dim}")
+        lines.append(f"  x{c.rank:>2}. {' x '.join(c.features):<24} cross  score={c.score:.3f} buckets={c.buckets} "
+                     f"dim={c.embedding_dim}")
     lines.append(f"  val AUC {_num(m.val_auc, '.4f')} (all features {_num(m.val_auc_all_features, '.4f')}); "
                  f"embeddings {_num(m.embedding_mb, '.2f')} MB (all features {_num(m.embedding_mb_all_features, '.2f')} "
                  f"MB); inference {_num(m.inference_ms, '.2f')} ms / 1,024 rows")

@@ -132,8 +132,8 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return own_files_only(get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
-                                   oauth2_redirect_url="/docs/oauth2-redirect",
+        return own_files_only(get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json",
+                                   title=f"{app.title} - Swagger UI", oauth2_redirect_url="/docs/oauth2-redirect",
                                    swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=favicon,
                                    # No badge: it would send the document to validator.swagger.io.

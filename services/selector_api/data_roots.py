@@ -32,6 +32,7 @@ from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 from pipelines.spec import JobSpec
 
+
 def check_path(path: str, roots: list[Path], field: str) -> str:
     """The real path of ``path`` (relative paths are taken under the first root), or a
     :class:`SpecError` on ``field`` when it leaves the roots or does not exist

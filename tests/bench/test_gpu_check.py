@@ -14,7 +14,7 @@ def test_one_seed_prints_its_device_and_a_line_of_checks(monkeypatch, capsys):
     gpu_check.main()
     out = capsys.readouterr().out
     assert out.startswith("device cpu") or out.startswith("device cuda")
-    line, = (l for l in out.splitlines() if l.startswith("RESULT"))
+    line, = (s for s in out.splitlines() if s.startswith("RESULT"))
     m = re.fullmatch(r"RESULT here seed=0 s=[\d.]+ auc=(0\.\d{4}) one_dup=(True|False) relevant_kept=(True|False) "
                      r"crosses_ok=(True|False) missing=\[.*\]", line)
     assert m and 0.7 < float(m.group(1)) < 1

@@ -111,7 +111,7 @@ def ray_start_problems(args: list[str], where: str) -> list[str]:
 
 
 def ray_pin() -> str:
-    line = next(l for l in (DEPLOY / "constraints.txt").read_text().splitlines() if l.lower().startswith("ray=="))
+    line = next(s for s in (DEPLOY / "constraints.txt").read_text().splitlines() if s.lower().startswith("ray=="))
     return line.split("==", 1)[1].strip()
 
 
@@ -329,10 +329,12 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
                 numbers = {p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
                 for p in doc["spec"]["ports"]:
                     if p.get("targetPort") not in names | numbers:
-                        problems.append(f"Service/{doc['metadata']['name']}: targetPort {p.get('targetPort')} is no container port")
+                        problems.append(f"Service/{doc['metadata']['name']}: targetPort {p.get('targetPort')} "
+                                        "is no container port")
         if doc["kind"] == "RayCluster":
             if doc["spec"].get("rayVersion") != ray_pin():
-                problems.append(f"RayCluster: rayVersion {doc['spec'].get('rayVersion')} != ray=={ray_pin()} (deploy/constraints.txt)")
+                problems.append(f"RayCluster: rayVersion {doc['spec'].get('rayVersion')} != ray=={ray_pin()} "
+                                "(deploy/constraints.txt)")
             groups = [doc["spec"]["headGroupSpec"]] + doc["spec"].get("workerGroupSpecs", [])
             for g in groups:
                 flags = [f"--{k}={v}" for k, v in g.get("rayStartParams", {}).items()]
@@ -388,7 +390,8 @@ def compose_problems(data: dict[str, Any]) -> list[str]:
     head_port = next((a.split("=", 1)[1] for a in head if a.startswith("--port=")), "6379")
     api_env = services["selector-api"].get("environment", {})
     if api_env.get("RAY_ADDRESS") != f"ray-head:{head_port}":
-        problems.append(f"compose/selector-api: RAY_ADDRESS={api_env.get('RAY_ADDRESS')} but the head listens on ray-head:{head_port}")
+        problems.append(f"compose/selector-api: RAY_ADDRESS={api_env.get('RAY_ADDRESS')} but the head listens on "
+                        f"ray-head:{head_port}")
     if not any(a.startswith("--address=ray-head:" + head_port) for a in services["ray-worker"]["command"]):
         problems.append("compose/ray-worker: does not join ray-head:" + head_port)
     worker = services["ray-worker"]

@@ -26,10 +26,22 @@ from pathlib import Path
 import pytest
 import yaml
 from manifest_checks import (
-    BIN, COMPOSE, DEPLOY, K8S, NON_K8S_FILES, REPO, compose, compose_problems, dockerfile_env,
-    dockerfile_problems, k8s_docs, k8s_project_problems, k8s_rendered, schema_problems, serve_port_default,
+    BIN,
+    COMPOSE,
+    DEPLOY,
+    K8S,
+    NON_K8S_FILES,
+    REPO,
+    compose,
+    compose_problems,
+    dockerfile_env,
+    dockerfile_problems,
+    k8s_docs,
+    k8s_project_problems,
+    k8s_rendered,
+    schema_problems,
+    serve_port_default,
 )
-
 
 # --- the tests --------------------------------------------------------------------------------------
 
@@ -72,8 +84,8 @@ def test_dockerfile_builds_non_root_images_with_the_makefiles_pins():
 
 
 def test_dockerignore_keeps_what_the_image_copies():
-    ignored = [l.strip().rstrip("/") for l in (REPO / ".dockerignore").read_text().splitlines()
-               if l.strip() and not l.startswith("#")]
+    ignored = [s.strip().rstrip("/") for s in (REPO / ".dockerignore").read_text().splitlines()
+               if s.strip() and not s.startswith("#")]
     needed = {"pyproject.toml", "README.md", "seqattn_core", "pipelines", "services", "deploy"}
     assert not needed & set(ignored)
     assert {".venv", ".seqattn", ".git", "data"} <= set(ignored)

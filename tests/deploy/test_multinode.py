@@ -27,8 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import API_KEY as AUTH_KEY
-from live_server import AUTH, ServerProcess, job_spec, publish_versions, wait_job
+from live_server import API_KEY as AUTH_KEY, AUTH, ServerProcess, job_spec, publish_versions, wait_job
 from ray_nodes import RayNodes, free_port
 
 from pipelines.synth import write_synth

@@ -89,9 +89,9 @@ class RayNodes:
             try:
                 socket.create_connection(("127.0.0.1", port), 1).close()
                 break
-            except OSError:
+            except OSError as exc:
                 if time.time() > deadline or head.poll() is not None:
-                    raise RuntimeError(f"the head node did not start: {self.log(head)}")
+                    raise RuntimeError(f"the head node did not start: {self.log(head)}") from exc
                 time.sleep(0.5)
         self.address = f"127.0.0.1:{port}"
         return self.address

@@ -18,7 +18,6 @@ from pipelines.synth import write_synth
 from seqattn_core.batches import BatchSource
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -8,13 +8,18 @@ import pytest
 import yaml
 
 from pipelines.continual import (
-    Cadence, ScheduleSpec, load_schedule, materialize_window, run_step, select_window, warm_start_spec,
+    Cadence,
+    ScheduleSpec,
+    load_schedule,
+    materialize_window,
+    run_step,
+    select_window,
+    warm_start_spec,
 )
 from pipelines.errors import SpecError
 from pipelines.registry import Registry
 from pipelines.synth import write_partitioned_synth
 from services.cli import main
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,13 @@ import json
 import pytest
 
 import pipelines.export
-from pipelines.export import export_feature_set, feast_definition, release_name, to_embedding_bag_configs, torchrec_config
+from pipelines.export import (
+    export_feature_set,
+    feast_definition,
+    release_name,
+    to_embedding_bag_configs,
+    torchrec_config,
+)
 from pipelines.spec import FeatureSet, JobSpec, SelectedCross, SelectedFeature
 
 

@@ -11,7 +11,6 @@ import torch
 
 from seqattn_core.attention import SelectionSchedule, SequentialAttention, reset_optimizer_state
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_server import API_KEY, AUTH, REPO, ServerProcess, job_spec, wait_job
+from live_server import API_KEY, AUTH, ServerProcess, job_spec, wait_job
 
 from pipelines.synth import write_partitioned_synth, write_synth
 

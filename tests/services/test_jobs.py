@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live_server import AUTH, ServerProcess, job_spec, publish_versions, wait_job
 
 from pipelines.synth import write_partitioned_synth
-from live_server import AUTH, ServerProcess, job_spec, publish_versions, wait_job
 
 pytestmark = pytest.mark.slow
 

@@ -107,7 +107,7 @@ def line_chart(xs: Sequence[int], series: Sequence[tuple[str, Sequence[float | N
         lo, hi = min(known), max(known)
         pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
 
-        def py(v: float, lo: float = lo - pad, hi: float = hi + pad) -> float:
+        def py(v: float, lo: float = lo - pad, hi: float = hi + pad, y0: float = y0, h: float = h) -> float:
             return y0 + h * (1 - (v - lo) / (hi - lo))
 
         for v in sorted({lo, hi}):

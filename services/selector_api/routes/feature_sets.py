@@ -28,9 +28,9 @@ from services.selector_api.errors import NotFound
 from services.selector_api.models import (
     FeatureSetList,
     FeatureSetSummary,
+    PromoteRequest,
     PromotionEntry,
     PromotionOut,
-    PromoteRequest,
     VersionList,
     VersionOut,
     error_responses,
