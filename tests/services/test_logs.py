@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 from live_server import ServerProcess
 
+from services.cli import serve_urls
 from services.selector_api.logs import JsonFormatter
 
 
@@ -43,8 +44,10 @@ def test_a_real_servers_log_lines_carry_no_colour(tmp_path: Path) -> None:
         httpx.get(f"{server.url}/v1/nothing-here")
     finally:
         server.stop()
-    lines = [line for line in server.log_path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    # The log file holds stdout too, where serve prints its URLs for people (test_cli checks those).
+    banner = set(serve_urls("127.0.0.1", server.port))
+    lines = [line for line in server.log_path.read_text().splitlines() if line.strip() and line not in banner]
+    records = [json.loads(line) for line in lines]  # every other line is one JSON object
     assert any(r["logger"] == "uvicorn.error" and "Uvicorn running" in r["message"] for r in records), lines
     assert not any("color_message" in r for r in records)
     assert not any("\x1b" in line or "\\u001b" in line for line in lines)
