@@ -48,6 +48,6 @@ def test_a_real_servers_log_lines_carry_no_colour(tmp_path: Path) -> None:
     banner = set(serve_urls("127.0.0.1", server.port))
     lines = [line for line in server.log_path.read_text().splitlines() if line.strip() and line not in banner]
     records = [json.loads(line) for line in lines]  # every other line is one JSON object
-    assert any(r["logger"] == "uvicorn.error" and "Uvicorn running" in r["message"] for r in records), lines
+    assert any(r["logger"] == "uvicorn.error" and "Application startup complete" in r["message"] for r in records), lines
     assert not any("color_message" in r for r in records)
     assert not any("\x1b" in line or "\\u001b" in line for line in lines)
