@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import re
 from typing import Any
@@ -138,6 +140,9 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": "5"}
         if isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after)}
+            # Answer late: a client that ignores Retry-After and loops gets one refusal per delay per
+            # connection, instead of taking the serving route's CPU with thousands of them a second.
+            await asyncio.sleep(request.app.state.service.settings.rate_limit_delay_s)
         return JSONResponse(exc.to_dict(), status_code=status_of(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
         "5000/minute", description="rows the list routes return to one client (a request costs at least 1)")
     rate_limit_auth_failures: RateLimitText = Field(
         "10/minute", description="401s per client; then its requests needing the key get 429 until the window passes")
+    rate_limit_delay_s: float = Field(
+        1.0, ge=0, le=60, description="how long a 429 is held before it is sent (a looping client then sends little)")
     job_concurrency: int = Field(1, ge=1, le=64)
     max_queued_jobs: int = Field(100, ge=1)
     # Scheduler: how often due schedules are looked for, and how often running jobs prove they live.

@@ -112,6 +112,17 @@ def test_submissions_over_the_limit_get_429_with_retry_after_per_client(tmp_path
         assert other.post("/v1/jobs", json={"name": "x"}, headers=AUTH).status_code == 422
 
 
+def test_a_refusal_is_held_for_the_delay_so_a_looping_client_sends_little(tmp_path: Path) -> None:
+    import time
+
+    with _app(tmp_path, rate_limit_submit="1/minute", rate_limit_delay_s=0.4) as c:
+        c.post("/v1/jobs", json={"name": "x"}, headers=AUTH)
+        started = time.perf_counter()
+        assert c.post("/v1/jobs", json={"name": "x"}, headers=AUTH).status_code == 429
+        assert time.perf_counter() - started >= 0.4
+        assert c.get("/healthz").status_code == 200  # others are not held
+
+
 def test_lists_are_charged_by_the_rows_they_return_and_serving_is_not_limited(tmp_path: Path) -> None:
     publish_versions(tmp_path, "ctr", (0.70, 0.71, 0.72))
     with _app(tmp_path, rate_limit_list_rows="5/minute") as c:
