@@ -309,7 +309,7 @@ class Registry:
         ``expected``: only if the promoted version is still that one (a compare-and-set, checked in
         the same transaction as the write); else :class:`PromotionConflict` naming ``expected_version``.
         """
-        with self._transaction() as db:
+        with self.transaction() as db:
             self._require(db, name, version)
             current = self._promoted_version(db, name)
             if expected is not None and current != expected:
@@ -321,7 +321,7 @@ class Registry:
     def rollback(self, name: str, *, promoted_by: str = "rollback") -> VersionRecord:
         """Promote again the version that the current one replaced (the promotion log's last entry
         for the current version); :class:`PromotionConflict` naming ``name`` when it replaced none."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             current = self._promoted_version(db, name)
             if current is None:
                 self._require_name(db, name)
@@ -345,7 +345,9 @@ class Registry:
         return [dict(r) for r in rows]
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on ``seqattn.db`` (``BEGIN IMMEDIATE``: one writer at a time, across
+        processes), committed when the block ends and rolled back when it raises."""
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:

@@ -34,8 +34,7 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -195,24 +194,13 @@ class Store:
         with self.registry.connect() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self.registry.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
     # -- jobs ------------------------------------------------------------------------------------
     def create_job(self, kind: str, name: str, spec_json: str, *, idempotency_key: str | None = None,
                    body_hash: str | None = None, schedule: str | None = None, resubmitted_from: str | None = None,
                    max_queued: int | None = None) -> tuple[JobRow, bool]:
         """Queue a job; returns (job, created). With an ``idempotency_key`` already used for the
         same body, the existing job comes back with ``created=False``; for another body, :class:`Conflict`."""
-        with self._write() as db:
+        with self.registry.transaction() as db:
             if idempotency_key is not None:
                 row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
                 if row is not None:
@@ -261,7 +249,7 @@ class Store:
 
     def claim_next_job(self, owner: str) -> JobRow | None:
         """Take the oldest queued job for ``owner`` (state -> running), or None when none waits."""
-        with self._write() as db:
+        with self.registry.transaction() as db:
             now = now_iso()
             row = db.execute(
                 "UPDATE jobs SET state = 'running', owner = ?, started_at = ?, heartbeat_at = ? "
@@ -270,7 +258,7 @@ class Store:
         return _job(row) if row is not None else None
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        with self._write() as db:
+        with self.registry.transaction() as db:
             db.execute("UPDATE jobs SET progress = ?, heartbeat_at = ? WHERE id = ? AND state = 'running'",
                        (json.dumps(progress), now_iso(), job_id))
 
@@ -279,7 +267,7 @@ class Store:
         if not job_ids:
             return set()
         marks = ",".join("?" * len(job_ids))
-        with self._write() as db:
+        with self.registry.transaction() as db:
             db.execute(f"UPDATE jobs SET heartbeat_at = ? WHERE state = 'running' AND id IN ({marks})",
                        (now_iso(), *job_ids))
             rows = db.execute(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", job_ids)
@@ -291,7 +279,7 @@ class Store:
         assert state in FINAL_STATES
         field = error.field if error is not None else None
         message = error.message if error is not None else error_message
-        with self._write() as db:
+        with self.registry.transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, error_field = ?, error_message = ?, fs_version = ?, "
                 "fs_decision = ?, fs_reason = ? WHERE id = ? AND state = 'running'",
@@ -301,7 +289,7 @@ class Store:
 
     def request_cancel(self, job_id: str) -> JobRow:
         """Cancel a queued job at once; flag a running one (its worker stops at its next event)."""
-        with self._write() as db:
+        with self.registry.transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound("id", f"no job {job_id!r}")
@@ -320,7 +308,7 @@ class Store:
         """Mark running jobs interrupted when their process is gone: a dead pid on this host, or no
         heartbeat for ``stale_after_s`` (another host). Returns their ids."""
         cutoff = now_iso(datetime.now(timezone.utc) - timedelta(seconds=stale_after_s))
-        with self._write() as db:
+        with self.registry.transaction() as db:
             rows = db.execute("SELECT id, owner, heartbeat_at FROM jobs WHERE state = 'running'").fetchall()
             dead = [r["id"] for r in rows
                     if _owner_is_dead(r["owner"], self.host) or (r["heartbeat_at"] or "") < cutoff]
@@ -332,7 +320,7 @@ class Store:
 
     # -- schedules -------------------------------------------------------------------------------
     def create_schedule(self, name: str, spec_json: str, next_run_at: datetime) -> ScheduleRow:
-        with self._write() as db:
+        with self.registry.transaction() as db:
             if db.execute("SELECT 1 FROM schedules WHERE name = ?", (name,)).fetchone():
                 raise Conflict("name", f"schedule {name!r} already exists; delete it first to replace it")
             db.execute("INSERT INTO schedules (name, spec, created_at, next_run_at) VALUES (?, ?, ?, ?)",
@@ -352,13 +340,13 @@ class Store:
             return [_schedule(r) for r in db.execute("SELECT * FROM schedules ORDER BY name")]
 
     def delete_schedule(self, name: str) -> None:
-        with self._write() as db:
+        with self.registry.transaction() as db:
             if db.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound("name", f"no schedule {name!r}")
 
     def queue_schedule_run(self, name: str) -> JobRow:
         """Queue one run of schedule ``name`` now; :class:`Conflict` while one is queued or running."""
-        with self._write() as db:
+        with self.registry.transaction() as db:
             row = db.execute("SELECT * FROM schedules WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NotFound("name", f"no schedule {name!r}")
@@ -387,7 +375,7 @@ class Store:
         queued: list[JobRow] = []
         for row in due:
             new_next = now_iso(next_run(row["spec"], now))
-            with self._write() as db:
+            with self.registry.transaction() as db:
                 busy = db.execute("SELECT 1 FROM jobs WHERE schedule = ? AND state IN ('queued', 'running')",
                                   (row["name"],)).fetchone()
                 job_id = None if busy else f"j-{uuid.uuid4().hex[:16]}"
