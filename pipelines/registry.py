@@ -228,8 +228,16 @@ def _fmt_diff(x: float) -> str:
     return f"{x:.4f}" if x >= 0.00005 else f"{x:.2g}"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now_iso(at: datetime | None = None) -> str:
+    """UTC time as fixed-width ISO text (``...Z``), the one time format of ``seqattn.db``: SQLite
+    then compares times as strings correctly."""
+    at = at or datetime.now(timezone.utc)
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """The datetime that :func:`now_iso` wrote."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
 
 
 class PromotionConflict(SpecError):
@@ -290,7 +298,7 @@ class Registry:
                 m = final.metrics
                 db.execute(
                     "INSERT INTO feature_set_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (fs.name, version, fs.job_id, created.isoformat(), str(path.relative_to(self.home)), m.val_auc,
+                    (fs.name, version, fs.job_id, now_iso(created), str(path.relative_to(self.home)), m.val_auc,
                      m.embedding_mb, m.inference_ms, decision, reason,
                      stable.previous_version if stable else None, stable.jaccard if stable else None,
                      _finite_or_none(stable.rank_correlation) if stable else None, source))
@@ -362,7 +370,7 @@ class Registry:
         current = self._promoted_version(db, name)
         if current == version:
             return
-        at = _now()
+        at = now_iso()
         db.execute("INSERT INTO feature_set_promoted VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                    "version = excluded.version, promoted_at = excluded.promoted_at", (name, version, at))
         db.execute("INSERT INTO promotions (name, version, previous_version, source, at) VALUES (?, ?, ?, ?, ?)",

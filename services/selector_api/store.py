@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import SpecError
-from pipelines.registry import PromotionConflict, Registry, VersionRecord
+from pipelines.registry import PromotionConflict, Registry, VersionRecord, now_iso
 from pipelines.spec import FeatureSet
 from services.selector_api.errors import Conflict, NotFound, QueueFull
 
@@ -87,16 +87,6 @@ CREATE TABLE IF NOT EXISTS schedules (
 """
 # The promotion log (table ``promotions``) is the registry's: it is written in the transaction
 # that changes the promoted version, whoever promotes (this service, ``seqattn pipeline run``).
-
-
-def now_iso(at: datetime | None = None) -> str:
-    """UTC time as fixed-width ISO text, so that SQLite compares times as strings correctly."""
-    at = at or datetime.now(timezone.utc)
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
 
 
 def request_hash(payload: Any) -> str:
