@@ -50,14 +50,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import SpecError
 from pipelines.job import run_job
 from pipelines.limits import JobLimits
 from pipelines.registry import DEFAULT_EPSILON, Registry, VersionRecord
 from pipelines.roots import DataRoots
-from pipelines.spec import FeatureSet, JobSpec, Name, as_spec_error, load_spec
+from pipelines.spec import FeatureSet, JobSpec, Name, StrictModel, as_spec_error, load_spec
 from pipelines.stages import Event
 
 INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -87,11 +87,7 @@ def _check_interval(value: str) -> str:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WindowSpec(_Strict):
+class WindowSpec(StrictModel):
     """The last ``size`` partitions of ``path`` by the ``partition`` key's value."""
 
     path: str
@@ -99,7 +95,7 @@ class WindowSpec(_Strict):
     size: int = Field(7, ge=1)
 
 
-class Cadence(_Strict):
+class Cadence(StrictModel):
     """When the schedule runs: a cron expression (UTC) or a fixed interval; exactly one."""
 
     cron: Annotated[str, AfterValidator(_check_cron)] | None = None
@@ -126,16 +122,16 @@ class Cadence(_Strict):
         return fire
 
 
-class Promotion(_Strict):
+class Promotion(StrictModel):
     epsilon: float = Field(DEFAULT_EPSILON, ge=0)
 
 
-class WarmStart(_Strict):
+class WarmStart(StrictModel):
     mode: Literal["none", "candidates"] = "none"
     explore: float = Field(0.5, ge=0, le=1)
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(StrictModel):
     """A continual pipeline. ``job`` is the JobSpec (a file is read by :func:`load_schedule`);
     its ``dataset.path`` is replaced by each run's window.
 

@@ -90,13 +90,15 @@ Name = Annotated[str, AfterValidator(_check_name)]
 EmbeddingDim = Annotated[int, AfterValidator(_check_embedding_dim)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every spec model: unknown fields are errors, values are frozen, numbers finite."""
+
     # Frozen: a spec is a record of what was asked; change it with ``model_copy(update=...)``.
     # No inf or NaN: ``learning_rate: 1e309`` is infinity, and ``max_inference_ms: .inf`` is no budget.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(StrictModel):
     """Where the examples are and which columns play which role.
 
     ``dense``/``sparse`` left out (``None``) are inferred from the Parquet schema (see
@@ -133,7 +135,7 @@ class DatasetSpec(_Strict):
         return value
 
 
-class SelectionSpec(_Strict):
+class SelectionSpec(StrictModel):
     """What to choose: how many features, how many crosses, which embedding widths.
 
     ``crosses`` is a ceiling: only pairs that beat the additive model on held-out rows by more than
@@ -155,14 +157,14 @@ class SelectionSpec(_Strict):
         return sorted(set(value))
 
 
-class Constraints(_Strict):
+class Constraints(StrictModel):
     """Budgets the result must fit: all embedding tables (MB) and one 1,024-example batch (ms)."""
 
     max_embedding_mb: float | None = Field(None, gt=0)
     max_inference_ms: float | None = Field(None, gt=0)
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     """Training of the gated model and of the retrained one.
 
     ``embedding_dim`` is the table width when ``selection.embedding_dims`` is empty.
@@ -178,7 +180,7 @@ class TrainingSpec(_Strict):
     attention_heads: int = Field(4, ge=1, le=64)
 
 
-class PruningSpec(_Strict):
+class PruningSpec(StrictModel):
     """Compression of the retrained model (SequentialAttention++, ``seqattn_core.pruning``).
 
     ``sparsity`` prunes the hidden layers of the MLP tower into ``block`` x ``block`` tiles
@@ -218,7 +220,7 @@ class PruningSpec(_Strict):
                              weight_decay=self.weight_decay, rank_by=self.rank_by)
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """One selection job, as written in YAML or posted to ``POST /v1/jobs``.
 
     Example::
@@ -263,7 +265,7 @@ class JobSpec(_Strict):
 # --- FeatureSet: what a job writes (docs/jobspec.md, "The FeatureSet") ---------------------
 
 
-class SelectedFeature(_Strict):
+class SelectedFeature(StrictModel):
     """A kept feature; ``rank`` 1 was chosen first. Dense columns have no ``embedding_dim``."""
 
     name: str
@@ -273,7 +275,7 @@ class SelectedFeature(_Strict):
     embedding_dim: int | None = None
 
 
-class SelectedCross(_Strict):
+class SelectedCross(StrictModel):
     """A kept pairwise cross, hashed into ``buckets`` ids (see ``seqattn_core.crosses``)."""
 
     features: tuple[str, str]
@@ -283,7 +285,7 @@ class SelectedCross(_Strict):
     embedding_dim: int | None = None
 
 
-class Candidate(_Strict):
+class Candidate(StrictModel):
     """Every candidate the gates raced, selected or not, with its final score."""
 
     name: str
@@ -308,7 +310,7 @@ class FeatureSetMetrics(BaseModel):
     inference_ms: float | None = None
 
 
-class PrunedLayer(_Strict):
+class PrunedLayer(StrictModel):
     """One block-pruned layer of the retrained tower: its weight shape and the tiles it kept
     (row-major indices over ``ceil(out / block) x ceil(in / block)`` tiles)."""
 
@@ -319,7 +321,7 @@ class PrunedLayer(_Strict):
     kept_blocks: list[int]
 
 
-class Compression(_Strict):
+class Compression(StrictModel):
     """What the JobSpec's ``pruning`` section kept in the retrained model: the tiles of each pruned
     tower layer and, for ``interaction: autoint``, the heads (indices into the searched heads)."""
 
@@ -331,7 +333,7 @@ class Compression(_Strict):
     tower_weights_kept: int = 0  # of which in kept tiles
 
 
-class LatencyTrim(_Strict):
+class LatencyTrim(StrictModel):
     """What the latency stage removed to meet ``constraints.max_inference_ms``.
 
     The stage measures the selection's full choice (``ms_before``, per 1,024-row batch on the host
@@ -352,7 +354,7 @@ class LatencyTrim(_Strict):
     removed_crosses: list[tuple[str, str]] = Field(default_factory=list)
 
 
-class FeatureSet(_Strict):
+class FeatureSet(StrictModel):
     """A job's result; immutable once written. ``version``, ``job_id`` and ``created_at`` are set
     by whoever publishes it (the registry; ``seqattn select --out`` writes version null), so a local
     run may leave them out.
@@ -437,40 +439,50 @@ def as_spec_error(exc: ValidationError, model: type[BaseModel] = JobSpec) -> Spe
     """
     errors = exc.errors(include_url=False)
     first = errors[0]
-    field = _loc_to_path(first["loc"])
-    message = _describe(first, model)
+    field = loc_to_path(first["loc"])
+    message = describe_error(first, model)
     if not field and (located := re.fullmatch(r"([a-z_][\w.\[\]]*): (.+)", message, re.DOTALL)):
         field, message = located.groups()  # a check across sections names its own field
     if len(errors) > 1:
-        others = ", ".join(dict.fromkeys(_loc_to_path(e["loc"]) or "(top level)" for e in errors[1:]))
+        others = ", ".join(dict.fromkeys(loc_to_path(e["loc"]) or "(top level)" for e in errors[1:]))
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
     return SpecError(field, message)
 
 
-def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+def loc_to_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the dotted path users write: ``("selection", "dims", 1)`` ->
+    ``selection.dims[1]``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+def describe_error(error: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
+    """One pydantic error in words, the same for the CLI and the HTTP API. With the ``model`` the
+    error came from, an unknown field's message lists the allowed ones and the closest match."""
     kind, loc = error["type"], error["loc"]
     if kind == "missing":
         return "required field is missing"
+    if kind == "extra_forbidden" and model is None:
+        return "unknown field"
     if kind == "extra_forbidden":
         allowed = sorted(_model_at(model, loc[:-1]).model_fields)
         unknown = str(loc[-1])
         close = difflib.get_close_matches(unknown, allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown field {unknown!r}{hint} (allowed: {', '.join(allowed)})"
-    if kind == "value_error":
+    if kind == "json_invalid":
+        at = loc[1:2]
+        where = f" at character {at[0]}" if at and isinstance(at[0], int) else ""
+        return f"is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}{where}"
+    if kind == "value_error" and "ctx" in error:
         return str(error["ctx"]["error"])
     shown = repr(error.get("input"))
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a mapping of fields (got {shown})"
-    msg = error["msg"]
+    msg = str(error.get("msg") or "is invalid")
     msg = msg.replace("Input should be", "must be", 1)
     msg = msg[0].lower() + msg[1:]
     return f"{msg} (got {shown})"

@@ -328,6 +328,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
+    from pipelines.spec import describe_error
     from services.selector_api.app import create_app
     from services.selector_api.logs import configure_logging
     from services.selector_api.settings import Settings
@@ -336,7 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise SpecError(f"SEQATTN_{str(first['loc'][0]).upper()}", first["msg"]) from None
+        raise SpecError(f"SEQATTN_{str(first['loc'][0]).upper()}", describe_error(first)) from None
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import re
 from typing import Any
@@ -27,6 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import SpecError
+from pipelines.spec import describe_error, loc_to_path
 
 log = logging.getLogger("seqattn.service.errors")
 
@@ -79,30 +79,10 @@ def _field_of(loc: tuple[Any, ...], kind: str = "") -> str:
     if kind == "json_invalid":  # loc is ("body", <offset of the error>): the body is at fault
         return "body"
     where, rest = (loc[0], loc[1:]) if loc and loc[0] in ("body", "path", "query", "header", "cookie") else ("", loc)
-    out = ""
-    for part in rest:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    out = loc_to_path(rest)
     if where == "header":
         return out.replace("_", "-").title() if out else "headers"
     return out or (where or "request")
-
-
-def _describe(error: dict[str, Any]) -> str:
-    kind = error.get("type", "")
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "json_invalid":
-        at = error.get("loc", ())[1:2]
-        where = f" at character {at[0]}" if at and isinstance(at[0], int) else ""
-        return f"is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}{where}"
-    if kind == "value_error" and "ctx" in error:
-        return str(error["ctx"].get("error"))
-    shown = repr(error.get("input"))
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    msg = str(error.get("msg", "is invalid")).replace("Input should be", "must be", 1)
-    return f"{msg[0].lower() + msg[1:]} (got {shown})"
 
 
 def allowed_methods(request: Request, starlette_allow: str = "") -> list[str]:
@@ -151,7 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if not errors:
             return JSONResponse(error_body("request", "is invalid"), status_code=422)
         first = errors[0]
-        message = _describe(first)
+        message = describe_error(first)
         if len(errors) > 1:
             others = ", ".join(dict.fromkeys(_field_of(tuple(e["loc"]), e.get("type", "")) for e in errors[1:]))
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
