@@ -326,22 +326,45 @@ class Registry:
             self._set_promoted(db, name, version, promoted_by)
         return self.record(name, version)
 
+    def rollback_target(self, name: str, db: sqlite3.Connection | None = None) -> tuple[int | None, str]:
+        """What :meth:`rollback` would promote: ``(version, "")``, or ``(None, why)`` when it cannot.
+        (The version the served one replaced, from the promotion log; the dashboard asks first.)"""
+        if db is None:
+            with self.connect() as own:
+                return self.rollback_target(name, own)
+        current = self._promoted_version(db, name)
+        if current is None:
+            return None, f"feature set {name!r} has no promoted version to roll back from"
+        row = db.execute("SELECT previous_version FROM promotions WHERE name = ? AND version = ? "
+                         "ORDER BY seq DESC LIMIT 1", (name, current)).fetchone()
+        if row is None or row["previous_version"] is None:
+            return None, _nothing_to_roll_back(db, name, current)
+        return int(row["previous_version"]), ""
+
     def rollback(self, name: str, *, promoted_by: str = "rollback") -> VersionRecord:
-        """Promote again the version that the current one replaced (the promotion log's last entry
-        for the current version); :class:`PromotionConflict` naming ``name`` when it replaced none."""
+        """Promote again the version that the current one replaced (:meth:`rollback_target`);
+        :class:`PromotionConflict` naming ``name`` when it replaced none."""
         with self.transaction() as db:
-            current = self._promoted_version(db, name)
-            if current is None:
-                self._require_name(db, name)
-                raise PromotionConflict("name", f"feature set {name!r} has no promoted version to roll back from")
-            row = db.execute("SELECT previous_version FROM promotions WHERE name = ? AND version = ? "
-                             "ORDER BY seq DESC LIMIT 1", (name, current)).fetchone()
-            previous = row["previous_version"] if row is not None else None
+            previous, why = self.rollback_target(name, db)
             if previous is None:
-                raise PromotionConflict("name", _nothing_to_roll_back(db, name, current))
+                self._require_name(db, name)
+                raise PromotionConflict("name", why)
             self._require(db, name, previous)
             self._set_promoted(db, name, previous, promoted_by)
         return self.record(name, previous)
+
+    def promoted_version(self, name: str) -> int | None:
+        """The served version of ``name`` (None: none promoted, or no such name): one indexed lookup."""
+        with self.connect() as db:
+            return self._promoted_version(db, name)
+
+    def promoted_versions(self, db: sqlite3.Connection | None = None) -> dict[str, int]:
+        """Every name's served version, read in one statement (a snapshot); on ``db`` when given
+        (the serving cache keeps one connection open to notice changes cheaply)."""
+        if db is None:
+            with self.connect() as own:
+                return self.promoted_versions(own)
+        return {str(n): int(v) for n, v in db.execute("SELECT name, version FROM feature_set_promoted")}
 
     def promotions(self, name: str) -> list[dict[str, object]]:
         """The promotion log of ``name``, oldest first: ``version``, ``previous_version`` (the one

@@ -464,9 +464,9 @@ def describe_error(error: Mapping[str, Any], model: type[BaseModel] | None = Non
     kind, loc = error["type"], error["loc"]
     if kind == "missing":
         return "required field is missing"
-    if kind == "extra_forbidden" and model is None:
-        return "unknown field"
     if kind == "extra_forbidden":
+        if model is None:
+            return "unknown field"
         allowed = sorted(_model_at(model, loc[:-1]).model_fields)
         unknown = str(loc[-1])
         close = difflib.get_close_matches(unknown, allowed, n=1)

@@ -161,7 +161,5 @@ class FeatureSetCache:
             current = self._db.execute("PRAGMA data_version").fetchone()[0]
             if current == self._data_version:
                 return
-            # The registry's index table: name -> promoted version, read in one statement (a snapshot).
-            promoted = dict(self._db.execute("SELECT name, version FROM feature_set_promoted").fetchall())
-            self._promoted = promoted
+            self._promoted = self.registry.promoted_versions(self._db)
             self._data_version = current

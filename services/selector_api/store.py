@@ -417,10 +417,7 @@ class Store:
         return versions
 
     def promoted_version(self, name: str) -> int | None:
-        # The registry's own index table, read-only: one indexed lookup.
-        with self.registry.connect() as db:
-            row = db.execute("SELECT version FROM feature_set_promoted WHERE name = ?", (name,)).fetchone()
-        return int(row["version"]) if row else None
+        return self.registry.promoted_version(name)
 
     def artifact_path(self, record: VersionRecord) -> Path:
         return self.home / record.path

@@ -235,8 +235,8 @@ def test_history_page_with_diffs_and_promote_rollback(page: Any, server: ServerP
 
     # v1, the first version, replaced none: the rollback button is disabled and says why.
     assert page.locator("#rollback").is_disabled()
-    assert "no earlier promoted version" in page.locator("#rollback").get_attribute("title")
-    assert "no earlier promoted version" in page.locator("#rollback-why").inner_text()
+    assert "no earlier promotion to roll back to" in page.locator("#rollback").get_attribute("title")
+    assert "no earlier promotion to roll back to" in page.locator("#rollback-why").inner_text()
     assert api.post(f"/v1/feature-sets/{NAME}/rollback", headers=AUTH).status_code == 409
 
     # Without the key, the API's 401 message; with it, promote the pending v2, then roll back to v1.

@@ -28,7 +28,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +40,6 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from pipelines.errors import SpecError
-from pipelines.registry import VersionRecord
 from pipelines.spec import FeatureSet
 from services.selector_api.dashboard import charts
 from services.selector_api.deps import Service, check_name
@@ -378,26 +377,6 @@ def diff(new: FeatureSet, old: FeatureSet | None) -> Diff | None:
                 [(n, before[n], now[n]) for n in kept + crosses if n in before and before[n] != now[n]])
 
 
-def rollback_target(versions: Sequence[VersionRecord], promotions: Iterable[Mapping[str, Any]]) -> tuple[int | None, str]:
-    """What ``POST /v1/feature-sets/{name}/rollback`` would promote, read as the registry's
-    rollback reads it (the served version, then the promotion log's last entry for it: the version
-    it replaced), and why it cannot when there is none: (version, "") or (None, reason)."""
-    promoted = next((v.version for v in versions if v.promoted), None)
-    if promoted is None:
-        return None, "no promoted version to roll back from"
-    last = None
-    for p in promotions:  # oldest first: the last entry for the served version wins
-        if p["version"] == promoted:
-            last = p
-    back_to = last["previous_version"] if last is not None else None
-    if back_to is not None:
-        return int(back_to), ""
-    why = f"no earlier promoted version: v{promoted} is the only version promoted so far"
-    if any(v.version != promoted for v in versions):
-        why += "; promote another version below instead"
-    return None, why
-
-
 # -- pages -------------------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse)
 @page
@@ -431,7 +410,7 @@ def history_page(request: Request, name: str) -> HTMLResponse:
         marks=[v.decision for v in versions], title=f"{name}: validation AUC and kept features per version")
     promoted = next((v.version for v in versions if v.promoted), None)
     promotions = service.store.promotions(name)
-    back_to, rollback_why = rollback_target(versions, promotions)
+    back_to, rollback_why = service.store.registry.rollback_target(name)
     return render("history.html", name=name, rows=list(reversed(rows)), chart=chart, promoted=promoted,
                   back_to=back_to, rollback_why=rollback_why, promotions=list(reversed(promotions)),
                   active="feature-sets")
