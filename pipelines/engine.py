@@ -52,16 +52,12 @@ CPU_SHARDING_TYPES = (ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE)
 GPU_SHARDING_TYPES = CPU_SHARDING_TYPES + (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
 
 
-# TorchRec's planner searches every table's options, in time that grows about as n^2 with the tables
-# (on this CPU, a world of one: 0.6 s at 200 tables, 2.6 s at 400, 16.5 s at 1,000, and not done after
-# 300 s at 4,000, bench section g; a gloo world of two: 18 s at 1,000, `python -m bench.placement`).
-# Past this many tables the plan is built directly instead (on the world of two, same command: 1.4 s
-# at 1,001 tables, 6.1 s at 4,000): every table whole on one rank (table_wise, the fused kernel), the
-# largest first, each to the rank holding the fewest parameters so far (longest-processing-time
-# first, the classic greedy balance); only a table larger than a rank's fair share is split over all
-# ranks (_direct_plan). On a world of one that is what the planner chooses anyway (table_wise or a
-# one-shard column_wise on rank 0). Below the threshold the planner still plans, so placements (and
-# the results that depend on them) stay as they were.
+# TorchRec's planner searches every table's options in time that grows about as the square of the
+# table count (minutes at a few thousand tables; figures in docs/architecture.md, "The engine", and
+# `python -m bench.placement`). Past this many tables the plan is built directly (_direct_plan):
+# whole tables, largest first, each to the rank holding the fewest parameters so far, and only a
+# table larger than a rank's fair share split over all ranks. Below it the planner still plans, so
+# placements (and the results that depend on them) stay as they were.
 PLANNER_MAX_TABLES = 1_000
 
 

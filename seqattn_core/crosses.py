@@ -11,21 +11,13 @@ model is one scikit-learn logistic regression on the one-hot ids of half a row s
 then gets a smoothed per-id log-odds correction on that half, scored on the other half.
 
 Why against the additive model: a cross is worth a table only for what it adds beyond its two
-features, which the LEM already has. Measured on Frappe (bench ``c``), comparing the pair with the
-better of its two features alone ranks ``item x cost`` first, although ``cost`` merely restates the
-item, and misses ``user x item``, the pair that matters; against the additive model the top three are
-``item x country``, ``user x item`` and ``item x city``, the same three that adding one cross at a time
-to a one-hot logistic regression ranks first. Held-out scoring matters too: an in-sample statistic
-such as mutual information rewards high-cardinality pairs for memorising noise.
+features, which the LEM already has; and held out, because an in-sample statistic such as mutual
+information rewards high-cardinality pairs for memorising noise.
 
 How many buckets (:func:`bucket_budget`): about one per 8 training rows, at most 65,536. A bucket
-that training never reaches keeps its random initial embedding, and validation rows that land there
-feed that noise to the model. ``docs/cross_buckets.md`` (``python -m bench.cross_buckets``) compares
-this budget with a flat 65,536, whole jobs at 6 training seeds. On 48k planted rows, 8,051 x 6,148
-ids hashed into 65,536 buckets passed the pre-screen at seed 0, and the job that asked for one cross
-reached AUC 0.7185 with it, against 0.8111 with the budget, which screens that pair out. On Frappe
-(69k training rows) the same leading pairs win in 8,658 buckets, and the AUC with 3 crosses is higher
-on 5 of 6 seeds (mean +0.0039).
+that training never reaches keeps its random initial embedding, and validation rows that land
+there feed that noise to the model. The measurements behind both choices are in
+docs/architecture.md ("Crosses") and docs/cross_buckets.md.
 """
 
 from __future__ import annotations

@@ -57,13 +57,9 @@ def warmup_for(epochs: int) -> float:
     """The races' warm-up, as a fraction of the selection run: half of a one-epoch run, else 10 %.
 
     During the warm-up every gate is 1 and the whole model trains. In a single pass an id's
-    embedding trains only when a row holding it comes by, so after 10 % of the pass most ids of the
-    large tables are still at their initial values: the first phases then favour the small tables,
-    whose few ids are already trained, whatever their worth (on Frappe in one epoch the first pick
-    scored AUC 0.50 on its own). With two or more passes the later phases see trained embeddings,
-    and a longer warm-up only leaves fewer steps per pick. ``python -m bench.warmup`` measures one,
-    two and three passes (``docs/warmup.md``): at three, 10 % beats 25 % and 50 % on Criteo and the
-    planted data and trails them by about 0.001 AUKC on Frappe.
+    embedding trains only when a row holding it comes by, so a short warm-up leaves the large
+    tables untrained and hands the first picks to small ones; with more passes a longer warm-up
+    only leaves fewer steps per pick. The measurements behind both values: ``docs/warmup.md``.
 
     Example::
 
