@@ -2,8 +2,10 @@
 
 Bad input anywhere below (spec parsing, dataset checks, the registry) is a
 :class:`pipelines.errors.SpecError`, the same error the CLI turns into exit code 2, so a message
-reads the same on both surfaces. The subclasses here only choose the HTTP status. Anything else
-is logged with its traceback and answered with a generic 500 body.
+reads the same on both surfaces: 422. What only HTTP has (a missing key, an unknown id, a full
+queue, a rate limit) is a :class:`ServiceError`, whose subclass is its status. Both carry the
+field at fault and the problem. Anything else is logged with its traceback and answered with a
+generic 500 body.
 
 Example::
 
@@ -31,44 +33,71 @@ from pipelines.spec import describe_error, loc_to_path
 log = logging.getLogger("seqattn.service.errors")
 
 
-class BadRequest(SpecError):
+class ServiceError(Exception):
+    """An error of the HTTP surface, located like a :class:`SpecError`; ``status`` is its HTTP status."""
+
+    status = 500
+
+    def __init__(self, field: str | None, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}" if field else message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message}
+
+
+class BadRequest(ServiceError):
     """Unreadable request (HTTP 400): not JSON, a malformed header."""
 
+    status = 400
 
-class Unauthorized(SpecError):
+
+class Unauthorized(ServiceError):
     """Missing or wrong API key (HTTP 401)."""
 
-
-class UnsupportedMediaType(SpecError):
-    """A body that is not JSON by its Content-Type (HTTP 415)."""
+    status = 401
 
 
-class NotFound(SpecError):
+class NotFound(ServiceError):
     """An id or name that does not exist (HTTP 404)."""
 
+    status = 404
 
-class Conflict(SpecError):
+
+class Conflict(ServiceError):
     """A request that contradicts the current state (HTTP 409)."""
 
-
-class QueueFull(SpecError):
-    """Too many queued jobs (HTTP 503): the client should retry later."""
+    status = 409
 
 
-class TooManyRequests(SpecError):
+class UnsupportedMediaType(ServiceError):
+    """A body that is not JSON by its Content-Type (HTTP 415)."""
+
+    status = 415
+
+
+class TooManyRequests(ServiceError):
     """A client over one of its rate limits (HTTP 429); ``retry_after`` seconds until it may retry."""
+
+    status = 429
 
     def __init__(self, field: str, message: str, retry_after: int) -> None:
         super().__init__(field, message)
         self.retry_after = retry_after
 
 
-_STATUS = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, UnsupportedMediaType: 415,
-           TooManyRequests: 429, QueueFull: 503}
+class QueueFull(ServiceError):
+    """Too many queued jobs (HTTP 503): the client should retry later."""
+
+    status = 503
 
 
-def status_of(exc: SpecError) -> int:
-    return next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 422)
+# What a request can be answered with instead of its result: bad input, or a service error.
+UserError = (SpecError, ServiceError)
+
+
+def status_of(exc: SpecError | ServiceError) -> int:
+    return exc.status if isinstance(exc, ServiceError) else 422
 
 
 def error_body(field: str | None, message: str) -> dict[str, Any]:
@@ -114,7 +143,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app`` (see the module docstring)."""
 
     @app.exception_handler(SpecError)
-    async def spec_error(request: Request, exc: SpecError) -> JSONResponse:
+    @app.exception_handler(ServiceError)
+    async def user_error(request: Request, exc: SpecError | ServiceError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         if isinstance(exc, QueueFull):
             headers = {"Retry-After": "5"}

@@ -39,11 +39,10 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from pipelines.errors import SpecError
 from pipelines.spec import FeatureSet
 from services.selector_api.dashboard import charts
 from services.selector_api.deps import Service, check_name
-from services.selector_api.errors import NotFound, status_of
+from services.selector_api.errors import NotFound, UserError, status_of
 from services.selector_api.models import JobOut, VersionOut
 from services.selector_api.store import JobRow
 
@@ -147,7 +146,7 @@ def page(fn: Callable[..., Response]) -> Callable[..., Response]:
     def wrapper(*args: Any, **kwargs: Any) -> Response:
         try:
             return fn(*args, **kwargs)
-        except SpecError as exc:
+        except UserError as exc:
             return render("error.html", status=status_of(exc), error=exc)
 
     return wrapper
@@ -190,7 +189,7 @@ def feature_set(service: Service, name: str, version: int) -> FeatureSet:
     if fs is None:
         try:
             fs = _parsed.put(key, FeatureSet.model_validate_json(service.cache.version(name, version).body))
-        except SpecError as exc:
+        except UserError as exc:
             raise NotFound(exc.field, exc.message) from None
     return fs
 
@@ -465,7 +464,7 @@ def _job(service: Service, job_id: str | None) -> JobOut | None:
         return None
     try:
         return JobOut.of(service.store.get_job(job_id))
-    except SpecError:
+    except UserError:
         return None
 
 
@@ -532,7 +531,7 @@ def schedules_page(request: Request) -> HTMLResponse:
         if row.last_job_id:
             try:
                 last = service.store.get_job(row.last_job_id)
-            except SpecError:
+            except UserError:
                 last = None
         rows.append({"row": row, "spec": spec, "last": JobOut.of(last) if last else None,
                      "cadence": f"cron {cadence['cron']}" if cadence.get("cron") else f"every {cadence.get('interval')}"})
