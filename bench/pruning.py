@@ -121,12 +121,12 @@ def heads(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, obje
     from scratch for the same epochs, and against all heads."""
     spec = job_spec(problem, cfg, seed)
     data = load_dataset(spec.dataset, seed=seed)
-    full = replace(model_config(data), interaction="autoint", heads=cfg.heads, head_dim=8)
+    full = replace(model_config(data), interaction="autoint", attention_heads=cfg.heads, head_dim=8)
     rows = [{"variant": f"all {cfg.heads} heads", "k": cfg.heads, **train_eval(data, spec, full)}]
     for k in cfg.heads_kept:
-        chosen = train_eval(data, spec, full, SelectionConfig(features=None, heads=k))
+        chosen = train_eval(data, spec, full, SelectionConfig(features=None, keep_heads=k))
         rows.append({"variant": "Sequential Attention", "k": k, **chosen})
-        rows.append({"variant": "trained with k heads", "k": k, **train_eval(data, spec, replace(full, heads=k))})
+        rows.append({"variant": "trained with k heads", "k": k, **train_eval(data, spec, replace(full, attention_heads=k))})
     return [{**r, "problem": problem.name, "seed": seed} for r in rows]
 
 

@@ -330,11 +330,11 @@ def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], No
 
     base = LEMConfig(dense=tuple(data.dense_names), sparse=_sparse_features(data, tuple(data.sparse_names)),
                      embedding_dim=spec.training.embedding_dim, interaction=spec.training.interaction,
-                     heads=spec.training.attention_heads)
+                     attention_heads=spec.training.attention_heads)
     search_cfg = replace(base, crosses=crosses, embedding_dim=search_dim)
     selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
                                 max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim,
-                                heads=spec.pruning.heads, warmup=warmup_for(spec.training.epochs))
+                                keep_heads=spec.pruning.heads, warmup=warmup_for(spec.training.epochs))
     return Plan(base, search_cfg, selection, crosses, screen, len(data.train), len(data.valid), timings)
 
 
@@ -391,9 +391,9 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
         inference_ms = latency.ms_after
 
     p = spec.pruning
-    heads = len(outcome.kept_heads) if p.heads is not None else base.heads
+    heads = len(outcome.kept_heads) if p.heads is not None else base.attention_heads
     final_cfg = replace(base, dense=choice.dense, sparse=_sparse_features(data, choice.sparse), crosses=choice.crosses,
-                        embedding_dims=choice.dims, heads=heads)
+                        embedding_dims=choice.dims, attention_heads=heads)
     valid_src = batch_source(data.valid, data, choice.dense, choice.sparse, choice.crosses)
     pruning = p.config()
 

@@ -86,7 +86,7 @@ class SelectionConfig:
     dims_start: float = 0.6
     dims_warmup: float = 0.1  # of the dimension race's own span: its tables trained through the feature race
     reference_dim: int | None = None  # without a memory budget, dims re-spend kept tables x this
-    heads: int | None = None  # attention heads to keep (needs LEMConfig.interaction == "autoint")
+    keep_heads: int | None = None  # attention heads to keep (needs LEMConfig.interaction == "autoint")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class LEMConfig:
     cross_layers: int = 2
     cross_rank: int = 32
     interaction: str = "dcn"  # "dcn" (low-rank DCN-v2) or "autoint" (multi-head self-attention over fields)
-    heads: int = 4
+    attention_heads: int = 4
     head_dim: int = 8
 
     def table_rows(self) -> dict[str, int]:
@@ -243,8 +243,8 @@ class LargeEmbeddingModel(nn.Module):
         self.interaction: FieldSelfAttention | None = None
         if config.interaction == "autoint":
             token_widths = ([config.dense_dim] if self.n_dense else []) + [dims[t] for t in self.tables]
-            self.interaction = FieldSelfAttention(token_widths, config.heads, config.head_dim)
-            width = len(token_widths) * config.heads * config.head_dim
+            self.interaction = FieldSelfAttention(token_widths, config.attention_heads, config.head_dim)
+            width = len(token_widths) * config.attention_heads * config.head_dim
         elif config.interaction == "dcn":
             self.cross = LowRankCross(width, config.cross_layers, config.cross_rank)
         else:
@@ -297,10 +297,10 @@ class LargeEmbeddingModel(nn.Module):
                 len(self.blocks), len(self.blocks), per_step, s.dims_warmup,
                 costs=self.blocks.costs(), prerequisites=self.blocks.prerequisites(), rank_by_cost=True,
             )
-        if s.heads is not None:
+        if s.keep_heads is not None:
             if self.interaction is None:
-                raise ValueError("heads: choosing attention heads needs interaction='autoint'")
-            self.head_attention = SequentialAttention(cfg.heads, s.heads, 1, s.warmup)
+                raise ValueError("keep_heads: choosing attention heads needs interaction='autoint'")
+            self.head_attention = SequentialAttention(cfg.attention_heads, s.keep_heads, 1, s.warmup)
         # 0 = features/crosses racing, 1 = dimension race running (kept in state_dict for resumes).
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
 
@@ -446,7 +446,7 @@ class LargeEmbeddingModel(nn.Module):
     def kept_heads(self) -> list[int]:
         """Indices of the kept attention heads in selection order (every head without a head race)."""
         if self.head_attention is None:
-            return list(range(self.config.heads)) if self.interaction is not None else []
+            return list(range(self.config.attention_heads)) if self.interaction is not None else []
         return self.head_attention.selection_order()
 
     def kept_crosses(self) -> list[int]:

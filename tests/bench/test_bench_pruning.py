@@ -34,6 +34,6 @@ def test_kept_tiles_are_counted_by_the_input_their_columns_read():
 
 
 def test_autoint_towers_are_refused():
-    model, batch = _model(interaction="autoint", heads=2, head_dim=8)
+    model, batch = _model(interaction="autoint", attention_heads=2, head_dim=8)
     with pytest.raises(ValueError, match="heads"):
         kept_by_input(model, batch.sparse)

@@ -140,12 +140,12 @@ def test_dimension_search_needs_every_table_at_the_largest_choice():
 
 AUTOINT = LEMConfig(dense=("d",), sparse=tuple(SparseFeature(k, 20) for k in ("good", "noise1", "noise2", "noise3")),
                     embedding_dims={"good": 8, "noise1": 4}, embedding_dim=16, hidden=(16,), interaction="autoint",
-                    heads=4, head_dim=4)
+                    attention_heads=4, head_dim=4)
 
 
 def test_autoint_takes_mixed_widths_and_head_race_keeps_exactly_k_heads():
     torch.manual_seed(0)
-    model = LargeEmbeddingModel(AUTOINT, SelectionConfig(features=None, heads=2))
+    model = LargeEmbeddingModel(AUTOINT, SelectionConfig(features=None, keep_heads=2))
     kjt = _kjt(["good", "noise1", "noise2", "noise3"], card=20)
     assert model(torch.rand(4, 1), kjt).shape == (4,)
     _train(model, _planted())
@@ -153,7 +153,7 @@ def test_autoint_takes_mixed_widths_and_head_race_keeps_exactly_k_heads():
     assert len(kept) == 2 and len(set(kept)) == 2
     gates = model.head_attention().detach()
     assert gates[kept].tolist() == [1.0, 1.0] and gates.sum() == 2.0  # dropped heads contribute nothing
-    fresh = LargeEmbeddingModel(AUTOINT, SelectionConfig(features=None, heads=2))
+    fresh = LargeEmbeddingModel(AUTOINT, SelectionConfig(features=None, keep_heads=2))
     fresh.load_state_dict(model.state_dict())
     fresh.eval(), model.eval()
     assert fresh.kept_heads() == kept
@@ -161,8 +161,8 @@ def test_autoint_takes_mixed_widths_and_head_race_keeps_exactly_k_heads():
 
 
 def test_head_race_needs_autoint():
-    with pytest.raises(ValueError, match="^heads:"):
-        LargeEmbeddingModel(CFG, SelectionConfig(features=None, heads=1))
+    with pytest.raises(ValueError, match="^keep_heads:"):
+        LargeEmbeddingModel(CFG, SelectionConfig(features=None, keep_heads=1))
 
 
 def test_a_forward_pass_prints_no_torch_fx_note():
