@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench import markdown_table
 from pipelines.cluster import connect, disconnect, local_cpus
+from pipelines.events import Event
 from pipelines.ray_job import RayOptions, run_ray_job
 from pipelines.spec import load_spec
 from pipelines.synth import write_synth
@@ -63,8 +63,8 @@ def _one(cfg: RayBench, path: Path, rows: int, workers: int, work: Path, log: Ca
                       "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "num_workers": workers}})
     seen: dict[str, float] = {}
 
-    def on_event(event: dict[str, Any]) -> None:
-        key = f"{event['kind']}:{event.get('stage', '')}"
+    def on_event(event: Event) -> None:
+        key = f"{event.kind}:{getattr(event, 'stage', '')}"
         seen.setdefault(key, time.perf_counter())
 
     t0 = time.perf_counter()

@@ -43,7 +43,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,12 +53,11 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import SpecError
-from pipelines.job import run_job
+from pipelines.events import OnEvent, WindowChosen, emit
 from pipelines.limits import JobLimits
 from pipelines.registry import DEFAULT_EPSILON, Registry, VersionRecord
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec, Name, StrictModel, as_spec_error, load_spec
-from pipelines.stages import Event
 
 INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -149,6 +148,13 @@ class ScheduleSpec(StrictModel):
     cadence: Cadence
     promotion: Promotion = Field(default_factory=Promotion)
     warm_start: WarmStart = Field(default_factory=WarmStart)
+
+    @field_validator("job", mode="before")
+    @classmethod
+    def _inline_job(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):  # load_schedule reads a file; a mapping alone cannot
+            raise ValueError("must be an inline JobSpec mapping; a spec file is read only from a schedule file")
+        return value
 
     @field_validator("promotion", "warm_start", mode="before")
     @classmethod
@@ -328,7 +334,7 @@ class StepResult:
 
 
 def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registry | None = None,
-             on_event: Callable[[Event], None] | None = None, roots: DataRoots | None = None,
+             on_event: OnEvent | None = None, roots: DataRoots | None = None,
              limits: JobLimits | None = None) -> StepResult:
     """Run the schedule once on its newest window (or the one ending at ``as_of``) and publish.
 
@@ -348,8 +354,9 @@ def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registr
         if promoted:
             warm_from = promoted[-1].version
             spec = warm_start_spec(spec, registry.get(spec.name, warm_from), schedule.warm_start.explore)
-    if on_event is not None:
-        on_event({"kind": "stage", "stage": "window", "window": window.describe(), "warm_start_from": warm_from})
+    emit(on_event, WindowChosen(window.describe(), warm_from))
+    from pipelines.job import run_job  # here, not at the top: the service reads schedules without torch
+
     job_id = f"{schedule.name}-{values[-1]}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     fs = run_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
     source = json.dumps({"schedule": schedule.name, "partition": key, "window": list(values),

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 from pipelines.dataset import load_dataset
 from pipelines.errors import SpecError
+from pipelines.events import OnEvent, StageStarted, emit
 from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
-from pipelines.stages import Event, emit, plan_job, run_stages, seed_everything
+from pipelines.stages import plan_job, run_stages, seed_everything
 
 ENGINE_ENV = "SEQATTN_ENGINE"  # "ray" or "local": overrides the choice by training.num_workers
 
@@ -39,7 +39,7 @@ def use_ray(spec: JobSpec) -> bool:
     return spec.training.num_workers > 1
 
 
-def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
+def run_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None = None,
             roots: DataRoots | None = None, limits: JobLimits | None = None) -> FeatureSet:
     """Run one selection job and return its (unversioned) FeatureSet. A service passes its data
     ``roots`` (every file is checked against them as it is opened) and its job size ``limits``.
@@ -60,7 +60,7 @@ def run_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_
         return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
     t0 = time.perf_counter()
     seed_everything(spec.training.seed)
-    emit(on_event, kind="stage", stage="load")
+    emit(on_event, StageStarted("load"))
     data = load_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
     load_s = time.perf_counter() - t0
     plan = plan_job(spec, data, on_event, limits)

@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,11 +44,22 @@ from pipelines.cluster import connect
 from pipelines.dataset import EncodedDataset, EncodedSplit, encode_table
 from pipelines.engine import Placed, device
 from pipelines.errors import SpecError
+from pipelines.events import (
+    CheckpointSaved,
+    Event,
+    OnEvent,
+    PlanChosen,
+    Progress,
+    Resumed,
+    StageStarted,
+    WorkerStarted,
+    emit,
+)
 from pipelines.limits import JobLimits
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
-from pipelines.stages import Event, emit, plan_job, run_stages, seed_everything
+from pipelines.stages import plan_job, run_stages, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     bus = config["bus"]
-    bus.put.remote({"kind": "worker", "rank": rank, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()})
+    bus.put.remote(WorkerStarted(rank, os.getpid(), ray.get_runtime_context().get_node_id()))
     spec: JobSpec = JobSpec.model_validate_json(config["spec"])
     meta: EncodedDataset = config["meta"]
     t0 = time.perf_counter()
@@ -140,20 +150,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def send(event: Event) -> None:
         if rank == 0:
-            if event.get("kind") == "progress":
-                event = {**event, "rows": event["rows"] * world}
+            if isinstance(event, Progress):
+                event = replace(event, rows=event.rows * world)
             bus.put.remote(event)
 
     def placed_on(stage: str, placed: Placed) -> None:
-        bus.put.remote({"kind": "plan", "stage": stage, "rank": rank, "world_size": world,
-                        "tables": _plan_tables(placed)})
+        bus.put.remote(PlanChosen(stage, rank, world, _plan_tables(placed)))
 
     hooks = CheckpointedStages.resume(
         ray.train.get_checkpoint(), rank,
-        on_checkpoint=lambda stage, epoch: send({"kind": "checkpoint", "stage": stage, "epoch": epoch}),
+        on_checkpoint=lambda stage, epoch: send(CheckpointSaved(stage, epoch)),
         on_place=placed_on if rank == 0 else None)
     if hooks.resumed_from is not None:
-        send({"kind": "resumed", "stage": hooks.resumed_from[0], "epoch": hooks.resumed_from[1]})
+        send(Resumed(*hooks.resumed_from))
     seed_everything(spec.training.seed)
     batch_size = max(1, spec.training.batch_size // world)
     try:
@@ -229,7 +238,7 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(seen).__name__}: {text[-1] if text else ''}"
 
 
-def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, job_id: str | None = None,
+def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None = None,
                 options: RayOptions | None = None, roots: DataRoots | None = None,
                 limits: JobLimits | None = None) -> FeatureSet:
     """Run ``spec`` on ``spec.training.num_workers`` Ray Train workers; return its FeatureSet.
@@ -243,7 +252,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
 
     options = options or RayOptions()
     t0 = time.perf_counter()
-    emit(on_event, kind="stage", stage="load")
+    emit(on_event, StageStarted("load"))
     source = check_parquet(spec.dataset, roots)  # before Ray starts: bad input fails in a second
     placement = _placement(options)
     connect()
@@ -294,7 +303,7 @@ def run_ray_job(spec: JobSpec, on_event: Callable[[Event], None] | None = None, 
         while True:
             done = not thread.is_alive()
             for event in ray.get(bus.drain.remote()):
-                emit(on_event, **event)
+                emit(on_event, event)
             if done:
                 break
             thread.join(options.poll_s)

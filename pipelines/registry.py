@@ -53,6 +53,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from pipelines.errors import SpecError
 from pipelines.spec import FeatureSet
@@ -100,15 +101,16 @@ def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
     return Path(home if home is not None else os.environ.get("SEQATTN_HOME", ".seqattn"))
 
 
-@dataclass(frozen=True)
-class VersionRecord:
-    """One published version as the index holds it (the FeatureSet itself is in ``path``)."""
+class VersionInfo(BaseModel):
+    """What the index says of one published version. :class:`VersionRecord` adds where the
+    FeatureSet is stored and its ``source`` as recorded; the HTTP API's answer adds its URL."""
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     version: int
     job_id: str | None
     created_at: str
-    path: str
     val_auc: float | None
     embedding_mb: float | None
     inference_ms: float | None
@@ -117,8 +119,15 @@ class VersionRecord:
     previous_version: int | None
     jaccard: float | None
     rank_correlation: float | None
-    source: str | None
     promoted: bool = False
+
+
+class VersionRecord(VersionInfo):
+    """One published version as the index holds it (the FeatureSet itself is in ``path``, relative
+    to the registry's home; ``source`` is the publisher's text, a JSON document for a schedule's run)."""
+
+    path: str
+    source: str | None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import difflib
 import os
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -437,16 +437,29 @@ def as_spec_error(exc: ValidationError, model: type[BaseModel] = JobSpec) -> Spe
         ...     print(as_spec_error(exc, TrainingSpec))
         epochs: must be greater than or equal to 1 (got 0) (and 1 more problem: embedding_dim)
     """
-    errors = exc.errors(include_url=False)
+    return SpecError(*first_problem(exc.errors(include_url=False), model))
+
+
+def first_problem(errors: Sequence[Mapping[str, Any]], model: type[BaseModel] | None = None,
+                  field_of: Callable[[Mapping[str, Any]], str] | None = None) -> tuple[str, str]:
+    """``(field, message)`` for a list of pydantic errors: the first, in words, with the others
+    counted and named. The CLI (:func:`as_spec_error`) and the HTTP API (whose locations start
+    with ``body``/``query``/...: its ``field_of`` strips that) both answer with it, so a message
+    reads the same on both.
+
+        >>> first_problem([{"type": "missing", "loc": ("name",)}, {"type": "missing", "loc": ("dataset",)}])
+        ('name', 'required field is missing (and 1 more problem: dataset)')
+    """
+    field_of = field_of or (lambda e: loc_to_path(e["loc"]))
     first = errors[0]
-    field = loc_to_path(first["loc"])
+    field = field_of(first)
     message = describe_error(first, model)
     if not field and (located := re.fullmatch(r"([a-z_][\w.\[\]]*): (.+)", message, re.DOTALL)):
         field, message = located.groups()  # a check across sections names its own field
     if len(errors) > 1:
-        others = ", ".join(dict.fromkeys(loc_to_path(e["loc"]) or "(top level)" for e in errors[1:]))
+        others = ", ".join(dict.fromkeys(field_of(e) or "(top level)" for e in errors[1:]))
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
-    return SpecError(field, message)
+    return field, message
 
 
 def loc_to_path(loc: tuple[int | str, ...]) -> str:

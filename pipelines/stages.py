@@ -37,6 +37,7 @@ import torch
 from pipelines.dataset import EncodedDataset, EncodedSplit
 from pipelines.engine import Placed, place
 from pipelines.errors import SpecError
+from pipelines.events import OnEvent, Progress, StageStarted, emit
 from pipelines.limits import JobLimits
 from pipelines.spec import (
     Candidate,
@@ -58,23 +59,9 @@ from seqattn_core.training import StepEvent, binary_metrics, gate_learning_rate,
 
 log = logging.getLogger(__name__)
 
-Event = dict[str, Any]
 T = TypeVar("T")
 LATENCY_BATCH = 1024
 EVAL_BATCH = 8192
-
-
-def emit(on_event: Callable[[Event], None] | None, **event: Any) -> None:
-    """Send ``event`` (keyword arguments: ``kind``, ``stage``, ...) to ``on_event`` when there is one.
-
-    Every stage reports through it, so a job run without a listener costs nothing to report.
-
-        >>> emit(print, kind="stage", stage="load")
-        {'kind': 'stage', 'stage': 'load'}
-        >>> emit(None, kind="stage", stage="load")  # no listener: nothing happens
-    """
-    if on_event is not None:
-        on_event(event)
 
 
 @dataclass(frozen=True)
@@ -196,7 +183,7 @@ def check_selection(spec: JobSpec, data: EncodedDataset, limits: JobLimits | Non
 
 
 def fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSource, spec: JobSpec,
-        stage: str, on_event: Callable[[Event], None] | None, hooks: StageHooks = IN_PROCESS,
+        stage: str, on_event: OnEvent | None, hooks: StageHooks = IN_PROCESS,
         batch_size: int | None = None, pruning: PruningConfig | None = None) -> tuple[Placed, float]:
     """Place and train one model of ``config`` (gated when ``selection`` is given); returns (placed, seconds).
 
@@ -217,8 +204,7 @@ def fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSo
 
     def report(ev: StepEvent) -> None:
         if ev.epoch_end or ev.step % 10 == 0:
-            emit(on_event, kind="progress", stage=stage, epoch=ev.epoch, step=ev.step,
-                  total_steps=ev.total_steps, rows=ev.rows, loss=ev.loss, picks=ev.picks)
+            emit(on_event, Progress(stage, ev.epoch, ev.step, ev.total_steps, ev.rows, ev.loss, ev.picks))
 
     start = time.perf_counter()
     train(placed.forward, placed.model, placed.optimizer,
@@ -297,7 +283,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], None] | None = None,
+def plan_job(spec: JobSpec, data: EncodedDataset, on_event: OnEvent | None = None,
              limits: JobLimits | None = None) -> Plan:
     """Check the spec against the data and fix the search space (cross candidates by pre-screen,
     reported as stage ``prescreen`` with progress events over its steps)."""
@@ -313,11 +299,10 @@ def plan_job(spec: JobSpec, data: EncodedDataset, on_event: Callable[[Event], No
     screen: dict[str, float] = {}
     timings: dict[str, float] = {}
     if sel.crosses:
-        emit(on_event, kind="stage", stage="prescreen")
+        emit(on_event, StageStarted("prescreen"))
 
         def progress(done: int, total: int) -> None:
-            emit(on_event, kind="progress", stage="prescreen", epoch=None, step=done, total_steps=total, rows=0,
-                  loss=None, picks={})
+            emit(on_event, Progress("prescreen", epoch=None, step=done, total_steps=total))
 
         single = [n for n in data.sparse_names if n not in data.multi_valued]
         ids = {n: first_ids(*data.train.sparse[n]) for n in single}
@@ -349,7 +334,7 @@ def selection_outcome(model: LargeEmbeddingModel, seconds: float) -> SelectionOu
         kept_heads=tuple(model.kept_heads()))
 
 
-def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callable[[Event], None] | None = None,
+def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: OnEvent | None = None,
                hooks: StageHooks = IN_PROCESS, job_id: str | None = None, timings: dict[str, float] | None = None,
                batch_size: int | None = None, started: float | None = None) -> FeatureSet:
     """Selection, latency trimming, retrain and reference on ``data``; the FeatureSet of ``plan``.
@@ -371,7 +356,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
         placed, seconds = fit_stage(plan.search, plan.selection, train_src, "selection")
         return selection_outcome(placed.model, seconds)
 
-    emit(on_event, kind="stage", stage="selection")
+    emit(on_event, StageStarted("selection"))
     outcome = hooks.remember("selection", select)
     timings["selection_s"] = outcome.seconds
 
@@ -385,7 +370,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
 
     inference_ms, latency = None, None
     if spec.constraints.max_inference_ms is not None:
-        emit(on_event, kind="stage", stage="latency")
+        emit(on_event, StageStarted("latency"))
         budget_ms = spec.constraints.max_inference_ms
         choice, latency = hooks.agree("latency", lambda: _fit_latency_budget(choice, order, data, base, budget_ms))
         inference_ms = latency.ms_after
@@ -402,7 +387,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
         final, seconds = fit_stage(final_cfg, None, train_src, "retrain", pruning)
         return evaluate(final, valid_src), seconds, _compression(final.model, p.method, outcome.kept_heads)
 
-    emit(on_event, kind="stage", stage="retrain")
+    emit(on_event, StageStarted("retrain"))
     final_metrics, timings["retrain_s"], compression = hooks.remember("retrain", retrain)
     if inference_ms is None:
         inference_ms = _latency(final_cfg, valid_src)
@@ -412,7 +397,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
         ref, seconds = fit_stage(base, None, batch_source(data.train, data, base.dense, all_sparse, ()), "reference")
         return evaluate(ref, batch_source(data.valid, data, base.dense, all_sparse, ())), seconds
 
-    emit(on_event, kind="stage", stage="reference")
+    emit(on_event, StageStarted("reference"))
     ref_metrics, timings["reference_s"] = hooks.remember("reference", reference)
     timings["total_s"] = time.perf_counter() - t0
 
@@ -440,7 +425,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: Callab
             data.valid, data, base.dense, tuple(data.sparse_names), ())),
         "train_rows": plan.train_rows, "valid_rows": plan.valid_rows,
     }
-    emit(on_event, kind="stage", stage="done")
+    emit(on_event, StageStarted("done"))
     return FeatureSet(name=spec.name, job_id=job_id, created_at=datetime.now(timezone.utc), spec=spec,
                       features=features, crosses=out_crosses, candidates=candidates, metrics=metrics,
                       timings={k: round(v, 3) for k, v in timings.items()}, pruning=compression, latency=latency)

@@ -37,6 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipelines.errors import SpecError
+from pipelines.events import Event, Progress, Resumed, StageStarted, WindowChosen
 
 DEMO_ROWS = 100_000
 SYNTH_ROWS = 200_000  # one dataset
@@ -60,26 +61,30 @@ class _Progress:
         self.bar: tqdm | None = None
         self.stage = ""
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "resumed":
-            tqdm.write(f"[resumed from the checkpoint after {event['stage']} epoch {event['epoch'] + 1}]", file=sys.stderr)
-            return
-        if event["kind"] not in ("stage", "progress"):  # Ray's worker, plan and checkpoint events
-            return
-        if event["kind"] == "stage":
+    def __call__(self, event: Event) -> None:
+        match event:
+            case Resumed(stage=stage, epoch=epoch):
+                tqdm.write(f"[resumed from the checkpoint after {stage} epoch {epoch + 1}]", file=sys.stderr)
+            case WindowChosen(window=window, warm_start_from=warm):
+                tqdm.write(f"[window] {window}" + (f", warm start from version {warm}" if warm else ""), file=sys.stderr)
+            case StageStarted(stage=stage):
+                self.close()
+                if stage not in ("selection", "retrain", "reference"):
+                    tqdm.write(f"[{stage}]", file=sys.stderr)
+            case Progress():
+                self.step(event)
+            # Ray's worker, plan and checkpoint events are for the service and the logs
+
+    def step(self, event: Progress) -> None:
+        if event.stage != self.stage or self.bar is None:
             self.close()
-            if event["stage"] not in ("selection", "retrain", "reference"):
-                tqdm.write(f"[{event['stage']}]", file=sys.stderr)
-            return
-        if event["stage"] != self.stage or self.bar is None:
-            self.close()
-            self.stage = event["stage"]
-            self.bar = tqdm(total=event["total_steps"], desc=self.stage, unit="step", file=sys.stderr, leave=True)
-        self.bar.n = event["step"]
+            self.stage = event.stage
+            self.bar = tqdm(total=event.total_steps, desc=self.stage, unit="step", file=sys.stderr, leave=True)
+        self.bar.n = event.step
         parts = []  # the cross pre-screen reports steps only: no epoch, loss or picks
-        if event.get("loss") is not None:
-            parts += [f"epoch={event['epoch'] + 1}", f"loss={event['loss']:.4f}"]
-        parts += [f"{k}={v}" for k, v in (event.get("picks") or {}).items()]
+        if event.loss is not None and event.epoch is not None:
+            parts += [f"epoch={event.epoch + 1}", f"loss={event.loss:.4f}"]
+        parts += [f"{k}={v}" for k, v in event.picks.items()]
         self.bar.set_postfix_str(" ".join(parts))
 
     def close(self) -> None:
@@ -245,15 +250,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     registry = Registry(args.home) if args.home else Registry()
     progress = _Progress()
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("stage") == "window":
-            tqdm.write(f"[window] {event['window']}" + (f", warm start from version {event['warm_start_from']}"
-                                                      if event.get("warm_start_from") else ""), file=sys.stderr)
-        elif event.get("kind") in ("stage", "progress"):
-            progress(event)
-
     try:
-        step = run_step(schedule, as_of=args.as_of, registry=registry, on_event=on_event)
+        step = run_step(schedule, as_of=args.as_of, registry=registry, on_event=progress)
     finally:
         progress.close()
     rec = step.record
@@ -328,7 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from pipelines.spec import describe_error
+    from pipelines.spec import first_problem
     from services.selector_api.app import create_app
     from services.selector_api.logs import configure_logging
     from services.selector_api.settings import Settings
@@ -336,8 +334,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise SpecError(f"SEQATTN_{str(first['loc'][0]).upper()}", describe_error(first)) from None
+        raise SpecError(*first_problem(exc.errors(include_url=False), Settings,
+                                       lambda e: f"SEQATTN_{str(e['loc'][0]).upper()}")) from None
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:

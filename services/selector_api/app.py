@@ -87,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="seqattn selector API", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # FastAPI's pages load their JS and CSS from a CDN
-                  generate_unique_id_function=operation_id)
+                  generate_unique_id_function=operation_id,
+                  separate_input_output_schemas=False)  # one JobSpec schema, whether sent or received
     install_docs(app)
     app.state.service = Service(settings, store, cache, workers, scheduler)
     app.state.metrics = metrics
@@ -150,14 +151,6 @@ def install_docs(app: FastAPI) -> None:
             redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon, with_google_fonts=False))
 
 
-def _add_component(components: dict[str, Any], name: str, schema: dict[str, Any]) -> None:
-    """Add one schema to ``components.schemas``; two different schemas under one name (two models
-    with the same class name) are an error here, not a document whose answers violate it."""
-    if name in components and components[name] != schema:
-        raise RuntimeError(f"two OpenAPI components are named {name!r}; rename one of the models")
-    components[name] = schema
-
-
 def operation_id(route: APIRoute) -> str:
     """A readable operationId for a route without an explicit one: its function's name in camelCase
     (``submit_job`` -> ``submitJob``), rather than FastAPI's ``submit_job_v1_jobs_post``."""
@@ -166,8 +159,7 @@ def operation_id(route: APIRoute) -> str:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """OpenAPI with pipelines' JobSpec, ScheduleSpec and FeatureSet schemas (those routes read
-    their bodies themselves, to give the CLI's messages, so FastAPI does not see the models).
+    """OpenAPI with the name rule of JobSpec, ScheduleSpec and FeatureSet declared.
 
     FastAPI adds a 422 with its own ``HTTPValidationError`` body to every route with parameters;
     this service answers validation errors with :class:`~services.selector_api.models.ErrorBody`,
@@ -175,17 +167,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     dropped (with their schemas)."""
     if app.openapi_schema:
         return app.openapi_schema
-    from pipelines.continual import ScheduleSpec
-    from pipelines.spec import FeatureSet, JobSpec
     from services.selector_api.deps import NAME_SCHEMA_PATTERN
-    from services.selector_api.models import PromoteRequest
 
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (JobSpec, ScheduleSpec, FeatureSet, PromoteRequest):
-        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        for name, sub in {**js.pop("$defs", {}), model.__name__: js}.items():
-            _add_component(components, name, sub)
     # pipelines' Name is checked by a validator, which JSON Schema cannot see: declare its rule.
     for model in ("JobSpec", "ScheduleSpec", "FeatureSet"):
         name = components[model].get("properties", {}).get("name", {})

@@ -1,13 +1,15 @@
-"""What routes share: the service's state, the API-key check, and reading a JSON body ourselves.
+"""What routes share: the service's state, the API-key check, and the checks of a JSON body.
 
-Routes that take a JobSpec or a ScheduleSpec read the raw JSON and validate it with pipelines'
-own ``load_spec``/``load_schedule``, so the API's messages are the CLI's, word for word.
+Routes declare their body as its pydantic model (FastAPI validates it and documents it); the
+error handler words its validation errors with the CLI's own function, so the API's messages are
+the CLI's, word for word. :data:`JsonBody` checks the request itself first (media type, empty,
+nesting, an object) and gives the raw JSON where a route needs it.
 
 Example::
 
     @router.post("/v1/things", dependencies=[Depends(require_api_key)])
-    async def create(request: Request, service: ServiceDep) -> ...:
-        payload = await json_body(request)
+    async def create(thing: ThingSpec, payload: JsonBody, service: ServiceDep) -> ...:
+        ...
 """
 
 from __future__ import annotations
@@ -131,16 +133,19 @@ def _check_key(header: str | None, key: str) -> None:
         raise Unauthorized("Authorization", "the API key is wrong")
 
 
-async def json_body(request: Request) -> Any:
-    """The request's JSON body; a :class:`BadRequest` naming ``body`` when it is not JSON."""
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, checked before a typed body's validation errors are answered:
+    415 when the Content-Type is not JSON, 400 (naming ``body``) when it is empty, not JSON, nested
+    deeper than :data:`MAX_JSON_DEPTH` or not an object. Routes declare their body as the pydantic
+    model and take this too (``payload: JsonBody``) for what needs the raw JSON (the idempotency
+    hash); Starlette parses the body once for both."""
     ctype = request.headers.get("content-type", "")
     if ctype and "json" not in ctype.lower():
         raise UnsupportedMediaType("Content-Type", f"{ctype!r} is not supported; send application/json")
-    raw = await request.body()
-    if not raw.strip():
+    if not (await request.body()).strip():
         raise BadRequest("body", "is empty; send a JSON object")
     try:
-        payload = json.loads(raw)
+        payload = await request.json()
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest("body", f"is not valid JSON: {exc}") from None
     except RecursionError:
@@ -148,7 +153,12 @@ async def json_body(request: Request) -> Any:
     depth = json_depth(payload)
     if depth > MAX_JSON_DEPTH:
         raise BadRequest("body", f"is nested {depth} levels deep; the limit is {MAX_JSON_DEPTH}")
+    if not isinstance(payload, dict):
+        raise BadRequest("body", f"must be a JSON object, got {type(payload).__name__}")
     return payload
+
+
+JsonBody = Annotated[dict[str, Any], Depends(json_body)]
 
 
 def json_depth(value: Any) -> int:

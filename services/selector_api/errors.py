@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import SpecError
-from pipelines.spec import describe_error, loc_to_path
+from pipelines.spec import first_problem, loc_to_path
 
 log = logging.getLogger("seqattn.service.errors")
 
@@ -160,14 +160,12 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if not errors:
             return JSONResponse(error_body("request", "is invalid"), status_code=422)
-        first = errors[0]
-        message = describe_error(first)
-        if len(errors) > 1:
-            others = ", ".join(dict.fromkeys(_field_of(tuple(e["loc"]), e.get("type", "")) for e in errors[1:]))
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: {others})"
-        status = 400 if first.get("type") == "json_invalid" else 422
-        return JSONResponse(error_body(_field_of(tuple(first["loc"]), first.get("type", "")), message),
-                            status_code=status)
+        body_field = getattr(request.scope.get("route"), "body_field", None)
+        model = body_field.field_info.annotation if body_field is not None else None
+        field, message = first_problem(errors, model if isinstance(model, type) else None,
+                                       lambda e: _field_of(tuple(e["loc"]), e.get("type", "")))
+        status = 400 if errors[0].get("type") == "json_invalid" else 422
+        return JSONResponse(error_body(field, message), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -40,6 +40,7 @@ from typing import Any
 import psutil
 
 from pipelines.errors import SpecError
+from pipelines.events import Event, OnEvent
 from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 
@@ -81,15 +82,15 @@ def _context() -> mp.context.BaseContext:
 
 
 def _child(conn: Connection, task: JobTask) -> None:
-    """The job process: run the task, send ``("event", dict)`` messages, then one result message."""
+    """The job process: run the task, send ``("event", Event)`` messages, then one result message."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: finally blocks, Ray's atexit
     _die_with_parent()
     os.environ.clear()
     os.environ.update(task.env)
     logging.basicConfig(level=logging.ERROR)
 
-    def on_event(event: dict[str, Any]) -> None:
-        conn.send(("event", json.loads(json.dumps(event, default=str))))
+    def on_event(event: Event) -> None:
+        conn.send(("event", event))
 
     try:
         if task.kind == "job":
@@ -147,7 +148,7 @@ def _died(code: int | None) -> JobProcessError:
     return JobProcessError(f"the job's process exited with code {code} before it sent a result")
 
 
-def run_in_process(task: JobTask, on_event: Callable[[dict[str, Any]], None], poll: Callable[[], None],
+def run_in_process(task: JobTask, on_event: OnEvent, poll: Callable[[], None],
                    max_memory_bytes: int) -> tuple[str, Any]:
     """Run ``task`` in a new process; returns ``("feature_set", FeatureSet)`` or ``("record", VersionRecord)``.
 

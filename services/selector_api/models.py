@@ -11,12 +11,11 @@ Example::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.registry import VersionRecord
+from pipelines.registry import VersionInfo, VersionRecord
 from services.selector_api.store import JobRow, ScheduleRow
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
@@ -118,33 +117,19 @@ class JobList(BaseModel):
     next: str | None = Field(None, description="The next page's URL (path and query); null on the last page")
 
 
-class VersionOut(BaseModel):
+class VersionOut(VersionInfo):
     """One published version as the registry indexes it (the FeatureSet itself is at ``href``)."""
 
-    name: str
-    version: int
-    job_id: str | None
-    created_at: str
-    val_auc: float | None
-    embedding_mb: float | None
-    inference_ms: float | None
-    decision: str
-    reason: str
-    previous_version: int | None
-    jaccard: float | None
-    rank_correlation: float | None
     source: dict[str, Any] | None = Field(
         description="Where the version came from, as the publisher recorded it: for a schedule's run "
                     "{schedule, partition, window, warm_start_from}; free text that is not a JSON object "
                     "comes as {\"text\": ...}")
-    promoted: bool
     href: str
 
     @classmethod
     def of(cls, record: VersionRecord) -> VersionOut:
-        data = {k: v for k, v in asdict(record).items() if k != "path"}
-        data["source"] = _source(record.source)
-        return cls(**data, href=f"/v1/feature-sets/{record.name}/versions/{record.version}")
+        return cls(**record.model_dump(exclude={"path", "source"}), source=_source(record.source),
+                   href=f"/v1/feature-sets/{record.name}/versions/{record.version}")
 
 
 def _source(text: str | None) -> dict[str, Any] | None:

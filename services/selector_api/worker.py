@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.errors import SpecError
+from pipelines.events import Event, OnEvent, Progress, StageStarted, WindowChosen, as_dict
 from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 from services.selector_api.job_process import JobProcessError, JobTask, default_memory_bytes, run_in_process
@@ -53,23 +54,24 @@ class _Progress:
         self.state: dict[str, Any] = {"stage": "queued", "stages": []}
         self.written = 0.0
 
-    def update(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind == "stage":
-            stage = event.get("stage")
-            if stage and (not self.state["stages"] or self.state["stages"][-1] != stage):
-                self.state["stages"] = [*self.state["stages"], stage]
-            self.state["stage"] = stage
-            for key in ("window", "warm_start_from"):
-                if key in event:
-                    self.state[key] = event[key]
-            self.flush()
-        elif kind == "progress":
-            for key in ("stage", "epoch", "step", "total_steps", "rows", "loss", "picks"):
-                if key in event:
-                    self.state[key] = event[key]
-            if time.monotonic() - self.written >= PROGRESS_EVERY_S:
-                self.flush()
+    def update(self, event: Event) -> None:
+        match event:
+            case StageStarted(stage=stage):
+                self.enter(stage)
+            case WindowChosen(window=window, warm_start_from=warm):
+                self.state.update(window=window, warm_start_from=warm)
+                self.enter("window")
+            case Progress():
+                self.state.update({k: v for k, v in as_dict(event).items() if k != "kind"})
+                if time.monotonic() - self.written >= PROGRESS_EVERY_S:
+                    self.flush()
+
+    def enter(self, stage: str) -> None:
+        """A new stage: appended to ``stages`` (once) and written at once."""
+        if not self.state["stages"] or self.state["stages"][-1] != stage:
+            self.state["stages"] = [*self.state["stages"], stage]
+        self.state["stage"] = stage
+        self.flush()
 
     def flush(self) -> None:
         self.written = time.monotonic()
@@ -154,7 +156,7 @@ class JobWorkers:
             if flag.is_set():
                 raise JobCancelled(job.id)
 
-        def on_event(event: dict[str, Any]) -> None:
+        def on_event(event: Event) -> None:
             poll()
             progress.update(event)
 
@@ -196,7 +198,7 @@ class JobWorkers:
         finally:
             self._running.pop(job.id, None)
 
-    def _execute(self, job: JobRow, on_event: Callable[[dict[str, Any]], None], poll: Callable[[], None]) -> Any:
+    def _execute(self, job: JobRow, on_event: OnEvent, poll: Callable[[], None]) -> Any:
         task = JobTask(job.kind, job.spec, job.id, str(self.store.home), self.roots, self.limits)
         kind, result = run_in_process(task, on_event, poll, self.max_memory_bytes)
         if kind == "feature_set":

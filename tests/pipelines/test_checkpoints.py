@@ -12,6 +12,7 @@ from pipelines.checkpoints import CheckpointedStages, restore, snapshot
 from pipelines.dataset import load_dataset
 from pipelines.engine import place
 from pipelines.errors import SpecError
+from pipelines.events import Progress
 from pipelines.spec import load_spec
 from pipelines.stages import plan_job, run_stages, seed_everything
 from pipelines.synth import write_synth
@@ -106,7 +107,7 @@ def test_a_job_resumed_from_a_mid_selection_checkpoint_ends_like_an_uninterrupte
     events = []
     resumed_hooks = CheckpointedStages.resume(Checkpoint.from_directory(published[0][2]), 0, report=lambda m, d: None)
     resumed = run_stages(spec, data, plan, on_event=events.append, hooks=resumed_hooks)
-    first_epochs = [e["epoch"] for e in events if e["kind"] == "progress" and e["stage"] == "selection"]
+    first_epochs = [e.epoch for e in events if isinstance(e, Progress) and e.stage == "selection"]
     assert min(first_epochs) == 1  # epoch 0 was not trained again
     assert [f.name for f in resumed.features] == [f.name for f in whole.features]
     assert resumed.metrics.val_auc == pytest.approx(whole.metrics.val_auc, abs=1e-6)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from pipelines.events import Progress, StageStarted
 from pipelines.job import run_job
 from pipelines.spec import load_spec
 from pipelines.synth import write_synth
@@ -101,11 +102,11 @@ def test_every_candidate_is_reported_and_progress_was_streamed(result):
     fs, truth, events = result
     names = {c.name for c in fs.candidates}
     assert set(truth["dense"]) | set(truth["sparse"]) <= names
-    stages = [e["stage"] for e in events if e["kind"] == "stage"]
+    stages = [e.stage for e in events if isinstance(e, StageStarted)]
     assert stages[:3] == ["load", "prescreen", "selection"] and stages[-1] == "done"
-    assert any(e["kind"] == "progress" and e["picks"].get("features", 0) > 0 for e in events)
-    screen = [e for e in events if e["kind"] == "progress" and e["stage"] == "prescreen"]
-    assert len(screen) >= 3 and screen[-1]["step"] == screen[-1]["total_steps"]  # the pre-screen shows progress
+    assert any(isinstance(e, Progress) and e.picks.get("features", 0) > 0 for e in events)
+    screen = [e for e in events if isinstance(e, Progress) and e.stage == "prescreen"]
+    assert len(screen) >= 3 and screen[-1].step == screen[-1].total_steps  # the pre-screen shows progress
 
 
 def test_budgets_hold(planted):

@@ -16,6 +16,7 @@ from ray_nodes import RayNodes
 
 from pipelines.cluster import connect
 from pipelines.errors import SpecError
+from pipelines.events import CheckpointSaved, PlanChosen, Progress, Resumed, StageStarted, WorkerStarted
 from pipelines.job import run_job, use_ray
 from pipelines.ray_job import RayOptions, run_ray_job
 from pipelines.spec import load_spec
@@ -88,33 +89,33 @@ def two_workers(cluster, planted):
 
 def test_tables_are_sharded_across_the_two_workers(two_workers):
     _, events = two_workers
-    plan = next(e for e in events if e["kind"] == "plan" and e["stage"] == "selection")
-    assert plan["world_size"] == 2
-    kinds = {t["sharding_type"] for t in plan["tables"].values()}
+    plan = next(e for e in events if isinstance(e, PlanChosen) and e.stage == "selection")
+    assert plan.world_size == 2
+    kinds = {t["sharding_type"] for t in plan.tables.values()}
     assert kinds <= {"table_wise", "column_wise"}  # CPU + gloo: no row_wise, no replicas
-    whole_tables = [t["ranks"] for t in plan["tables"].values() if t["sharding_type"] in ("table_wise", "column_wise")]
+    whole_tables = [t["ranks"] for t in plan.tables.values() if t["sharding_type"] in ("table_wise", "column_wise")]
     # Really sharded: some tables live only on worker 0, others only on worker 1.
     assert [0] in whole_tables and [1] in whole_tables
 
 
 def test_workers_ran_on_both_nodes_of_the_cluster(two_workers, cluster):
     _, events = two_workers
-    workers = {e["rank"]: e for e in events if e["kind"] == "worker"}
+    workers = {e.rank: e for e in events if isinstance(e, WorkerStarted)}
     assert sorted(workers) == [0, 1]
-    assert workers[0]["node"] != workers[1]["node"]
-    assert not set(cluster["pids"]) & {w["pid"] for w in workers.values()}
+    assert workers[0].node != workers[1].node
+    assert not set(cluster["pids"]) & {w.pid for w in workers.values()}
 
 
 def test_progress_reaches_the_caller_while_the_job_runs(two_workers, planted):
     fs, events = two_workers
-    stages = [e["stage"] for e in events if e["kind"] == "stage"]
+    stages = [e.stage for e in events if isinstance(e, StageStarted)]
     assert stages == ["load", "selection", "retrain", "reference", "done"]
-    progress = [e for e in events if e["kind"] == "progress" and e["stage"] == "selection"]
-    assert progress[-1]["picks"]["features"] == 8
+    progress = [e for e in events if isinstance(e, Progress) and e.stage == "selection"]
+    assert progress[-1].picks["features"] == 8
     # rows count both workers' rows: one epoch is the whole train split
-    epoch_end = [e for e in progress if e["epoch"] == 0][-1]
-    assert abs(epoch_end["rows"] - fs.metrics.train_rows) <= 2 * 512
-    checkpoints = [(e["stage"], e["epoch"]) for e in events if e["kind"] == "checkpoint"]
+    epoch_end = [e for e in progress if e.epoch == 0][-1]
+    assert abs(epoch_end.rows - fs.metrics.train_rows) <= 2 * 512
+    checkpoints = [(e.stage, e.epoch) for e in events if isinstance(e, CheckpointSaved)]
     assert checkpoints == [(s, e) for s in ("selection", "retrain", "reference") for e in (0, 1)]
     assert fs.job_id == "j-two" and fs.metrics.train_rows == 24_000 and fs.timings["read_s"] > 0
 
@@ -148,18 +149,18 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(two
 
     def on_event(event):
         events.append(event)
-        if event["kind"] == "worker" and event["rank"] not in pids:
-            pids[event["rank"]] = event["pid"]
-        if event["kind"] == "checkpoint" and not killed and len(pids) == 2 and not hasattr(on_event, "armed"):
+        if isinstance(event, WorkerStarted) and event.rank not in pids:
+            pids[event.rank] = event.pid
+        if isinstance(event, CheckpointSaved) and not killed and len(pids) == 2 and not hasattr(on_event, "armed"):
             on_event.armed = True
             threading.Thread(target=kill_after_a_registered_checkpoint, daemon=True).start()
 
     fs = run_ray_job(_spec(path, 2), on_event=on_event,
                      options=RayOptions(run_name="killed", max_failures=2))
     assert killed, "the job finished before worker 1 could be killed"
-    resumed = [e for e in events if e["kind"] == "resumed"]
+    resumed = [e for e in events if isinstance(e, Resumed)]
     assert resumed, "the restarted workers did not resume from a checkpoint"
-    restarted = {e["pid"] for e in events if e["kind"] == "worker"} - set(pids.values())
+    restarted = {e.pid for e in events if isinstance(e, WorkerStarted)} - set(pids.values())
     assert len(restarted) == 2  # a new worker group
     unkilled, _ = two_workers
     assert _kept(fs) == _kept(unkilled)

@@ -14,6 +14,7 @@ import psutil
 import pytest
 from live_server import AUTH, job_spec, wait_job
 
+from pipelines.events import Event, Progress
 from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 from pipelines.spec import load_spec
@@ -46,7 +47,7 @@ def test_a_job_process_killed_by_the_kernel_fails_with_the_signal(data_root: Pat
     task = JobTask("job", _tiny(data_root, training={"epochs": 20}), "j-0000000000000001", str(tmp_path))
     killed: list[int] = []
 
-    def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: Event) -> None:
         if killed:
             return
         # The job's process is a child of the forkserver, itself a child of this process.
@@ -69,8 +70,8 @@ def test_a_cancelled_job_leaves_no_process_behind(data_root: Path, tmp_path: Pat
     class Stop(Exception):
         pass
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["kind"] == "progress" and event.get("step"):
+    def on_event(event: Event) -> None:
+        if isinstance(event, Progress) and event.step:
             seen.extend(p.pid for p in psutil.Process().children(recursive=True) if p.pid not in before)
             raise Stop
 

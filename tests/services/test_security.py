@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from live_server import API_KEY, AUTH, ServerProcess, publish_versions
 
-from services.selector_api.app import _add_component, create_app
+from services.selector_api.app import create_app
 from services.selector_api.settings import Settings
 from services.selector_api.store import Store
 
@@ -245,13 +245,6 @@ def test_the_promotion_answer_matches_its_own_schema(client: TestClient) -> None
     assert set(entry["properties"]) == {"version", "previous_version", "source", "at"}  # not a schedule's policy
     for item in r.json()["history"]:
         jsonschema.validate(item, entry)
-
-
-def test_two_models_with_one_name_cannot_overwrite_each_other() -> None:
-    components: dict[str, Any] = {"Promotion": {"properties": {"at": {}}}}
-    _add_component(components, "Promotion", {"properties": {"at": {}}})  # the same schema twice is fine
-    with pytest.raises(RuntimeError, match="Promotion"):
-        _add_component(components, "Promotion", {"properties": {"epsilon": {}}})
 
 
 def test_names_declare_their_pattern_and_promote_its_400_and_415(client: TestClient) -> None:

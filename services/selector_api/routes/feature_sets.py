@@ -19,11 +19,10 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from pipelines.errors import SpecError
-from services.selector_api.deps import ListBudget, NamePath, ServiceDep, check_name, json_body, require_api_key
+from pipelines.spec import FeatureSet
+from services.selector_api.deps import JsonBody, ListBudget, NamePath, ServiceDep, check_name, require_api_key
 from services.selector_api.errors import NotFound
 from services.selector_api.models import (
     FeatureSetList,
@@ -38,7 +37,7 @@ from services.selector_api.models import (
 )
 from services.selector_api.serving import Served, answer
 
-router = APIRouter(prefix="/v1/feature-sets", tags=["feature-sets"])
+router = APIRouter(prefix="/v1/feature-sets", tags=["feature-sets"], strict_content_type=False)
 
 # What serving.answer() sends with a version, on the 200 and on the 304.
 SERVED_HEADERS = {
@@ -48,17 +47,13 @@ SERVED_HEADERS = {
                                 "`public, max-age=31536000, immutable` for a numbered version"),
 }
 FEATURE_SET_JSON = {200: {"description": "The FeatureSet (JSON, docs/jobspec.md)", "headers": SERVED_HEADERS,
-                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeatureSet"}}}},
+                          "model": FeatureSet},
                     304: {"description": "Not modified: the If-None-Match ETag is current", "headers": SERVED_HEADERS}}
 EXPORT = {200: {"description": "TorchRec table configs (JSON) or a Feast FeatureService module (Python)",
                 "headers": {"Content-Disposition": header_doc("attachment; filename=NAME-vVERSION.json|.py")},
                 "content": {"application/json": {"schema": {"type": "object"}},
                             "text/x-python": {"schema": {"type": "string"}}}}}
 Version = Annotated[int, Path(ge=1, le=2**31)]
-# The body of promote is read by json_body (400 for bad JSON, 415 for another Content-Type, as on
-# every route with a body) and validated here; its schema is added to the components by app._openapi.
-PROMOTE_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/PromoteRequest"}}}}}
 
 
 def _served_response(request: Request, served: Served, cache_control: str) -> Response:
@@ -172,18 +167,13 @@ def _promotion(service: ServiceDep, name: str, record_version: int) -> Promotion
                         record=VersionOut.of(record), history=history)
 
 
-@router.post("/{name}/promote", response_model=PromotionOut, openapi_extra=PROMOTE_BODY,
+@router.post("/{name}/promote", response_model=PromotionOut,
              responses=error_responses(400, 401, 404, 409, 413, 415, 422, 429),
              dependencies=[Depends(require_api_key)], operation_id="promoteFeatureSet")
-async def promote(name: NamePath, request: Request, service: ServiceDep) -> PromotionOut:
+async def promote(name: NamePath, body: PromoteRequest, _: JsonBody, service: ServiceDep) -> PromotionOut:
     """Serve ``version`` from now on (atomic: readers see the old or the new version, never a mix).
     ``expected_version`` makes it a compare-and-set (409 if another promotion came first).
     The body is a :class:`PromoteRequest`."""
-    payload = await json_body(request)
-    try:
-        body = PromoteRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     return await run_in_threadpool(_promote, service, name, body)
 
 

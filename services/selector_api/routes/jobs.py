@@ -1,8 +1,9 @@
 """``/v1/jobs``: submit a selection job, watch its progress, cancel it, resubmit it.
 
-The body of ``POST /v1/jobs`` is a JobSpec (the CLI's YAML, as JSON), validated by pipelines'
-``load_spec`` so the messages match the CLI's. Its dataset path must lie under the data roots, and
-its columns are checked against the Parquet footers before the job is queued.
+The body of ``POST /v1/jobs`` is a JobSpec (the CLI's YAML, as JSON), declared as pipelines'
+model; its validation errors are worded by the same function as the CLI's. Its dataset path must
+lie under the data roots, and its columns are checked against the Parquet footers before the job
+is queued.
 
 Example (with httpx)::
 
@@ -19,17 +20,17 @@ import re
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from pipelines.spec import load_spec
+from pipelines.spec import JobSpec, load_spec
 from services.selector_api.data_roots import checked_spec
 from services.selector_api.deps import (
+    JsonBody,
     ListBudget,
     NameQuery,
     ServiceDep,
     check_name,
-    json_body,
     limit_submissions,
     require_api_key,
 )
@@ -37,7 +38,7 @@ from services.selector_api.errors import BadRequest, Conflict, NotFound
 from services.selector_api.models import JobList, JobOut, JobState, error_responses, header_doc
 from services.selector_api.store import JobRow, request_hash
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], strict_content_type=False)
 
 JOB_ID = re.compile(r"j-[0-9a-f]{16}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -50,8 +51,6 @@ SUBMITTED = {
           "model": JobOut, "headers": {"Location": header_doc("/v1/jobs/{id}"),
                                        "Idempotent-Replayed": header_doc("`true`")}},
 }
-JOB_SPEC_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}}}
 
 
 def _job_id(job_id: str) -> str:
@@ -60,10 +59,10 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
-@router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SPEC_BODY,
+@router.post("", status_code=202, response_model=JobOut,
              responses={**SUBMITTED, **error_responses(400, 401, 409, 413, 415, 422, 429, 503)},
              dependencies=[Depends(require_api_key), Depends(limit_submissions)], operation_id="submitJob")
-async def submit_job(request: Request, response: Response, service: ServiceDep,
+async def submit_job(spec: JobSpec, payload: JsonBody, response: Response, service: ServiceDep,
                      idempotency_key: Annotated[str | None, Header(
                          alias="Idempotency-Key", description="1-255 visible ASCII characters; a retry with the same "
                          "key and body returns the first job (200) instead of queueing another",
@@ -72,12 +71,12 @@ async def submit_job(request: Request, response: Response, service: ServiceDep,
     for the same body, 200 with that job and no new one; for another body, 409."""
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise BadRequest("Idempotency-Key", "must be 1-255 visible ASCII characters")
-    payload = await json_body(request)
 
     def submit() -> tuple[JobRow, bool]:
-        spec = checked_spec(load_spec(_mapping(payload)), service.settings.roots(), service.settings.limits())
-        return service.store.create_job("job", spec.name, spec.model_dump_json(), idempotency_key=idempotency_key,
-                                        body_hash=request_hash(payload), max_queued=service.settings.max_queued_jobs)
+        checked = checked_spec(spec, service.settings.roots(), service.settings.limits())
+        return service.store.create_job("job", checked.name, checked.model_dump_json(),
+                                        idempotency_key=idempotency_key, body_hash=request_hash(payload),
+                                        max_queued=service.settings.max_queued_jobs)
 
     job, created = await run_in_threadpool(submit)
     if created:
@@ -87,12 +86,6 @@ async def submit_job(request: Request, response: Response, service: ServiceDep,
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
-
-
-def _mapping(payload: object) -> dict:
-    if not isinstance(payload, dict):
-        raise BadRequest("body", f"must be a JSON object (a JobSpec), got {type(payload).__name__}")
-    return payload
 
 
 @router.get("", response_model=JobList, responses=error_responses(422, 429), operation_id="listJobs")
@@ -141,7 +134,7 @@ def resubmit_job(job_id: JobIdPath, service: ServiceDep) -> JobOut:
         raise Conflict("id", f"job {job_id!r} is {old.state}; only an ended job can be resubmitted")
     spec_json = old.spec
     if old.kind == "job":  # the data roots may have changed since
-        spec_json = checked_spec(load_spec(_mapping(json.loads(old.spec))), service.settings.roots(),
+        spec_json = checked_spec(load_spec(json.loads(old.spec)), service.settings.roots(),
                                  service.settings.limits()).model_dump_json()
     job, _ = service.store.create_job(old.kind, old.name, spec_json, schedule=old.schedule, resubmitted_from=old.id,
                                       max_queued=service.settings.max_queued_jobs)

@@ -16,56 +16,45 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
+from pipelines.continual import ScheduleSpec, partitions
 from pipelines.errors import SpecError
 from services.selector_api.data_roots import check_path
 from services.selector_api.deps import (
+    JsonBody,
     ListBudget,
     NamePath,
     ServiceDep,
     check_name,
-    json_body,
     limit_submissions,
     require_api_key,
 )
-from services.selector_api.errors import BadRequest
 from services.selector_api.models import JobOut, ScheduleList, ScheduleOut, error_responses, header_doc
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], strict_content_type=False)
 
 CREATED = {201: {"description": "Created", "headers": {"Location": header_doc("/v1/schedules/{name}")}}}
-SCHEDULE_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/ScheduleSpec"}}}}}
 
 
-@router.post("", status_code=201, response_model=ScheduleOut, openapi_extra=SCHEDULE_BODY,
+@router.post("", status_code=201, response_model=ScheduleOut,
              responses={**CREATED, **error_responses(400, 401, 409, 413, 415, 422, 429)},
              dependencies=[Depends(require_api_key), Depends(limit_submissions)], operation_id="createSchedule")
-async def create_schedule(request: Request, response: Response, service: ServiceDep) -> ScheduleOut:
+async def create_schedule(schedule: ScheduleSpec, _: JsonBody, response: Response,
+                          service: ServiceDep) -> ScheduleOut:
     """Create a schedule; its first run is one cadence from now (``POST .../run`` to run at once)."""
-    payload = await json_body(request)
-    if not isinstance(payload, dict):
-        raise BadRequest("body", f"must be a JSON object (a schedule), got {type(payload).__name__}")
-    if "job" in payload and not isinstance(payload["job"], dict):
-        raise SpecError("job", "must be an inline JobSpec mapping; the API does not read spec files")
 
     def create() -> ScheduleOut:
-        from pipelines.continual import load_schedule
-
-        schedule = load_schedule(payload)
         try:
             service.settings.limits().check(schedule.job)
         except SpecError as exc:  # the job is the schedule's "job" field
             raise SpecError(f"job.{exc.field}", exc.message) from None
         real = check_path(schedule.window.path, service.settings.roots(), "window.path")
-        schedule = schedule.model_copy(update={"window": schedule.window.model_copy(update={"path": real})})
-        from pipelines.continual import partitions
-
-        partitions(schedule.window)  # the folder must hold key=value partitions now, not at 3 a.m.
+        placed = schedule.model_copy(update={"window": schedule.window.model_copy(update={"path": real})})
+        partitions(placed.window)  # the folder must hold key=value partitions now, not at 3 a.m.
         now = datetime.now(timezone.utc)
-        row = service.store.create_schedule(schedule.name, schedule.model_dump_json(), schedule.cadence.next_run(now))
+        row = service.store.create_schedule(placed.name, placed.model_dump_json(), placed.cadence.next_run(now))
         return ScheduleOut.of(row)
 
     out = await run_in_threadpool(create)
