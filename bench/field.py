@@ -114,9 +114,9 @@ def problems(cfg: FieldBench, work: Path) -> list[Problem]:
             truth = write_synth(path, rows=cfg.planted_rows, seed=0, n_noise=cfg.planted_noise)
             n = len(truth["dense"]) + len(truth["sparse"])
             out.append(Problem("planted", str(path),
-                               f"`seqattn synth --rows {cfg.planted_rows} --seed 0`, {cfg.planted_noise} noise columns: "
-                               f"{n} candidate fields (3 dense); 2 epochs, batch 256 (at batch 1024 a full-order search "
-                               "of 40 fields "
+                               f"`seqattn synth --rows {cfg.planted_rows} --seed 0`, {cfg.planted_noise} noise "
+                               f"columns: {n} candidate fields (3 dense); 2 epochs, batch 256 (at batch 1024 a "
+                               "full-order search of 40 fields "
                                "gets barely one step per pick)", 2, 256, CURVE))
         else:
             raise ValueError(f"problems: unknown {name!r}")
@@ -233,7 +233,8 @@ def dimensions(problem: Problem, seeds: Sequence[int], log: Callable[[str], None
             kept = [names[i] for i in outcome.kept]
             config = subset_config(data, kept, dims=dict(outcome.dims))
             metrics = train_eval(data, spec, config)
-            rows.append({"seed": seed, "variant": "Sequential Attention blocks", "setting": f"budget {share:.2f} x fixed 16",
+            rows.append({"seed": seed, "variant": "Sequential Attention blocks",
+                         "setting": f"budget {share:.2f} x fixed 16",
                          **metrics, "select_s": time.perf_counter() - start - metrics["seconds"],
                          "fields": len(kept)})
     return pd.DataFrame([{**r, "problem": problem.name} for r in rows])
@@ -312,4 +313,5 @@ def placement_probe(n_fields: int, rows: int, timeout_s: float, work: Path) -> d
         return {"fields": n_fields, "rows": rows, "placed": False, "seconds": time.perf_counter() - start,
                 "error": done.stderr.strip().splitlines()[-1:] or ["no output"]}
     _, secs, tables, ids = line[0].split()
-    return {"fields": n_fields, "rows": rows, "placed": True, "seconds": float(secs), "tables": int(tables), "ids": int(ids)}
+    return {"fields": n_fields, "rows": rows, "placed": True, "seconds": float(secs), "tables": int(tables),
+            "ids": int(ids)}

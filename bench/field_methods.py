@@ -88,7 +88,8 @@ def _rows(split: EncodedSplit, rows: np.ndarray) -> EncodedSplit:
 
 def _all_sources(data: EncodedDataset, config: LEMConfig) -> tuple[BatchSource, BatchSource]:
     sparse = tuple(f.name for f in config.sparse)
-    return (batch_source(data.train, data, config.dense, sparse, ()), batch_source(data.valid, data, config.dense, sparse, ()))
+    return (batch_source(data.train, data, config.dense, sparse, ()),
+            batch_source(data.valid, data, config.dense, sparse, ()))
 
 
 # -- the gated model ------------------------------------------------------------------------------
@@ -102,7 +103,8 @@ class FieldGate(nn.Module):
         super().__init__()
         self.n_fields, self.n_dense = n_fields, n_dense
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, values: torch.Tensor,
+                col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return dense, values
 
     def scale(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor,
@@ -174,7 +176,8 @@ class AutoFieldGate(FieldGate):
         self.tau = tau
         self.arch_step = False
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, values: torch.Tensor,
+                col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self.alpha if self.arch_step else self.alpha.detach()
         if self.training:
             keep = nn.functional.gumbel_softmax(alpha, tau=self.tau, hard=False)[:, 1]
@@ -199,7 +202,8 @@ class AdaFSGate(FieldGate):
                                         nn.Linear(hidden, n_fields))
         self.record: list[torch.Tensor] | None = None
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, values: torch.Tensor,
+                col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.softmax(self.controller(torch.cat([dense, values], dim=1)), dim=1)
         if self.record is not None:
             self.record.append(w.detach())
@@ -220,7 +224,8 @@ class ShuffleGate(FieldGate):
         self.logits = nn.Parameter(torch.zeros(n_fields))
         self.lam = lam
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, values: torch.Tensor,
+                col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.sigmoid(self.logits)
         if not self.training:
             return self.scale(dense, values, col, g)  # not used for ranking; eval = expected input
@@ -253,7 +258,8 @@ class GroupLassoGate(FieldGate):
         sq = torch.zeros(self.n_fields - self.n_dense, dtype=values.dtype).index_add_(0, col, (values ** 2).sum(0))
         return torch.cat([(dense ** 2).sum(0), sq]) / max(1, values.shape[0])  # mean_b ||e_fb||^2
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, values: torch.Tensor,
+                col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             ms = self._norms(dense, values, col)
             if self.record is not None:
@@ -275,7 +281,8 @@ class ProbeGate(FieldGate):
         super().__init__(n_fields, n_dense)
         self.probe: torch.Tensor | None = None
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, values: torch.Tensor,
+                col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.probe is None:
             return dense, values
         return self.scale(dense, values, col, self.probe)
@@ -476,7 +483,8 @@ def rank_shark(search: Search) -> Ranking:
         total += grad.numpy()
     trained.gate.probe = None
     seconds = trained.train_seconds + time.perf_counter() - start
-    return Ranking(_ranked(search.fields, np.abs(total)), seconds, 1.0, note="shares its trained model with permutation")
+    return Ranking(_ranked(search.fields, np.abs(total)), seconds, 1.0,
+                   note="shares its trained model with permutation")
 
 
 class _FieldIndexModel:
@@ -549,7 +557,8 @@ def rank_greedy(search: Search, max_k: int | None = None) -> Ranking:
         for f in fields:
             if f in chosen:
                 continue
-            auc = train_eval(data, spec, subset_config(data, chosen + [f], embedding_dim=spec.training.embedding_dim))["auc"]
+            auc = train_eval(data, spec,
+                             subset_config(data, chosen + [f], embedding_dim=spec.training.embedding_dim))["auc"]
             runs += 1
             if auc > best_auc:
                 best, best_auc = f, auc
@@ -586,7 +595,8 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sa", "Sequential Attention: features", rank_sequential, "Yasuda et al., ICLR 2023"),
-    Method("sa_crosses", "Sequential Attention: features + crosses", rank_sequential_crosses, "Yasuda et al., ICLR 2023"),
+    Method("sa_crosses", "Sequential Attention: features + crosses", rank_sequential_crosses,
+           "Yasuda et al., ICLR 2023"),
     Method("sa_dims", "Sequential Attention: features + crosses + dims", rank_sequential_dims,
            "Yasuda et al., ICLR 2023"),
     Method("oneshot", "one-shot attention", rank_oneshot, "same gates, one phase, no warm-up"),

@@ -111,7 +111,8 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
         else:
             within = "within 0.001 of it" if gap <= 0.001 else f"{gap:.4f} behind"
             out.append(f"At k={k_at(f, n)} the best is {_label(best)} ({top_k.loc[best, col]:.4f} ± "
-                       f"{std.loc[best, col]:.4f}); Sequential Attention {sa_v:.4f} ± {std.loc['sa', col]:.4f} is {within}.")
+                       f"{std.loc[best, col]:.4f}); Sequential Attention {sa_v:.4f} ± {std.loc['sa', col]:.4f} "
+                       f"is {within}.")
     if len(sub.seed.unique()) > 1:
         spread = float(std.drop(index=[m for m in ("random",) if m in std.index])[
             [f"auc_{f}" for f in FRACTIONS]].to_numpy().mean())
@@ -147,7 +148,8 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
     text = (f"Cost: Sequential Attention's ranking took {cost['sa']:.1f} plain runs of wall time (one training run "
             "for the whole order)")
     if gated:
-        text += f"; the other one-run gated methods {min(cost[m] for m in gated):.1f} to {max(cost[m] for m in gated):.1f}"
+        text += (f"; the other one-run gated methods {min(cost[m] for m in gated):.1f} to "
+                 f"{max(cost[m] for m in gated):.1f}")
     if "permutation" in cost:
         text += f", permutation importance {cost['permutation']:.1f} (its training run plus {n} x 5 shuffled scorings)"
     if "greedy" in cost:
@@ -172,7 +174,8 @@ def _plot_curves(curves: pd.DataFrame, path: Path) -> None:
             color, ls = COLORS[method], STYLES.get(method, "-")
             stats = g.groupby("k").auc.agg(["mean", "std"]).fillna(0)
             ax.plot(stats.index, stats["mean"], ls, color=color, label=_label(method), lw=2 if method == "sa" else 1.2)
-            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.12)
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color,
+                            alpha=0.12)
         ax.set_xlabel("k (fields kept)")
         ax.set_ylabel("validation AUC of the retrained model")
         ax.set_title(f"{problem}: AUC against k (mean ± std over seeds)")
@@ -192,7 +195,8 @@ def _plot_cost(s: pd.DataFrame, plain: dict[str, pd.Series], path: Path) -> None
         sub = s[s.problem == problem]
         for method, g in sub.groupby("method", sort=False):
             ratio = np.mean([r.seconds / plain[problem][r.seed] for r in g.itertuples()])
-            ax.errorbar(max(ratio, 1e-2), g.aukc.mean(), yerr=g.aukc.std(ddof=0), fmt="*" if method in SA_METHODS else "o",
+            ax.errorbar(max(ratio, 1e-2), g.aukc.mean(), yerr=g.aukc.std(ddof=0),
+                        fmt="*" if method in SA_METHODS else "o",
                         color=COLORS[method], ms=12 if method in SA_METHODS else 7, label=_label(method))
         ax.set_xscale("log")
         ax.set_ylabel("AUKC")
@@ -324,8 +328,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
         ]
         if p.name == "Criteo":
             lines += ["*Published* (ERASE, full Criteo, 45M rows, Wide&Deep): all 39 fields 0.8012 AUC. The 20k-row "
-                      "sample here is over 2,000 times smaller, so absolute AUCs are far lower; the ranking of methods is "
-                      "what carries over.", ""]
+                      "sample here is over 2,000 times smaller, so absolute AUCs are far lower; the ranking of methods "
+                      "is what carries over.", ""]
         lines += [
             f"**Selection cost ({p.name}).** Ranking wall time (mean over seeds) and training runs; one plain run = "
             "placing and training the all-features LEM on the search rows, timed in the same process "
@@ -339,7 +343,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
             "",
         ]
         order_rows = []
-        for method, g in rankings[(rankings.problem == p.name) & (rankings.seed == cfg.seeds[0])].groupby("method", sort=False):
+        for method, g in rankings[(rankings.problem == p.name)
+                                  & (rankings.seed == cfg.seeds[0])].groupby("method", sort=False):
             order = g.order.iloc[0]
             shown = ", ".join(order[:10]) + (" ..." if len(order) > 10 else "")
             extra = f" (crosses: {', '.join(g.crosses.iloc[0])})" if g.crosses.iloc[0] else ""
@@ -360,7 +365,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
             markdown_table(["data", "method", "setting", "embedding MB", "val AUC", "val log-loss", "fields kept"],
                            [[prob, var, setting, f"{g.mb.mean():.3f}", _ms(list(g.auc)), _ms(list(g.logloss)),
                              f"{g.fields.mean():.0f}" if "fields" in g and not g.fields.isna().all() else "all"]
-                            for (prob, var, setting), g in dims.groupby(["problem", "variant", "setting"], sort=False)]),
+                            for (prob, var, setting), g in dims.groupby(["problem", "variant", "setting"],
+                                                                        sort=False)]),
             "",
             _dims_meaning(dims),
             "",
@@ -386,8 +392,8 @@ def _dims_meaning(dims: pd.DataFrame) -> str:
             else "no other method fits that memory"
         top = others.auc.idxmax()
         out.append(f"{problem}: Sequential Attention's best point is {best_sa} ({sa.loc[best_sa, 'auc']:.4f} at "
-                   f"{sa.loc[best_sa, 'mb']:.3f} MB); {cmp}; the best AUC overall among the others is {top[0]} {top[1]} "
-                   f"({others.auc.max():.4f} at {others.mb[top]:.3f} MB).")
+                   f"{sa.loc[best_sa, 'mb']:.3f} MB); {cmp}; the best AUC overall among the others is "
+                   f"{top[0]} {top[1]} ({others.auc.max():.4f} at {others.mb[top]:.3f} MB).")
     return " ".join(out)
 
 
@@ -419,14 +425,18 @@ def _scale_report(sc: pd.DataFrame, cfg: FieldBench, probe: dict[str, Any] | Non
         ratio = sc.select_s / sc.plain_s
         lines.append(
             f"**Measured growth.** Against candidates ({', '.join(map(str, cand.fields))} fields at "
-            f"{cand.rows.iloc[0]:,} rows): the selection's wall time grows as n^{_slope(cand.fields, cand.select_s):.2f} "
+            f"{cand.rows.iloc[0]:,} rows): the selection's wall time grows as "
+            f"n^{_slope(cand.fields, cand.select_s):.2f} "
             f"(its training loop as n^{_slope(cand.fields, cand.select_train_s):.2f}, placement and planning as "
-            f"n^{_slope(cand.fields, cand.select_setup_s):.2f}), the plain run as n^{_slope(cand.fields, cand.plain_s):.2f}, "
+            f"n^{_slope(cand.fields, cand.select_setup_s):.2f}), the plain run as "
+            f"n^{_slope(cand.fields, cand.plain_s):.2f}, "
             f"the MI filter as n^{_slope(cand.fields, cand.mi_s):.2f}. Against rows "
             f"({', '.join(f'{r:,}' for r in rows_.train_rows)} at {rows_.fields.iloc[0]} fields): selection "
-            f"rows^{_slope(rows_.train_rows, rows_.select_s):.2f}, plain run rows^{_slope(rows_.train_rows, rows_.plain_s):.2f}. "
+            f"rows^{_slope(rows_.train_rows, rows_.select_s):.2f}, plain run "
+            f"rows^{_slope(rows_.train_rows, rows_.plain_s):.2f}. "
             + ("Exponents well below 1 mean that fixed per-run costs (placement, evaluation set-up) still dominate "
-               "at these sizes." if min(_slope(rows_.train_rows, rows_.select_s), _slope(rows_.train_rows, rows_.plain_s)) < 0.8
+               "at these sizes."
+               if min(_slope(rows_.train_rows, rows_.select_s), _slope(rows_.train_rows, rows_.plain_s)) < 0.8
                else "")
             + f" At {cand.fields.iloc[-1]:,} fields placement and planning are "
             f"{(cand.select_setup_s / cand.select_s).iloc[-1]:.0%} of the selection run's wall time and "
@@ -438,8 +448,8 @@ def _scale_report(sc: pd.DataFrame, cfg: FieldBench, probe: dict[str, Any] | Non
             "±30 % noise per point.")
     if probe is not None:
         if probe["placed"]:
-            lines += ["", f"**{probe['fields']:,} candidate fields** ({probe['rows']:,} rows, {probe['ids']:,} distinct "
-                          f"ids): placement alone took {probe['seconds']:.0f} s"
+            lines += ["", f"**{probe['fields']:,} candidate fields** ({probe['rows']:,} rows, {probe['ids']:,} "
+                          f"distinct ids): placement alone took {probe['seconds']:.0f} s"
                           + (f". Past {PLANNER_MAX_TABLES:,} tables the plan is built directly, every table whole "
                              "on one rank, the largest first to the least-loaded rank (here a world of one: all on "
                              "rank 0), instead of running TorchRec's planner, whose time grows as measured above "
@@ -469,7 +479,8 @@ def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] =
         curves.append(c)
         rankings.append(r)
     curves_df, rank_df = pd.concat(curves, ignore_index=True), pd.concat(rankings, ignore_index=True)
-    dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems], ignore_index=True) \
+    dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems],
+                       ignore_index=True) \
         if cfg.dim_problems else pd.DataFrame()
     keep = os.environ.get("SEQATTN_BENCH_KEEP")  # a folder to keep the raw frames in (re-rendering, checks)
     if keep:

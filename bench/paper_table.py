@@ -184,7 +184,8 @@ def run(cfg: PaperBench, img_dir: Path, log: Callable[[str], None] = print) -> s
     def cell(res: pd.DataFrame, name: str, m: str, value: str) -> str:
         if m == "greedy":
             return f"not run (≥ {_duration(greedy[name][1])} per seed, est.)"
-        return mean_std(list(res[res.method == m][value])) if value == "acc" else f"{res[res.method == m][value].mean():.2f}"
+        return mean_std(list(res[res.method == m][value])) if value == "acc" \
+            else f"{res[res.method == m][value].mean():.2f}"
 
     rows = []
     for name, res in results.items():
@@ -216,8 +217,8 @@ def run(cfg: PaperBench, img_dir: Path, log: Callable[[str], None] = print) -> s
         markdown_table(["dataset"] + [METHOD_LABELS[m] for m in columns], time_rows),
         "",
         "The greedy wrapper (forward selection retraining a logistic regression for every candidate at every step, "
-        "cv=3) was not run: it does not fit in this benchmark's time budget. A lower bound on its cost, extrapolated from "
-        "the wrapper's measured cost per candidate in a two-step run on 30 columns (an estimate, not a run; later "
+        "cv=3) was not run: it does not fit in this benchmark's time budget. A lower bound on its cost, extrapolated "
+        "from the wrapper's measured cost per candidate in a two-step run on 30 columns (an estimate, not a run; later "
         f"steps fit wider, slower models): {notes}.",
         "",
         "**What this means.** " + _meaning(results, data, cfg.methods),

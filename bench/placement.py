@@ -45,7 +45,8 @@ def time_place(world: int, tables: int) -> dict[str, object]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [ctx.Process(target=_rank, args=(r, world, tables, str(Path(tmp) / "store"), out)) for r in range(world)]
+        procs = [ctx.Process(target=_rank, args=(r, world, tables, str(Path(tmp) / "store"), out))
+                 for r in range(world)]
         for p in procs:
             p.start()
         got = sorted(out.get(timeout=1800) for _ in procs)

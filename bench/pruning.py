@@ -63,7 +63,8 @@ class PruningBench:
     heads_kept: tuple[int, ...] = (1, 2, 4)
 
 
-def train_pruned(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None, inspect: bool = False) -> dict[str, object]:
+def train_pruned(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | None,
+                 inspect: bool = False) -> dict[str, object]:
     """One run of the LEM (every feature, no crosses) with the tower pruned by ``pruning``. With
     ``inspect``, also the training rows' log-loss and :func:`kept_by_input` of the first pruned layer."""
     config = model_config(data)
@@ -74,7 +75,8 @@ def train_pruned(data: EncodedDataset, spec: JobSpec, pruning: PruningConfig | N
     placed = place(model, t.learning_rate)
     source = batch_source(data.train, data, config.dense, names, ())
     steps = source.num_batches(t.batch_size)
-    train(placed.forward, placed.model, placed.optimizer, lambda e: source.batches(t.batch_size, seed=t.seed * 1000 + e),
+    train(placed.forward, placed.model, placed.optimizer,
+          lambda e: source.batches(t.batch_size, seed=t.seed * 1000 + e),
           steps, t.epochs, gate_optimizer=placed.optimizer)
     metrics = evaluate(placed, batch_source(data.valid, data, config.dense, names, ()))
     achieved = model.pruner.block_sparsity() if model.pruner is not None else 0.0
@@ -126,7 +128,8 @@ def heads(problem: Problem, cfg: PruningBench, seed: int) -> list[dict[str, obje
     for k in cfg.heads_kept:
         chosen = train_eval(data, spec, full, SelectionConfig(features=None, keep_heads=k))
         rows.append({"variant": "Sequential Attention", "k": k, **chosen})
-        rows.append({"variant": "trained with k heads", "k": k, **train_eval(data, spec, replace(full, attention_heads=k))})
+        rows.append({"variant": "trained with k heads", "k": k,
+                     **train_eval(data, spec, replace(full, attention_heads=k))})
     return [{**r, "problem": problem.name, "seed": seed} for r in rows]
 
 
@@ -134,7 +137,8 @@ def _heads_table(df: pd.DataFrame) -> str:
     rows = []
     for (problem, variant), g in df.groupby(["problem", "variant"], sort=False):
         rows.append([problem, variant] + [
-            f"{mean_std(list(g[g.k == k].logloss), 4)} / {mean_std(list(g[g.k == k].auc), 4)}" if (g.k == k).any() else "—"
+            f"{mean_std(list(g[g.k == k].logloss), 4)} / {mean_std(list(g[g.k == k].auc), 4)}"
+            if (g.k == k).any() else "—"
             for k in sorted(df.k.unique())])
     return markdown_table(["data", "variant"] + [f"{k} head(s): log-loss / AUC" for k in sorted(df.k.unique())], rows)
 
@@ -156,8 +160,8 @@ def speed(widths: tuple[int, ...], cfg: PruningBench) -> pd.DataFrame:
                 with torch.no_grad():
                     timer = benchmark.Timer("m(x)", globals={"m": module, "x": x}, num_threads=torch.get_num_threads())
                     times[name] = timer.blocked_autorange(min_run_time=0.3).median * 1e3
-            rows.append({"block": block, "sparsity": sparsity, "batch": batch, "dense_ms": times["dense"], "bsr_ms": times["bsr"],
-                         "speedup": times["dense"] / times["bsr"]})
+            rows.append({"block": block, "sparsity": sparsity, "batch": batch, "dense_ms": times["dense"],
+                         "bsr_ms": times["bsr"], "speedup": times["dense"] / times["bsr"]})
     return pd.DataFrame(rows)
 
 
@@ -187,7 +191,8 @@ def _verdicts(df: pd.DataFrame, sparsities: tuple[float, ...]) -> str:
             cells.append(f"{diff.mean():+.4f} ± {diff.std(ddof=0):.4f} ({int((diff <= 0).sum())}/{len(diff)}); "
                          f"AUC {auc.mean():+.4f}")
         rows.append(cells)
-    table = markdown_table(["data", "sparsity"] + [f"{sa} minus magnitude: log-loss (seeds ≤ 0); AUC" for sa in (SA, SA_LOGITS)],
+    table = markdown_table(["data", "sparsity"]
+                           + [f"{sa} minus magnitude: log-loss (seeds ≤ 0); AUC" for sa in (SA, SA_LOGITS)],
                            rows)
     return table + "\n\n**What this means.** Cells where the mean log-loss is at most magnitude's (the issue's bar), " \
         f"of {len(rows)}: " + "; ".join(f"{sa} {met[sa]} (below by more than one standard deviation: {clear[sa]})"

@@ -59,7 +59,8 @@ RANKINGS = (SA, SA_LOGITS)  # each against MAGNITUDE, with section f's settings 
 DECAYED = (("planted", 100_000, 3, 1024, range(3, 10)), ("Frappe", None, 3, 1024, range(3, 10)))
 DECAYS = (1e-2, 1.0)
 LOGIT_RATES, RATE_SEEDS = (10.0, 25.0, 50.0), range(5)
-PAIRED_HEADER = ["data, training", "sparsity", "seeds", "magnitude log-loss"] + [f"{v} minus magnitude" for v in RANKINGS]
+PAIRED_HEADER = (["data, training", "sparsity", "seeds", "magnitude log-loss"]
+                 + [f"{v} minus magnitude" for v in RANKINGS])
 
 
 def run_cell(cell: tuple) -> dict[str, object]:
@@ -77,14 +78,16 @@ def run_cell(cell: tuple) -> dict[str, object]:
     data = load_dataset(spec.dataset, seed=seed)
     pruning = PruningConfig(sparsity=sparsity, **{"block": 8, **settings})  # bench.pruning_schedule sets block
     return {"study": study, "problem": problem, "rows": rows, "seed": seed, "epochs": epochs, "batch": batch,
-            "sparsity": sparsity, "variant": variant, **settings, **train_pruned(data, spec, pruning, inspect=study == "ranking"),
+            "sparsity": sparsity, "variant": variant, **settings,
+            **train_pruned(data, spec, pruning, inspect=study == "ranking"),
             "cardinalities": data.cardinalities}
 
 
 def _grid(problems: dict[str, str], seeds: tuple[int, ...], epochs: int) -> list[tuple]:
     cells = []
     for (name, path), seed, sparsity, wd in itertools.product(problems.items(), seeds, SPARSITIES, WEIGHT_DECAYS):
-        grid = [("magnitude", "reset", 1.0, 1.0)] + [("attention", *x) for x in itertools.product(LOGITS, CLIPS, LR_SCALES)]
+        grid = [("magnitude", "reset", 1.0, 1.0)] + [
+            ("attention", *x) for x in itertools.product(LOGITS, CLIPS, LR_SCALES)]
         cells += [("grid", name, None, path, seed, epochs, 1024, sparsity, "grid",
                    {"method": m, "logits": logits, "clip": clip, "logit_lr_scale": lr, "weight_decay": wd})
                   for m, logits, clip, lr in grid]
@@ -96,7 +99,8 @@ def _rankings(paths: dict[tuple[str, int | None], str]) -> list[tuple]:
     cells = [("ranking", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, settings)
              for name, rows, epochs, batch, seeds in REGIMES for seed in seeds for sparsity in SPARSITIES
              for variant, settings in METHODS.items()]
-    cells += [("decay", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant, {**settings, "weight_decay": wd})
+    cells += [("decay", name, rows, paths[name, rows], seed, epochs, batch, sparsity, variant,
+               {**settings, "weight_decay": wd})
               for name, rows, epochs, batch, seeds in DECAYED for seed in seeds for sparsity in SPARSITIES
               for wd in DECAYS for variant, settings in METHODS.items()]
     return cells + [("rate", "Frappe", None, paths["Frappe", None], seed, 6, 1024, sparsity, f"{SA_LOGITS} ×{rate:g}",
@@ -137,7 +141,8 @@ def _versus_magnitude(df: pd.DataFrame,
             d, auc = (v[m] - mag[m].reindex(v.index) for m in ("logloss", "auc"))
             won, seen = wins.get((variant, problem), (0, 0))
             wins[variant, problem] = (won + int(d.mean() <= 0), seen + 1)
-            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)}); AUC {auc.mean():+.4f}")
+            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=0):.4f} ({int((d <= 0).sum())}/{len(d)}); "
+                         f"AUC {auc.mean():+.4f}")
         rows.append(cells)
     return rows, wins
 
@@ -190,7 +195,8 @@ def followups_report(df: pd.DataFrame) -> str:
             # The row filters run at once, inside this iteration (B023 is about late binding).
             kept = kept.drop(_in_regime(kept, regime)[lambda g: (g.seed == worst.seed) & (g.weight_decay == wd)].index)  # noqa: B023
             without = _in_regime(plain, regime)[lambda g: g.seed.isin(with_decay.seed)]  # noqa: B023
-            shift.append(f"{regime[0]}, decay {wd:g}: {without.logloss.mean():.4f} without, {with_decay.logloss.mean():.4f} "
+            shift.append(f"{regime[0]}, decay {wd:g}: {without.logloss.mean():.4f} without, "
+                         f"{with_decay.logloss.mean():.4f} "
                          f"with (its worst run: seed {worst.seed}, {worst.sparsity:.0%}, {worst.logloss:.4f})")
     rated = tuple(f"{SA_LOGITS} ×{r:g}" for r in (*LOGIT_RATES, 100.0))
     six = _in_regime(df, ("Frappe", None, 6, 1024, RATE_SEEDS))[
@@ -200,7 +206,8 @@ def followups_report(df: pd.DataFrame) -> str:
         "### Follow-up: weight decay for every method",
         "",
         "The paper reads the softmax mask, with an L2 penalty on the weights, as a group-sparsity regulariser. "
-        f"Here every method, magnitude included, gets the same weight decay ({' and '.join(f'{wd:g}' for wd in DECAYS)}: "
+        "Here every method, magnitude included, gets the same weight decay "
+        f"({' and '.join(f'{wd:g}' for wd in DECAYS)}: "
         "lambda in lambda * sum ||W||^2, added to the mean log-loss) on the pruned layers, on the first two regimes "
         "above (section f's, held-out seeds). Cells as above, against magnitude with the same decay.",
         "",
@@ -291,12 +298,13 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         "# SequentialAttention++ ablation",
         "",
         f"*Generated by `python -m bench.pruning_ablation --procs {procs}` on "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC ({os.cpu_count()} CPUs, {cpu_model()}; {seconds / 60:.1f} min; "
-        f"{runs} runs, one thread each).*",
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC ({os.cpu_count()} CPUs, {cpu_model()}; "
+        f"{seconds / 60:.1f} min; {runs} runs, one thread each).*",
         "",
         "## The attention's settings",
         "",
-        f"Same model, data, split, schedule and {epochs} epochs as section f of [benchmarks.md](benchmarks.md). Each cell: the "
+        f"Same model, data, split, schedule and {epochs} epochs as section f of [benchmarks.md](benchmarks.md). "
+        "Each cell: the "
         "attention method's validation log-loss minus block magnitude's at the same seed, sparsity and weight decay, "
         "mean ± std over seeds (in brackets: seeds where the attention was at most magnitude's). Negative is better "
         "for SequentialAttention++. *logits*: at a phase boundary the attention is folded into the weights and the "
@@ -311,7 +319,8 @@ def report(df: pd.DataFrame, seconds: float, procs: int, epochs: int) -> str:
         f"**What this means.** Settings whose mean is at most magnitude's in every column: "
         f"{', '.join(name(k) for k, ok in wins.items() if ok) or 'none'}. "
         f"The smallest mean difference over all columns is {name(best)}. "
-        + " ".join(f"{p}: mean difference with `reset` {by(p, 'logits', 'reset'):+.4f}, `carry` {by(p, 'logits', 'carry'):+.4f}; "
+        + " ".join(f"{p}: mean difference with `reset` {by(p, 'logits', 'reset'):+.4f}, "
+                   f"`carry` {by(p, 'logits', 'carry'):+.4f}; "
                    f"clip 1 {by(p, 'clip', 1.0):+.4f}, clip 8 {by(p, 'clip', 8.0):+.4f}; "
                    + ", ".join(f"logit lr ×{lr:g} {by(p, 'lr_scale', lr):+.4f}" for lr in LR_SCALES) + "."
                    for p in df.problem.unique())

@@ -148,7 +148,8 @@ def header(threads: int) -> str:
         "run except those labelled *published*. `make bench` regenerates them all.",
         "",
         f"- Machine: {os.cpu_count()} cores, {cpu_model()}, {platform.system()} {platform.machine()}",
-        f"- Software: Python {platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}",
+        f"- Software: Python {platform.python_version()}, torch {torch.__version__}, "
+        f"scikit-learn {sklearn.__version__}",
         f"- Threads: every method runs with {threads} BLAS/torch thread(s), so the timings compare like with like; "
         "the machine is shared with other jobs, so absolute times are noisy and the ratios measured within one run "
         "are what matters.",

@@ -101,7 +101,8 @@ async def bare_app(scope: dict, receive: Callable, send: Callable) -> None:  # t
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_BARE_BODY)).encode())]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(_BARE_BODY)).encode())]})
     await send({"type": "http.response.body", "body": _BARE_BODY})
 
 
@@ -310,14 +311,15 @@ def run(cfg: ServingBench, work: Path, log: Callable[[str], None]) -> str:
         "*t0 + i/rate*; when its connection is still waiting for the previous answer at that time, its latency "
         "counts from the due time (queueing behind a slow answer is counted: no coordinated omission), otherwise "
         "from the send (a late send is the generator's delay: its timer wakes up to ~1 ms late, and it can be "
-        "descheduled on this shared machine); the figures include the generator's own Python overhead. Closed loop: each "
-        "connection sends its next request when the answer arrives.",
+        "descheduled on this shared machine); the figures include the generator's own Python overhead. Closed loop: "
+        "each connection sends its next request when the answer arrives.",
         "",
         f"**Goal: p99 <= {cfg.goal_p99_ms:g} ms at {cfg.goal_rate:,} req/s: "
         f"{'met' if met else 'NOT met'}** (median of {len(goals)} runs by p99: p99 {goal.ms(0.99):.3f} ms, "
         f"p50 {goal.ms(0.5):.3f} ms; the runs' p99: {', '.join(f'{r.ms(0.99):.3f}' for r in goals)} ms).",
         "",
-        "| answer | target req/s | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | achieved req/s | statuses |",
+        "| answer | target req/s | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | achieved req/s "
+        "| statuses |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *[_row(r) for r in results],
         "",
@@ -447,8 +449,8 @@ def dashboard_lines(cfg: ServingBench, pairs: list[DashboardPair]) -> list[str]:
     return [
         "### With the dashboard open",
         "",
-        f"The same open loop at {cfg.goal_rate:,} req/s for {cfg.seconds:g} s, in {len(pairs)} pairs on the same server "
-        "in the same run, once with no dashboard and once with a dashboard client polling "
+        f"The same open loop at {cfg.goal_rate:,} req/s for {cfg.seconds:g} s, in {len(pairs)} pairs on the same "
+        "server in the same run, once with no dashboard and once with a dashboard client polling "
         "(`bench.serving.poll_dashboard`, its own process: each second the jobs page's poll, "
         f"`GET /dashboard/jobs/live` with its last ETag ({cfg.dashboard_jobs} jobs listed), plus one full page view "
         "cycling through every page, the version page included, which draws all its candidates: more than one "
@@ -459,8 +461,8 @@ def dashboard_lines(cfg: ServingBench, pairs: list[DashboardPair]) -> list[str]:
         f"requests of each side: p99 {pooled[0]:.3f} ms closed, {pooled[1]:.3f} ms open "
         f"(ratio {pooled[1] / pooled[0]:.2f}).",
         "",
-        "| pair | closed p50 ms | closed p99 ms | open p50 ms | open p99 ms | p99 open / closed | in app <= 1 ms, closed "
-        "| in app <= 1 ms, open | errors |",
+        "| pair | closed p50 ms | closed p99 ms | open p50 ms | open p99 ms | p99 open / closed "
+        "| in app <= 1 ms, closed | in app <= 1 ms, open | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",

@@ -12,10 +12,12 @@ def _runs() -> pd.DataFrame:
         for seed in (3, 4):
             for sparsity in (0.9, 0.95):
                 for block, cycles in SCHEDULES:
-                    base = 0.3 + 0.01 * seed + 0.001 * block  # seeds differ more than methods: pairing gives exact diffs
+                    # seeds differ more than methods: pairing gives exact diffs
+                    base = 0.3 + 0.01 * seed + 0.001 * block
                     gap = -0.002 if (block, cycles) == (4, 2) else 0.001
                     common = {"problem": problem, "seed": seed, "sparsity": sparsity, "block": block, "cycles": cycles}
-                    rows += [{**common, "variant": MAGNITUDE, "logloss": base}, {**common, "variant": SA, "logloss": base + gap},
+                    rows += [{**common, "variant": MAGNITUDE, "logloss": base},
+                             {**common, "variant": SA, "logloss": base + gap},
                              {**common, "variant": SA_LOGITS, "logloss": base + 0.003}]
     return pd.DataFrame(rows)
 

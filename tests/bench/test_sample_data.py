@@ -72,7 +72,8 @@ def test_under_ci_missing_sample_data_is_an_error_naming_the_file(no_sample_data
     out = tmp_path / "benchmarks.md"
     assert run.main(["--quick", "--sections", "ad", "--out", str(out)]) != 0
     assert calls == [] and not out.exists()  # stopped before any section ran
-    assert f"error: section a needs {no_sample_data / FRAPPE} (the sample data), which is missing" in capsys.readouterr().err
+    assert (f"error: section a needs {no_sample_data / FRAPPE} (the sample data), which is missing"
+            in capsys.readouterr().err)
 
 
 def test_with_the_sample_data_nothing_is_skipped(tmp_path, calls, monkeypatch) -> None:

@@ -26,4 +26,5 @@ def test_report_pairs_each_warmup_with_ten_percent_at_the_same_seed():
     table = text[0]
     assert "| Criteo | 1 | 25% | 0.7350 ± 0.0082 | 0.6000 ± 0.0000 | +0.0150 (3/3) |" in table
     assert "| Criteo | 1 | 50% (default) | 0.7600 ± 0.0082 | 0.6000 ± 0.0000 | +0.0400 (3/3) |" in table
-    assert text[1] == "- 1 epoch(s): the default (50%) has the higher AUKC in 6 of 6 pairs (another warm-up, same data and seed)."
+    assert text[1] == ("- 1 epoch(s): the default (50%) has the higher AUKC in 6 of 6 pairs (another warm-up, same "
+                       "data and seed).")

@@ -67,7 +67,8 @@ def ray_reads(name: str) -> bool:
     import ray
 
     root = Path(ray.__file__).parent
-    return any(f'"{name}"' in p.read_text(errors="ignore") for p in list(root.glob("*.py")) + list(root.glob("_private/**/*.py")))
+    return any(f'"{name}"' in p.read_text(errors="ignore")
+               for p in list(root.glob("*.py")) + list(root.glob("_private/**/*.py")))
 
 
 @cache
@@ -223,7 +224,8 @@ def image_problems(images: list[tuple[str, str]]) -> list[str]:
     for where, image in images:
         name, _, tag = image.rpartition(":")
         if name.rsplit("/", 1)[-1] != "seqattn" or tag not in stages:
-            problems.append(f"{where}: image {image!r} is not seqattn:<a stage of deploy/Dockerfile> ({sorted(stages)})")
+            problems.append(f"{where}: image {image!r} is not seqattn:<a stage of deploy/Dockerfile> "
+                            f"({sorted(stages)})")
     return problems
 
 
@@ -263,7 +265,8 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{where}: volume {v['name']} claims {v['persistentVolumeClaim']['claimName']!r}, "
                                     f"which no manifest defines ({sorted(claims)})")
                 if "configMap" in v and v["configMap"]["name"] not in config_maps:
-                    problems.append(f"{where}: volume {v['name']} names ConfigMap {v['configMap']['name']!r}, not defined")
+                    problems.append(f"{where}: volume {v['name']} names ConfigMap {v['configMap']['name']!r}, "
+                                    "not defined")
             for c in pod["containers"]:
                 cw = f"{where}/{c['name']}"
                 problems += image_problems([(cw, c["image"])])
@@ -282,7 +285,8 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
                     claim = volumes.get(mounts.get(path, ""), {}).get("persistentVolumeClaim")
                     if doc["kind"] != "Job" or path != home:  # the sample-data Job writes /data only
                         if claim is None:
-                            problems.append(f"{cw}: {path} (SEQATTN_HOME / SEQATTN_DATA_ROOTS) is not a mounted volume claim")
+                            problems.append(f"{cw}: {path} (SEQATTN_HOME / SEQATTN_DATA_ROOTS) is not a mounted "
+                                            "volume claim")
                 if doc["kind"] != "RayCluster":  # KubeRay replaces a Ray container's command with `ray start`
                     problems += cli_problems(c.get("args", []), cw)
                     args = c.get("args", [])
@@ -305,7 +309,8 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
                         if "configMap" in vol:
                             cm = config_maps.get(vol["configMap"]["name"], {})
                             for arg in args:
-                                if arg.startswith(mount["mountPath"] + "/") and Path(arg).name not in cm.get("data", {}):
+                                if arg.startswith(mount["mountPath"] + "/") \
+                                        and Path(arg).name not in cm.get("data", {}):
                                     problems.append(f"{cw}: {arg} is not a key of ConfigMap {vol['configMap']['name']}")
                 address = env.get("RAY_ADDRESS")
                 if address:
@@ -315,7 +320,8 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
                     if head is None or not host.endswith("-head-svc"):
                         problems.append(f"{cw}: RAY_ADDRESS={address} is not <a RayCluster>-head-svc:6379")
                     else:
-                        ports = {p["containerPort"] for c2 in head["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+                        ports = {p["containerPort"]
+                                 for c2 in head["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
                                  for p in c2.get("ports", [])}
                         if int(gcs or 0) not in ports:
                             problems.append(f"{cw}: RAY_ADDRESS port {gcs} is not a port of the head ({sorted(ports)})")
@@ -326,7 +332,8 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
                 problems.append(f"Service/{doc['metadata']['name']}: its selector matches no Deployment")
             for d in selected:
                 names = {p.get("name") for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
-                numbers = {p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+                numbers = {p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"]
+                           for p in c.get("ports", [])}
                 for p in doc["spec"]["ports"]:
                     if p.get("targetPort") not in names | numbers:
                         problems.append(f"Service/{doc['metadata']['name']}: targetPort {p.get('targetPort')} "
@@ -342,9 +349,11 @@ def k8s_project_problems(docs: list[dict[str, Any]]) -> list[str]:
             kinds = {c["image"].rpartition(":")[2] for g in doc["spec"].get("workerGroupSpecs", [])
                      for c in g["template"]["spec"]["containers"]}
             gpus = [g for g in doc["spec"].get("workerGroupSpecs", []) if any(
-                "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in g["template"]["spec"]["containers"])]
+                "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+                for c in g["template"]["spec"]["containers"])]
             if kinds != {"cpu", "cuda"} or not gpus:
-                problems.append("RayCluster: needs a CPU worker group (seqattn:cpu) and a GPU one (seqattn:cuda, nvidia.com/gpu)")
+                problems.append("RayCluster: needs a CPU worker group (seqattn:cpu) and a GPU one "
+                                "(seqattn:cuda, nvidia.com/gpu)")
     return problems
 
 
@@ -376,7 +385,8 @@ def compose_problems(data: dict[str, Any]) -> list[str]:
                 problems.append(f"{where}: volume {source!r} is not declared under volumes:")
         home = env.get("SEQATTN_HOME", image_env.get("SEQATTN_HOME"))
         if home != image_env.get("SEQATTN_HOME") or home not in mounts:
-            problems.append(f"{where}: SEQATTN_HOME={home} must be the image's ({image_env.get('SEQATTN_HOME')}) and a volume")
+            problems.append(f"{where}: SEQATTN_HOME={home} must be the image's ({image_env.get('SEQATTN_HOME')}) "
+                            "and a volume")
         for root in env.get("SEQATTN_DATA_ROOTS", image_env.get("SEQATTN_DATA_ROOTS", "")).split(":"):
             if root and root not in mounts:
                 problems.append(f"{where}: data root {root} is not a mounted volume")
@@ -441,15 +451,18 @@ def dockerfile_problems(text: str) -> list[str]:
         problems.append(f"Dockerfile: torch/torchrec {args.get('TORCH_VERSION')}/{args.get('TORCHREC_VERSION')} "
                         f"differ from the Makefile's {pins['torch']}/{pins['torchrec']}")
     if args.get("FBGEMM_VERSION") not in (pins["fbgemm-gpu"], None) or pins["fbgemm-gpu"] != pins["fbgemm-gpu-cpu"]:
-        problems.append(f"Dockerfile: FBGEMM {args.get('FBGEMM_VERSION')} differs from the Makefile's {pins['fbgemm-gpu']}")
+        problems.append(f"Dockerfile: FBGEMM {args.get('FBGEMM_VERSION')} differs from the Makefile's "
+                        f"{pins['fbgemm-gpu']}")
     cpu, cuda = finals.get("cpu-deps", ""), finals.get("cuda-deps", "")
     if '"fbgemm-gpu-cpu==${FBGEMM_VERSION}"' not in cpu or "fbgemm-gpu==" in cpu.replace("fbgemm-gpu-cpu==", ""):
         problems.append("Dockerfile/cpu-deps: must install fbgemm-gpu-cpu and never the CUDA fbgemm-gpu")
     if "whl/cpu" not in cpu or '"fbgemm-gpu==${FBGEMM_VERSION}"' not in cuda or "whl/${CUDA_WHEELS}" not in cuda:
-        problems.append("Dockerfile: the CPU image needs the CPU torch index, the CUDA image the CUDA index and fbgemm-gpu")
+        problems.append("Dockerfile: the CPU image needs the CPU torch index, the CUDA image the CUDA index "
+                        "and fbgemm-gpu")
     for block in (cpu, cuda):
         if '--no-deps "torchrec==${TORCHREC_VERSION}"' not in block:
-            problems.append("Dockerfile: torchrec must be installed with --no-deps (its metadata pulls the CUDA fbgemm-gpu)")
+            problems.append("Dockerfile: torchrec must be installed with --no-deps "
+                            "(its metadata pulls the CUDA fbgemm-gpu)")
     for src in re.findall(r"^COPY\s+(?!--from)(?:--\S+\s+)*(.+)\s+\S+$", text, flags=re.M):
         for path in src.split():
             if not (REPO / path).exists():

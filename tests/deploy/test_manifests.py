@@ -103,7 +103,8 @@ def test_entrypoint_is_valid_sh_and_passes_real_subcommands():
 
 def test_kustomization_lists_every_manifest():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    listed = set(kustomization["resources"]) | {f for g in kustomization.get("configMapGenerator", []) for f in g["files"]}
+    listed = set(kustomization["resources"]) | {f for g in kustomization.get("configMapGenerator", [])
+                                                for f in g["files"]}
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == on_disk
     assert NON_K8S_FILES <= listed
@@ -252,7 +253,8 @@ def test_the_schema_checks_catch_broken_manifests(breakage):
 @pytest.mark.parametrize("edit", [
     lambda c: c["services"]["selector-api"]["environment"].update(RAY_ADDRESS="ray-head:10001"),
     lambda c: c["services"]["selector-api"].update(command=["serve", "--port", "9000"]),
-    lambda c: c["services"]["ray-worker"].update(command=["ray", "start", "--block", "--address=ray-head:6379", "--cpus=4"]),
+    lambda c: c["services"]["ray-worker"].update(command=["ray", "start", "--block", "--address=ray-head:6379",
+                                                          "--cpus=4"]),
     lambda c: c["services"]["sample-data"].update(command=["synth", "--out", "/data/elsewhere"]),
     lambda c: c["services"]["ray-head"].update(image="seqattn:latest"),
     lambda c: c["services"]["selector-api"]["environment"].update(SEQATTN_DATAROOTS="/data"),
@@ -268,7 +270,8 @@ def test_the_compose_checks_catch_broken_files(edit):
 def test_the_dockerfile_checks_catch_a_root_image_and_the_cuda_fbgemm_on_cpu():
     text = (DEPLOY / "Dockerfile").read_text()
     assert dockerfile_problems(text.replace("USER seqattn", "USER root"))
-    assert dockerfile_problems(text.replace('"fbgemm-gpu-cpu==${FBGEMM_VERSION}"', '"fbgemm-gpu==${FBGEMM_VERSION}"', 1))
+    assert dockerfile_problems(
+        text.replace('"fbgemm-gpu-cpu==${FBGEMM_VERSION}"', '"fbgemm-gpu==${FBGEMM_VERSION}"', 1))
     assert dockerfile_problems(text.replace("/healthz", "/health"))
 
 

@@ -61,7 +61,8 @@ def _train_workers(cluster: RayNodes) -> dict[int, set[int]]:
 
 def _checkpointed(home: Path, job_id: str) -> bool:
     """Ray Train registered a checkpoint of this job's run (its index lists one)."""
-    return any("checkpoint_" in f.read_text() for f in (home / "ray").glob(f"{NAME}-{job_id}-*/checkpoint_manager_snapshot.json"))
+    return any("checkpoint_" in f.read_text()
+               for f in (home / "ray").glob(f"{NAME}-{job_id}-*/checkpoint_manager_snapshot.json"))
 
 
 def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monkeypatch):
@@ -88,9 +89,10 @@ def test_a_job_from_the_api_survives_losing_a_worker_node(nodes, tmp_path, monke
         deadline, seen = time.monotonic() + 240, set()
         while not seen:
             job = client.get(f"/v1/jobs/{job_id}").json()
-            assert job["state"] in ("queued", "running"), f"job ended before a node could be killed: {job}\n{server.log()}"
-            assert time.monotonic() < deadline, (f"no checkpointed run with a worker on each node: {_train_workers(nodes)} "
-                                                 f"{job}\n{server.log()}")
+            assert job["state"] in ("queued", "running"), (f"job ended before a node could be killed: {job}\n"
+                                                           f"{server.log()}")
+            assert time.monotonic() < deadline, (f"no checkpointed run with a worker on each node: "
+                                                 f"{_train_workers(nodes)} {job}\n{server.log()}")
             workers = _train_workers(nodes)
             if _checkpointed(home, job_id) and len(workers) == 2 and all(workers.values()):
                 seen = set().union(*workers.values())

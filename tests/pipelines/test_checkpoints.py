@@ -32,13 +32,15 @@ def _placed(seed=0):
 def _batch():
     rng = np.random.default_rng(0)
     sparse = {f"s{i}": (rng.integers(0, 40, 64), np.ones(64, np.int32)) for i in range(3)}
-    return BatchSource(rng.random((64, 1)).astype(np.float32), sparse, (rng.random(64) < 0.5).astype(np.float32)).batch(0, 64)
+    return BatchSource(rng.random((64, 1)).astype(np.float32), sparse,
+                       (rng.random(64) < 0.5).astype(np.float32)).batch(0, 64)
 
 
 def _steps(placed, batch, n=3):
     out = []
     for _ in range(n):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse), batch.labels)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(placed.forward(batch.dense, batch.sparse),
+                                                                    batch.labels)
         placed.optimizer.zero_grad()
         loss.backward()
         placed.optimizer.step()

@@ -86,7 +86,8 @@ def test_windows_end_at_as_of_and_link_the_files(drifting, tmp_path):
     with pytest.raises(SpecError, match="no day partition at or before"):
         select_window(spec.window, as_of="2025-12-31")
     with pytest.raises(SpecError) as err:
-        select_window(ScheduleSpec.model_validate(_schedule(root, window={"path": str(root), "partition": "hour"})).window)
+        select_window(ScheduleSpec.model_validate(
+            _schedule(root, window={"path": str(root), "partition": "hour"})).window)
     assert err.value.field == "window.partition"
 
 

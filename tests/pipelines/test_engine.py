@@ -115,10 +115,12 @@ def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
     engine.device = lambda: torch.device("cpu")  # gloo's CPU path, on a GPU host too
     engine.PLANNER_MAX_TABLES = 0
     engine.EmbeddingShardingPlanner = None  # calling it would fail: past the threshold the planner must not run
-    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, 2), rank=rank, world_size=2)
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, 2), rank=rank,
+                                         world_size=2)
     try:
         placed, trained = _place_and_step(SIZES, seed=rank)
-        plan = {k.removeprefix("t_"): (s.sharding_type, s.ranks, s.compute_kernel) for k, s in placed.plan.plan["ebc"].items()}
+        plan = {k.removeprefix("t_"): (s.sharding_type, s.ranks, s.compute_kernel)
+                for k, s in placed.plan.plan["ebc"].items()}
         out.put((rank, plan, trained))
     except Exception as err:  # reported, so the test fails at once instead of waiting on the queue
         out.put((rank, repr(err), None))

@@ -71,7 +71,8 @@ def test_torchrec_round_trip_and_release_names() -> None:
     cfg = json.loads(export_feature_set(_fs(), "torchrec"))
     assert cfg["dense"] == ["price"] and cfg["sparse"] == ["user"]
     tables = to_embedding_bag_configs(cfg, {"user": 10})
-    assert [(t.name, t.num_embeddings, t.embedding_dim) for t in tables] == [("t_user", 10, 8), ("t_user_X_item", 64, 4)]
+    assert ([(t.name, t.num_embeddings, t.embedding_dim) for t in tables]
+            == [("t_user", 10, 8), ("t_user_X_item", 64, 4)])
     assert release_name(_fs()) == "ctr-main-unpublished" and release_name(_fs(version=4)) == "ctr-main-v4"
     with pytest.raises(ValueError, match="format"):
         export_feature_set(_fs(), "onnx")

@@ -82,7 +82,8 @@ def test_strong_high_cardinality_features_get_more_dimensions_than_weak_ones(pla
     dims = {f.name: f.embedding_dim for f in fs.features if f.embedding_dim}
     cards = truth["params"]["cardinalities"]
     # Noise tables at least as large as the smaller strong one: the same cost per dimension or less.
-    weak = [n for n in truth["irrelevant"] if n in dims and cards[n] >= min(cards[h] for h in truth["high_cardinality"])]
+    weak = [n for n in truth["irrelevant"]
+            if n in dims and cards[n] >= min(cards[h] for h in truth["high_cardinality"])]
     assert weak, "the planted data should hold large noise tables"
     strong = truth["high_cardinality"]
     # No strong table gets fewer dimensions than a noise table as large, and together they get more.

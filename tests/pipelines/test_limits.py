@@ -42,5 +42,6 @@ def test_a_table_over_the_row_limit_fails_before_any_training(tmp_path: Path) ->
     start = time.perf_counter()
     with pytest.raises(SpecError) as info:
         run_job(spec, limits=JobLimits(max_table_rows=100))
-    assert info.value.field == "dataset" and "'user'" in info.value.message and "SEQATTN_MAX_TABLE_ROWS" in info.value.message
+    assert (info.value.field == "dataset" and "'user'" in info.value.message
+            and "SEQATTN_MAX_TABLE_ROWS" in info.value.message)
     assert time.perf_counter() - start < 5

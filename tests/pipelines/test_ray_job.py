@@ -184,7 +184,8 @@ def test_bad_data_fails_at_once_with_a_clear_error(cluster, tmp_path, damage, wo
 
         f = root / "part-00001.parquet"
         t = pq.read_table(f)
-        t = t.set_column(t.column_names.index("rel_0"), "rel_0", pa.array([str(v) for v in t.column("rel_0").to_pylist()]))
+        t = t.set_column(t.column_names.index("rel_0"), "rel_0",
+                         pa.array([str(v) for v in t.column("rel_0").to_pylist()]))
         pq.write_table(t, f)
     else:
         (root / "part-00001.parquet").write_bytes(b"PAR1 but then nothing")

@@ -118,10 +118,12 @@ def _planted(n=4000, seed=0):
     rng = np.random.default_rng(seed)
     ids = {k: rng.integers(0, 20, n) for k in ("a", "b")}
     y = (rng.random(n) < np.where(ids["a"] < 10, 0.8, 0.2)).astype(np.float32)
-    return BatchSource(rng.normal(size=(n, 1)).astype(np.float32), {k: (v, np.ones(n, np.int32)) for k, v in ids.items()}, y)
+    return BatchSource(rng.normal(size=(n, 1)).astype(np.float32),
+                       {k: (v, np.ones(n, np.int32)) for k, v in ids.items()}, y)
 
 
-CFG = LEMConfig(dense=("d",), sparse=(SparseFeature("a", 20), SparseFeature("b", 20)), embedding_dim=8, hidden=(128, 64))
+CFG = LEMConfig(dense=("d",), sparse=(SparseFeature("a", 20), SparseFeature("b", 20)), embedding_dim=8,
+                hidden=(128, 64))
 
 
 def _trained(pruning, epochs=2):

@@ -97,7 +97,8 @@ def test_concurrent_submissions_and_reads_during_promotions(tmp_path: Path, data
 
     def submit(i: int, out: list[httpx.Response], key: str | None) -> None:
         headers = {**AUTH, **({"Idempotency-Key": key} if key else {})}
-        spec = job_spec(name=f"c{i}" if key is None else "same", training={"epochs": 3, "seed": i if key is None else 0})
+        spec = job_spec(name=f"c{i}" if key is None else "same",
+                        training={"epochs": 3, "seed": i if key is None else 0})
         with httpx.Client(base_url=server.url, timeout=60) as c:
             start.wait()
             r = c.post("/v1/jobs", json=spec, headers=headers)
@@ -122,7 +123,8 @@ def test_concurrent_submissions_and_reads_during_promotions(tmp_path: Path, data
 
     threads = [threading.Thread(target=submit, args=(i, submitted, None)) for i in range(n)]
     threads += [threading.Thread(target=submit, args=(i, replayed, "same-key")) for i in range(n)]
-    promoters = [threading.Thread(target=promote, args=([1, 2] * 8,)), threading.Thread(target=promote, args=([2, 1] * 8,))]
+    promoters = [threading.Thread(target=promote, args=([1, 2] * 8,)),
+                 threading.Thread(target=promote, args=([2, 1] * 8,))]
     readers = [threading.Thread(target=read) for _ in range(4)]
     for t in threads + promoters + readers:
         t.start()

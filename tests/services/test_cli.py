@@ -304,7 +304,8 @@ def test_serve_prints_its_urls_once_listening_and_warns_about_missing_roots(tmp_
         proc.wait(timeout=30)
         print(err)  # shown when the test fails
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: SEQATTN_DATA_ROOTS: {str(missing)!r} does not exist; no dataset can be read under it"]
+    assert warnings == [f"warning: SEQATTN_DATA_ROOTS: {str(missing)!r} does not exist; no dataset can be read "
+                        "under it"]
 
 
 # --- export of a set that was never published ----------------------------------------------------

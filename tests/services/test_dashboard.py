@@ -306,7 +306,8 @@ def test_a_disabled_rollback_says_why_as_the_api_would(tmp_path: Path) -> None:
         return html[html.index('id="rollback"') - 30:html.index('<output id="action-result"')]
 
     disabled = button()
-    assert "disabled" in disabled and "has no earlier promotion to roll back to: v1 is the only promoted version" in disabled
+    assert ("disabled" in disabled
+            and "has no earlier promotion to roll back to: v1 is the only promoted version" in disabled)
     assert 'id="rollback-why"' in disabled and "Rollback unavailable: feature set" in disabled
     with pytest.raises(Conflict):
         store.rollback("ctr-main")  # the API has nothing to roll back to either

@@ -25,8 +25,8 @@ def test_a_record_becomes_one_json_line_with_its_fields() -> None:
 
 def test_uvicorns_color_message_is_dropped_and_no_ansi_escape_is_left() -> None:
     # What uvicorn logs at start: its message, and the same with ANSI colours in ``color_message``.
-    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Uvicorn running on %s (Press CTRL+C to quit)",
-                               ("http://127.0.0.1:8000",), None)
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
+                               "Uvicorn running on %s (Press CTRL+C to quit)", ("http://127.0.0.1:8000",), None)
     record.color_message = "Uvicorn running on \x1b[1m%s\x1b[0m (Press CTRL+C to quit)"
     record.status = "\x1b[32m200 OK\x1b[0m"  # a coloured extra field
     record.where = ["\x1b]8;;http://x\x07link\x1b]8;;\x07"]
@@ -48,6 +48,7 @@ def test_a_real_servers_log_lines_carry_no_colour(tmp_path: Path) -> None:
     banner = set(serve_urls("127.0.0.1", server.port))
     lines = [line for line in server.log_path.read_text().splitlines() if line.strip() and line not in banner]
     records = [json.loads(line) for line in lines]  # every other line is one JSON object
-    assert any(r["logger"] == "uvicorn.error" and "Application startup complete" in r["message"] for r in records), lines
+    assert any(r["logger"] == "uvicorn.error" and "Application startup complete" in r["message"]
+               for r in records), lines
     assert not any("color_message" in r for r in records)
     assert not any("\x1b" in line or "\\u001b" in line for line in lines)

@@ -97,7 +97,8 @@ def _operations(api: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 def test_the_bearer_scheme_is_declared_on_the_mutating_operations_only(api: dict[str, Any]) -> None:
     assert api["components"]["securitySchemes"] == {"bearer": {
-        "type": "http", "scheme": "bearer", "description": api["components"]["securitySchemes"]["bearer"]["description"]}}
+        "type": "http", "scheme": "bearer",
+        "description": api["components"]["securitySchemes"]["bearer"]["description"]}}
     for key, op in _operations(api).items():
         assert op.get("security") == ([{"bearer": []}] if key in MUTATING else None), key
 
@@ -144,7 +145,8 @@ def test_the_headers_declared_are_the_ones_sent(tmp_path_factory: pytest.TempPat
         api = c.get("/openapi.json").json()
         for path in ("/v1/feature-sets/ctr", "/v1/feature-sets/ctr/versions/1"):
             r = c.get(path)
-            declared = {h.lower() for h in op_headers(api, "get", path.replace("ctr", "{name}").replace("/1", "/{version}"),
+            declared = {h.lower() for h in op_headers(api, "get",
+                                                      path.replace("ctr", "{name}").replace("/1", "/{version}"),
                                                       "200")}
             assert declared <= set(r.headers), (path, declared, r.headers)
             again = c.get(path, headers={"If-None-Match": r.headers["ETag"]})

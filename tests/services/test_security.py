@@ -219,7 +219,8 @@ def test_invalid_json_on_promote_names_the_body_not_a_character_offset(client: T
     r = client.post("/v1/feature-sets/ctr/promote", content=b'{"version": 1,,}',
                     headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["field"] == "body", r.text  # was "[14]"
-    r = client.post("/v1/feature-sets/ctr/promote", content=b"version: 1", headers={**AUTH, "Content-Type": "text/yaml"})
+    r = client.post("/v1/feature-sets/ctr/promote", content=b"version: 1",
+                    headers={**AUTH, "Content-Type": "text/yaml"})
     assert r.status_code == 415 and r.json()["field"] == "Content-Type", r.text
 
 
