@@ -1,0 +1,631 @@
+"""Parquet -> batches with memory flat in the number of rows: the streaming twin of :mod:`pipelines.dataset`.
+
+:mod:`pipelines.dataset` holds the whole table (about 1 GB per million rows). Here every step reads
+bounded Arrow batches and keeps only what is bounded by something other than the row count:
+
+1. :func:`split_of`: train/validation by a hash of (file, row in file), of a key column's value, or
+   by time (:func:`time_cutoff`): the same row lands in the same split whatever the batch sizes.
+2. :func:`scan_statistics`: one pass for row counts, label checks, dense mean/std, train value
+   counts (memory bounded by the distinct values) -> vocabularies, and a bottom-k row sample.
+3. :func:`encode_batch`: one Arrow batch -> the ids and standardised values ``dataset.py`` would give.
+4. :class:`StreamSource`: the :class:`~seqattn_core.batches.BatchSource` interface over a re-scan per
+   epoch (file order and a bounded buffer shuffled by the seed), read ahead in a background thread.
+5. :func:`sample_split`: the sample encoded, for stages that need random access.
+6. :class:`StreamingBinaryMetrics`: AUC (binned) and log-loss without keeping predictions.
+
+Example::
+
+    >>> import os, tempfile, pyarrow.parquet as pq
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.parquet")
+    >>> pq.write_table(pa.table({"y": [0, 1] * 500, "c": ["a", "b", "c", "a"] * 250}), path)
+    >>> files, columns = open_parquet(DatasetSpec(path=path, label="y"))
+    >>> stats = scan_statistics(files, columns, SplitRule(validation_fraction=0.2, seed=0))
+    >>> stats.train_rows + stats.valid_rows, stats.vocabularies["c"].to_pylist(), stats.cardinalities
+    (1000, ['a', 'b', 'c'], {'c': 4})
+    >>> train = StreamSource(files, columns, stats, "train")
+    >>> sum(len(b) for b in train.batches(128, seed=1)) == len(train), train.num_batches(128) == -(-len(train) // 128)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipelines.dataset import Columns, EncodedSplit, parquet_files, resolve_columns, take_jagged
+from pipelines.errors import SpecError
+from pipelines.roots import DataRoots
+from pipelines.spec import DatasetSpec
+from seqattn_core.batches import Batch, BatchSource
+from seqattn_core.crosses import CrossFeature
+
+__all__ = [
+    "ParquetFiles", "SplitRule", "StreamSource", "StreamStats", "StreamingBinaryMetrics", "encode_batch",
+    "open_parquet", "row_hash", "sample_split", "scan_statistics", "split_of", "time_cutoff",
+]
+
+READ_ROWS = 65_536  # rows per Arrow batch read: a few MB per column
+
+
+# --- opening ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    file: str  # path relative to the dataset root: what the split hashes
+    path: str  # path on the dataset's filesystem
+    metadata: Any  # the file's footer (pq.FileMetaData)
+    row_group: int
+    first_row: int  # the row group's first row's number within the file
+    partition: dict[str, Any]  # hive keys of its folder, e.g. {"day": "2024-01-01"}
+
+
+@dataclass(frozen=True)
+class ParquetFiles:
+    """An opened Parquet file or directory, and the folder its files' names are taken relative to
+    (so a split does not change when the dataset is moved)."""
+
+    dataset: pads.Dataset
+    root: str
+
+    def pieces(self) -> list[_Piece]:
+        """Every row group, files in path order (reads the footers, not the data)."""
+        out = []
+        try:
+            for fragment in sorted(self.dataset.get_fragments(), key=lambda f: f.path):
+                rel = os.path.relpath(fragment.path, self.root).replace(os.sep, "/")
+                keys = pads.get_partition_keys(fragment.partition_expression)
+                metadata, first = fragment.metadata, 0
+                for i in range(metadata.num_row_groups):
+                    out.append(_Piece(rel, fragment.path, metadata, i, first, keys))
+                    first += metadata.row_group(i).num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SpecError("dataset.path", f"cannot read {self.root!r} as Parquet: {exc}") from None
+        return out
+
+    def read(self, piece: _Piece, columns: Sequence[str], batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """(batch, number of its first row in the file) over ``piece``, only ``columns``, typed as the
+        dataset's schema. ``ParquetFile.iter_batches`` decodes page by page: the dataset scanner
+        would hold a whole row group (a 1M-row group of 36 columns: ~340 MB against ~80 MB)."""
+        schema, first = self.dataset.schema, piece.first_row
+        try:
+            with self.dataset.filesystem.open_input_file(piece.path) as handle:
+                reader = pq.ParquetFile(handle, metadata=piece.metadata, pre_buffer=False, buffer_size=1 << 20)
+                for batch in reader.iter_batches(batch_size, row_groups=[piece.row_group],
+                                                 columns=[c for c in columns if c not in piece.partition]):
+                    arrays = [pa.repeat(pa.scalar(piece.partition[c]), batch.num_rows) if c in piece.partition
+                              else batch.column(c) for c in columns]
+                    yield pa.record_batch([a if a.type == schema.field(c).type else pc.cast(a, schema.field(c).type)
+                                           for a, c in zip(arrays, columns)], names=list(columns)), first
+                    first += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SpecError("dataset.path", f"cannot read {piece.file!r} as Parquet: {exc}") from None
+
+
+def open_parquet(spec: DatasetSpec, roots: DataRoots | None = None) -> tuple[ParquetFiles, Columns]:
+    """Open ``spec.path`` (a file or a hive directory) without reading rows; resolve the column roles.
+    Mirrors ``dataset.read_table``'s opening (which is private there)."""
+    root = Path(spec.path)
+    if not root.exists():
+        raise SpecError("dataset.path", f"{spec.path!r} not found (give a Parquet file or a directory of them)")
+    files = parquet_files(root) if root.is_dir() else [str(root)]
+    if not files:
+        raise SpecError("dataset.path", f"no Parquet files in {spec.path!r}")
+    try:
+        dataset = pads.dataset(files, format="parquet", partitioning="hive",
+                               partition_base_dir=str(root) if root.is_dir() else None,
+                               filesystem=roots.filesystem() if roots is not None else None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SpecError("dataset.path", f"cannot read {spec.path!r} as Parquet: {exc}") from None
+    in_files = set(next(iter(dataset.get_fragments())).physical_schema.names)
+    partition_columns = tuple(n for n in dataset.schema.names if n not in in_files)
+    columns = resolve_columns(dataset.schema, spec, partition_columns)
+    return ParquetFiles(dataset, str(root if root.is_dir() else root.parent)), columns
+
+
+# --- 1. the split -------------------------------------------------------------------------------
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64: a bijection that scatters nearby inputs over all 64 bits."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _salt(*parts: object) -> np.uint64:
+    text = ":".join(map(str, parts)).encode()
+    return np.uint64(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little"))
+
+
+def row_hash(file: str, rows: np.ndarray, seed: int, salt: str = "split") -> np.ndarray:
+    """uint64 hashes of rows ``rows`` of ``file`` (a relative path); ``seed`` and ``salt`` pick the function."""
+    return _mix(np.asarray(rows).astype(np.uint64) ^ _salt(salt, seed, file))
+
+
+def _value_hash(values: pa.Array) -> np.ndarray:
+    """uint64 hashes of a column's values (a null hashes like 0 or the empty string)."""
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    t = values.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        b = pc.cast(values.fill_null(""), pa.large_binary())
+        offsets = np.frombuffer(b.buffers()[1], np.int64)[b.offset : b.offset + len(b) + 1]
+        data = np.frombuffer(b.buffers()[2], np.uint8) if b.buffers()[2] is not None else np.zeros(0, np.uint8)
+        lengths = np.diff(offsets)
+        raw = data[offsets[0] : offsets[-1]].astype(np.uint64) + np.uint64(1)
+        pos = np.arange(len(raw)) - np.repeat(offsets[:-1] - offsets[0], lengths)
+        with np.errstate(over="ignore"):  # a polynomial hash mod 2**64, one cumulative sum for the whole batch
+            powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, 0x100000001B3, np.uint64))
+            cum = np.concatenate([[np.uint64(0)], np.cumsum(raw * powers[pos], dtype=np.uint64)])
+            return cum[offsets[1:] - offsets[0]] - cum[offsets[:-1] - offsets[0]] + lengths.astype(np.uint64)
+    if pa.types.is_floating(t):
+        return pc.cast(values, pa.float64()).fill_null(0).to_numpy().view(np.uint64)
+    if pa.types.is_temporal(t):
+        values = values.view(pa.int64() if t.bit_width == 64 else pa.int32())
+    return pc.cast(values, pa.int64()).fill_null(0).to_numpy().view(np.uint64)
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How rows are split. By default a row is validation when a hash of (file, row number in the
+    file) falls below ``validation_fraction``; with ``key``, the hash is of that column's value (all
+    rows of a user on one side); with ``time`` and ``cutoff``, rows at or after the cutoff are
+    validation (an out-of-time split; a null time is train), see :func:`time_cutoff`."""
+
+    validation_fraction: float = 0.2
+    seed: int = 0
+    key: str | None = None
+    time: str | None = None
+    cutoff: Any = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns :func:`split_of` reads."""
+        return tuple(c for c in (self.key, self.time) if c is not None)
+
+
+def split_of(batch: pa.RecordBatch, rule: SplitRule, file: str, first_row: int) -> np.ndarray:
+    """Which rows of ``batch`` are validation rows (a bool array); ``batch`` holds rows
+    ``first_row, first_row + 1, ...`` of ``file`` (relative path) and the ``rule.columns``.
+
+        >>> batch, rule = pa.record_batch({"x": list(range(10_000))}), SplitRule(0.2, seed=0)
+        >>> valid = split_of(batch, rule, "a.parquet", 0)
+        >>> bool(abs(valid.mean() - 0.2) < 0.02), bool((valid[6000:] == split_of(batch[6000:], rule, "a.parquet", 6000)).all())
+        (True, True)
+    """
+    if rule.time is not None:
+        if rule.cutoff is None:
+            raise ValueError("SplitRule.time needs a cutoff (see time_cutoff)")
+        return pc.fill_null(pc.greater_equal(batch.column(rule.time), rule.cutoff), False).to_numpy(zero_copy_only=False)
+    if rule.key is not None:
+        h = _mix(_value_hash(batch.column(rule.key)) ^ _salt("key", rule.seed))
+    else:
+        h = row_hash(file, first_row + np.arange(batch.num_rows), rule.seed)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < rule.validation_fraction
+
+
+class _BottomK:
+    """The ``k`` rows with the smallest hashes offered: a uniform sample that is the same whatever the
+    batch boundaries or order. Holds at most about 2k rows."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.size = k, 0
+        self.tables: list[pa.Table] = []
+        self.hashes: list[np.ndarray] = []
+        self.bound: np.uint64 | None = None  # the k-th smallest hash once k rows were seen
+
+    def offer(self, rows: pa.RecordBatch, hashes: np.ndarray) -> None:
+        keep = np.ones(len(hashes), bool) if self.bound is None else hashes < self.bound
+        if self.k and keep.any():
+            self.tables.append(pa.Table.from_batches([rows.filter(pa.array(keep))]))
+            self.hashes.append(hashes[keep])
+            self.size += int(keep.sum())
+            if self.size > 2 * self.k:
+                self._compact()
+
+    def _compact(self) -> None:
+        table, h = pa.concat_tables(self.tables), np.concatenate(self.hashes)
+        if len(h) > self.k:
+            kept = np.argpartition(h, self.k - 1)[: self.k]
+            table, h = table.take(pa.array(kept)), h[kept]
+            self.bound = h.max()
+        self.tables, self.hashes, self.size = [table], [h], len(h)
+
+    def result(self, schema: pa.Schema) -> pa.Table:
+        """The sample in hash order (a random order)."""
+        if not self.tables:
+            return schema.empty_table()
+        self._compact()
+        return self.tables[0].take(pa.array(np.argsort(self.hashes[0], kind="stable")))
+
+
+def time_cutoff(files: ParquetFiles, column: str, fraction: float, *, sample_rows: int = 100_000,
+                seed: int = 0, batch_size: int = READ_ROWS) -> Any:
+    """The value at the ``1 - fraction`` quantile of ``column`` (a bottom-k sample of it, one pass):
+    ``SplitRule(time=column, cutoff=...)`` then holds out about the last ``fraction`` of rows by time."""
+    sampler = _BottomK(sample_rows)
+    for piece in files.pieces():
+        for batch, first in files.read(piece, [column], batch_size):
+            sampler.offer(batch, row_hash(piece.file, first + np.arange(batch.num_rows), seed, "time"))
+    values = pc.drop_null(sampler.result(pa.schema([files.dataset.schema.field(column)]))[column].combine_chunks())
+    if len(values) == 0:
+        raise SpecError("dataset", f"column {column!r} has no non-null values to split by time")
+    ordered = values.take(pc.sort_indices(values))
+    return ordered[min(int((1 - fraction) * len(ordered)), len(ordered) - 1)]
+
+
+# --- 2. statistics ------------------------------------------------------------------------------
+
+
+def _labels(column: pa.Array, name: str) -> np.ndarray:
+    """0/1 labels as float32; :class:`SpecError` otherwise (the checks of ``dataset._labels``)."""
+    if column.null_count:
+        raise SpecError("dataset.label", f"column {name!r} has {column.null_count} null values; every row needs "
+                        "a 0/1 label")
+    if pa.types.is_boolean(column.type):
+        return column.to_numpy(zero_copy_only=False).astype(np.float32)
+    values = pc.unique(column).to_pylist()
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or not set(values) <= {0, 1}:
+        shown = ", ".join(repr(v) for v in sorted(values, key=str)[:10]) + (", ..." if len(values) > 10 else "")
+        raise SpecError("dataset.label", f"column {name!r} must hold 0/1 (or true/false); values seen: {shown}")
+    return column.to_numpy().astype(np.float32)
+
+
+def _dense(batch: pa.RecordBatch, names: Sequence[str]) -> np.ndarray:
+    """The raw dense matrix, float32 as in ``dataset.py``; :class:`SpecError` on a missing value."""
+    out = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        values = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False)
+        if not np.isfinite(values).all():
+            raise SpecError("dataset.dense", f"column {name!r} has missing or infinite values (null, NaN or inf); "
+                            "fill or drop those rows, or leave the column out of dataset.dense")
+        out[:, j] = values
+    return out
+
+
+def _flat(column: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
+    """(the values, their rows): ``None`` for a single-valued column, whose value i is row i's."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if not _is_list(column.type):
+        return column, None
+    values = pc.list_flatten(column)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    return values, pc.list_parent_indices(column).to_numpy().astype(np.int64)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t))
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    t = t.value_type if _is_list(t) else t
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+class _Counter:
+    """Running value counts: per-batch ``value_counts`` merged when they outgrow the merged counts,
+    so memory is a small multiple of the distinct values and the merges cost O(total log total)."""
+
+    def __init__(self, value_type: pa.DataType) -> None:
+        self.merged = pa.table({"value": pa.array([], value_type), "count": pa.array([], pa.int64())})
+        self.parts: list[pa.Table] = []
+        self.pending = 0
+
+    def add(self, values: pa.Array) -> None:
+        counted = pc.value_counts(values)
+        present = pc.is_valid(counted.field("values"))
+        self.parts.append(pa.table({"value": counted.field("values").filter(present),
+                                    "count": counted.field("counts").filter(present)}))
+        self.pending += len(self.parts[-1])
+        if self.pending > max(self.merged.num_rows, 1 << 18):
+            self.result()
+
+    def result(self) -> pa.Table:
+        if self.parts:
+            summed = pa.concat_tables([self.merged, *self.parts]).group_by("value").aggregate([("count", "sum")])
+            self.merged = pa.table({"value": summed["value"], "count": summed["count_sum"]})
+            self.parts, self.pending = [], 0
+        return self.merged
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """What one pass learns: counts, the train vocabularies and dense moments, and a train sample.
+
+    As in ``EncodedDataset``: ``vocabularies[name][i]`` is the value with id ``i + 1``, ids by
+    descending train count (ties by ascending value), ``cardinalities[name] = len(vocabulary) + 1``.
+    ``vocabulary_counts[name][i]`` is the train count of that value. ``sample`` holds raw rows
+    (label, dense and sparse columns) of the train split, in a random order.
+    """
+
+    split: SplitRule
+    train_rows: int
+    valid_rows: int
+    positives: int  # label 1 rows, both splits
+    vocabularies: dict[str, pa.Array]
+    vocabulary_counts: dict[str, np.ndarray]
+    cardinalities: dict[str, int]
+    dense_mean: np.ndarray  # (n_dense,) float32
+    dense_std: np.ndarray  # (n_dense,) float32
+    multi_valued: frozenset[str]
+    sample: pa.Table = field(repr=False)
+
+
+def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_vocab: int | None = None,
+                    min_count: int = 1, sample_rows: int = 200_000, batch_size: int = READ_ROWS,
+                    standardize: bool = True) -> StreamStats:
+    """One streaming pass over ``files`` (only the needed columns, ``batch_size`` rows at a time).
+
+    A vocabulary keeps the values seen at least ``min_count`` times on the train rows, at most
+    ``max_vocab`` of them (the most frequent); the others share the OOV id 0. Raises
+    :class:`SpecError` as ``dataset.py`` does: a label that is not 0/1, a missing dense value, one
+    class only, every feature constant, or a split that leaves a side empty.
+    """
+    schema = files.dataset.schema
+    needed = [columns.label, *columns.dense, *columns.sparse]
+    counters = {name: _Counter(_value_type(schema.field(name).type)) for name in columns.sparse}
+    sampler = _BottomK(sample_rows)
+    n = n_train = positives = 0
+    mean, m2 = np.zeros(len(columns.dense)), np.zeros(len(columns.dense))
+    for piece in files.pieces():
+        for batch, first in files.read(piece, list(dict.fromkeys([*needed, *split.columns])), batch_size):
+            labels = _labels(batch.column(columns.label), columns.label)
+            dense = _dense(batch, columns.dense).astype(np.float64)
+            train = ~split_of(batch, split, piece.file, first)
+            m = int(train.sum())
+            n, positives = n + batch.num_rows, positives + int(labels.sum())
+            if m:  # Chan et al.'s merge of (count, mean, sum of squared deviations)
+                x = dense[train]
+                delta = x.mean(axis=0) - mean
+                m2 += ((x - x.mean(axis=0)) ** 2).sum(axis=0) + delta**2 * n_train * m / (n_train + m)
+                mean += delta * m / (n_train + m)
+                n_train += m
+            for name in columns.sparse:
+                values, parents = _flat(batch.column(name))
+                counters[name].add(values.filter(pa.array(train if parents is None else train[parents])))
+            rows = first + np.flatnonzero(train)
+            sampler.offer(batch.select(needed).filter(pa.array(train)), row_hash(piece.file, rows, split.seed, "sample"))
+    if n == 0:
+        raise SpecError("dataset.path", f"{files.root!r} has no rows")
+    if n_train == 0 or n_train == n:
+        raise SpecError("dataset.validation_fraction", f"the split left {n_train} train and {n - n_train} "
+                        f"validation rows of {n}; both need some")
+    if positives in (0, n):
+        raise SpecError("dataset.label", f"column {columns.label!r} holds only {int(positives > 0)}s: a click "
+                        "model needs rows of both classes (0 and 1)")
+    raw_std = np.sqrt(m2 / n_train).astype(np.float32)
+    vocabularies, vocabulary_counts = {}, {}
+    for name, counter in counters.items():
+        counted = counter.result().filter(pc.greater_equal(counter.result()["count"], min_count))
+        counted = counted.sort_by([("count", "descending"), ("value", "ascending")])
+        counted = counted.slice(0, max_vocab) if max_vocab is not None else counted
+        vocabularies[name] = counted["value"].combine_chunks()
+        vocabulary_counts[name] = counted["count"].to_numpy()
+    if all(not sd > 0 for sd in raw_std) and all(len(v) <= 1 for v in vocabularies.values()):
+        raise SpecError("dataset", "every feature column is constant on the train rows: there is nothing to select")
+    std = raw_std.copy()
+    std[std == 0] = 1.0
+    return StreamStats(
+        split=split, train_rows=n_train, valid_rows=n - n_train, positives=positives,
+        vocabularies=vocabularies, vocabulary_counts=vocabulary_counts,
+        cardinalities={name: len(v) + 1 for name, v in vocabularies.items()},
+        dense_mean=mean.astype(np.float32) if standardize else np.zeros(len(columns.dense), np.float32),
+        dense_std=std if standardize else np.ones(len(columns.dense), np.float32),
+        multi_valued=frozenset(c for c in columns.sparse if _is_list(schema.field(c).type)),
+        sample=sampler.result(pa.schema([schema.field(c) for c in needed])),
+    )
+
+
+# --- 3. encoding --------------------------------------------------------------------------------
+
+
+def encode_batch(batch: pa.RecordBatch | pa.Table, stats: StreamStats, columns: Columns) -> EncodedSplit:
+    """``batch``'s rows encoded as ``dataset.encode_table`` would with these vocabularies and moments:
+    ids ``index in vocabulary + 1``, 0 for a value outside it, a null value dropped (a null
+    single value gives a row of length 0). ``row_index`` is the row's position in ``batch``."""
+    if isinstance(batch, pa.Table):
+        batch = pa.record_batch([c.combine_chunks() for c in batch.columns], schema=batch.schema)
+    labels = _labels(batch.column(columns.label), columns.label)
+    dense = (_dense(batch, columns.dense) - stats.dense_mean) / stats.dense_std
+    sparse = {}
+    for name in columns.sparse:
+        values, parents = _flat(batch.column(name))
+        ids = pc.fill_null(pc.index_in(values, value_set=stats.vocabularies[name]), -1).to_numpy().astype(np.int64) + 1
+        present = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        rows = np.arange(batch.num_rows) if parents is None else parents
+        sparse[name] = (ids[present], np.bincount(rows[present], minlength=batch.num_rows).astype(np.int32))
+    return EncodedSplit(dense, sparse, labels, np.arange(batch.num_rows, dtype=np.int64))
+
+
+def sample_split(stats: StreamStats, columns: Columns) -> EncodedSplit:
+    """The train sample encoded (in a random order), for stages that need random access to rows."""
+    return encode_batch(stats.sample, stats, columns)
+
+
+def _concat(parts: Sequence[EncodedSplit]) -> EncodedSplit:
+    if len(parts) == 1:
+        return parts[0]
+    return EncodedSplit(
+        np.concatenate([p.dense for p in parts]),
+        {k: (np.concatenate([p.sparse[k][0] for p in parts]), np.concatenate([p.sparse[k][1] for p in parts]))
+         for k in parts[0].sparse},
+        np.concatenate([p.labels for p in parts]), np.concatenate([p.row_index for p in parts]))
+
+
+def _take(part: EncodedSplit, rows: np.ndarray) -> EncodedSplit:
+    def jagged(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        single = len(values) == len(lengths) and bool((lengths == 1).all())  # the common case, 2x faster
+        return (values[rows], lengths[rows]) if single else take_jagged(values, lengths, rows)
+
+    return EncodedSplit(part.dense[rows], {k: jagged(*pair) for k, pair in part.sparse.items()},
+                        part.labels[rows], part.row_index[rows])
+
+
+# --- 4. the stream ------------------------------------------------------------------------------
+
+
+_END = object()  # the producer's last item; an exception instead is raised by the consumer
+
+
+class StreamSource:
+    """``BatchSource``'s interface over one split of ``files``, read again for each call to
+    :meth:`batches`: memory is bounded by the shuffle buffer, not the rows.
+
+    With a seed, row groups are visited in a seeded order and rows pass through a shuffle buffer of
+    ``shuffle_buffer_rows`` (default ``max(65,536, 4 x batch_size)``); without one, rows come in file
+    order (validation). Every batch but the last is full, so :meth:`num_batches` is exact. A
+    background thread reads and encodes up to ``prefetch`` Arrow batches ahead.
+    """
+
+    def __init__(self, files: ParquetFiles, columns: Columns, stats: StreamStats, split: Literal["train", "valid"],
+                 crosses: Sequence[CrossFeature] = (), cardinalities: dict[str, int] | None = None,
+                 dense_columns: Sequence[int] | None = None, *, read_rows: int = READ_ROWS,
+                 shuffle_buffer_rows: int | None = None, prefetch: int = 2) -> None:
+        self.files, self.stats, self.split = files, stats, split
+        self.crosses, self.dense_columns = tuple(crosses), dense_columns
+        self.cardinalities = stats.cardinalities if cardinalities is None else cardinalities
+        self.columns, self.keys = columns, [*columns.sparse, *(c.name for c in self.crosses)]
+        self.read_rows, self.shuffle_buffer_rows, self.prefetch = read_rows, shuffle_buffer_rows, prefetch
+
+    def keep_keys(self, keys: Collection[str]) -> None:
+        """Keep only these sparse keys in the batches; only they and the crosses' features are read."""
+        self.keys = [k for k in self.keys if k in keys]
+        needed = [n for n in self.columns.sparse if n in self.keys or any(n in (c.a, c.b) for c in self.crosses)]
+        self.columns = replace(self.columns, sparse=tuple(needed))
+
+    def __len__(self) -> int:
+        return self.stats.train_rows if self.split == "train" else self.stats.valid_rows
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def _produce(self, seed: int | None, out: queue.Queue[Any], stop: threading.Event) -> None:
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            pieces = self.files.pieces()
+            if seed is not None:
+                pieces = [pieces[i] for i in np.random.default_rng(seed).permutation(len(pieces))]
+            c = self.columns
+            read = list(dict.fromkeys([c.label, *c.dense, *c.sparse, *self.stats.split.columns]))
+            for piece in pieces:
+                for batch, first in self.files.read(piece, read, self.read_rows):
+                    valid = split_of(batch, self.stats.split, piece.file, first)
+                    rows = batch.filter(pa.array(valid if self.split == "valid" else ~valid))
+                    if rows.num_rows and not put(encode_batch(rows, self.stats, c)):
+                        return
+            put(_END)
+        except BaseException as exc:  # noqa: B036 - handed to the consumer, which raises it
+            put(exc)
+
+    def batches(self, batch_size: int, seed: int | None = None) -> Iterator[Batch]:
+        """Exactly ``num_batches(batch_size)`` batches holding every row of the split once."""
+        stop, out = threading.Event(), queue.Queue[Any](maxsize=self.prefetch)
+        thread = threading.Thread(target=self._produce, args=(seed, out, stop), name="stream-prefetch", daemon=True)
+        thread.start()
+        rng = None if seed is None else np.random.default_rng([seed, 1])
+        target = max(self.shuffle_buffer_rows or max(READ_ROWS, 4 * batch_size), batch_size)
+        pool: list[EncodedSplit] = []
+        pooled = seen = 0
+        try:
+            while True:
+                item = out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                end = item is _END
+                if not end:
+                    pool.append(item)
+                    pooled, seen = pooled + len(item), seen + len(item)
+                if seen > len(self) or (end and seen < len(self)):
+                    raise SpecError("dataset.path", f"{self.files.root!r} changed since its statistics were taken: "
+                                    f"the {self.split} split had {len(self)} rows, now {'more' if not end else seen}")
+                if pooled and (end or pooled >= target):
+                    rows = _concat(pool)
+                    order = np.arange(pooled) if rng is None else rng.permutation(pooled)
+                    full = pooled if end else pooled - pooled % batch_size
+                    if full:
+                        yield from self._emit(_take(rows, order[:full]), batch_size)
+                    pool, pooled = ([_take(rows, order[full:])], pooled - full) if full < pooled else ([], 0)
+                if end:
+                    return
+        finally:
+            stop.set()
+            thread.join()
+
+    def _emit(self, rows: EncodedSplit, batch_size: int) -> Iterator[Batch]:
+        source = BatchSource(rows.dense, rows.sparse, rows.labels, self.crosses, self.cardinalities, self.dense_columns)
+        source.keep_keys(self.keys)
+        for s in range(0, len(rows), batch_size):
+            yield source.batch(s, min(s + batch_size, len(rows)))
+
+
+# --- 6. metrics ---------------------------------------------------------------------------------
+
+
+class StreamingBinaryMetrics:
+    """AUC and log-loss over predictions seen in batches, in constant memory.
+
+    Log-loss is exact (probabilities clipped to [1e-7, 1 - 1e-7] as ``training.binary_metrics``
+    does); AUC counts positives and negatives in ``bins`` equal-width probability bins and counts
+    a pair in one bin as a tie (within ~1e-5 of the exact AUC for 2**16 bins).
+
+        >>> m = StreamingBinaryMetrics()
+        >>> m.update(np.array([0.9, 0.2]), np.array([1, 0])); m.update(np.array([0.6, 0.4]), np.array([0, 1]))
+        >>> auc, logloss = m.compute()
+        >>> round(auc, 4), round(logloss, 4)
+        (0.75, 0.5403)
+    """
+
+    def __init__(self, bins: int = 1 << 16) -> None:
+        self.bins = bins
+        self.positives = np.zeros(bins, np.int64)
+        self.negatives = np.zeros(bins, np.int64)
+        self.loss_sum, self.rows = 0.0, 0
+
+    def update(self, probabilities: Any, labels: Any) -> None:
+        """Add a batch (numpy arrays, or CPU tensors: ``np.asarray`` is applied)."""
+        p = np.clip(np.asarray(probabilities, np.float64).ravel(), 1e-7, 1 - 1e-7)
+        y = np.asarray(labels).ravel() > 0.5
+        b = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)
+        self.positives += np.bincount(b[y], minlength=self.bins)
+        self.negatives += np.bincount(b[~y], minlength=self.bins)
+        self.loss_sum -= float(np.log(p[y]).sum() + np.log1p(-p[~y]).sum())
+        self.rows += len(p)
+
+    def merge(self, other: StreamingBinaryMetrics) -> None:
+        """Add another instance's counts (e.g. another worker's)."""
+        self.positives += other.positives
+        self.negatives += other.negatives
+        self.loss_sum, self.rows = self.loss_sum + other.loss_sum, self.rows + other.rows
+
+    def compute(self) -> tuple[float, float]:
+        """(AUC, log-loss); AUC is NaN with one class, both are NaN with no rows."""
+        pos, neg = self.positives[::-1].astype(np.float64), self.negatives[::-1].astype(np.float64)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        above = np.cumsum(pos) - pos  # positives in strictly higher bins
+        auc = float((neg * (above + 0.5 * pos)).sum() / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
+        return auc, self.loss_sum / self.rows if self.rows else float("nan")
