@@ -45,7 +45,7 @@ def _local(x: Any) -> Any:
     if isinstance(x, ShardedTensor):
         return [s.tensor.detach().clone() for s in x.local_shards()]
     if hasattr(x, "to_local") and isinstance(x, torch.Tensor):  # DTensor
-        return x.to_local().detach().clone()
+        return x.to_local().detach().clone()  # type: ignore[attr-defined]  # a DTensor (hasattr above)
     if isinstance(x, torch.Tensor):
         return x.detach().clone()
     if isinstance(x, dict):
@@ -64,7 +64,7 @@ def _copy_into(current: Any, saved: Any, where: str) -> None:
         for shard, value in zip(shards, saved):
             shard.tensor.detach().copy_(value)
     elif hasattr(current, "to_local") and isinstance(current, torch.Tensor):
-        current.to_local().detach().copy_(saved)
+        current.to_local().detach().copy_(saved)  # type: ignore[attr-defined]  # a DTensor (hasattr above)
     elif isinstance(current, torch.Tensor):
         current.detach().copy_(saved)
     elif isinstance(current, dict):

@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
 
@@ -54,7 +55,7 @@ def connect(num_cpus: int | None = None) -> bool:
         return False
     address = os.environ.get("RAY_ADDRESS", "").strip()
     # Every worker process of the job (Ray Data tasks too) runs the same fsspec guard as the driver.
-    runtime_env = {"env_vars": dict(WORKER_ENV),
+    runtime_env: dict[str, Any] = {"env_vars": dict(WORKER_ENV),
                    "worker_process_setup_hook": "pipelines.ray_data.forget_broken_http_filesystem"}
     if address:
         log.info("connecting to the Ray cluster at %s", address)

@@ -82,7 +82,8 @@ def _check_interval(value: str) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise ValueError(f"{shown!r} is not an interval; write a positive number and a unit: 90s, 30m, 6h, 1d")
     if float(m.group(1)) * UNIT_SECONDS[m.group(2)] > MAX_INTERVAL_S:
-        raise ValueError(f"{m.group(1)[:20]}{m.group(2)} is longer than the longest interval, {MAX_INTERVAL_S // 86400}d")
+        raise ValueError(f"{m.group(1)[:20]}{m.group(2)} is longer than the longest interval, "
+                         f"{MAX_INTERVAL_S // 86400}d")
     return value
 
 
@@ -115,7 +116,8 @@ class Cadence(StrictModel):
             return after + timedelta(seconds=float(m.group(1)) * UNIT_SECONDS[m.group(2)])
         from apscheduler.triggers.cron import CronTrigger
 
-        fire = CronTrigger.from_crontab(self.cron, timezone=timezone.utc).get_next_fire_time(None, after + timedelta(seconds=1))
+        fire = CronTrigger.from_crontab(self.cron, timezone=timezone.utc).get_next_fire_time(
+            None, after + timedelta(seconds=1))
         if fire is None:  # checked when the schedule was made; a cron can still run out of dates
             raise SpecError("cadence.cron", f"{self.cron!r} has no run time after {after.isoformat()}")
         return fire
@@ -294,7 +296,8 @@ def warm_start_spec(spec: JobSpec, previous: FeatureSet, explore: float) -> JobS
         >>> spec = JobSpec(name="x", dataset={"path": "d", "label": "y"})
         >>> prev = FeatureSet(name="x", spec=spec, features=[SelectedFeature(name="a", kind="sparse", rank=1, score=1)],
         ...     candidates=[Candidate(name=n, kind=k, score=s, selected=n == "a")
-        ...                 for n, k, s in [("a", "sparse", 1), ("b", "sparse", .5), ("c", "dense", .1), ("d", "sparse", 0)]])
+        ...                 for n, k, s in [("a", "sparse", 1), ("b", "sparse", .5), ("c", "dense", .1),
+        ...                                 ("d", "sparse", 0)]])
         >>> ws = warm_start_spec(spec, prev, explore=0.5)
         >>> ws.dataset.sparse, ws.dataset.dense
         (['a', 'b'], ['c'])
@@ -309,7 +312,8 @@ def warm_start_spec(spec: JobSpec, previous: FeatureSet, explore: float) -> JobS
     allowed_dense = set(spec.dataset.dense) if spec.dataset.dense is not None else None
     allowed_sparse = set(spec.dataset.sparse) if spec.dataset.sparse is not None else None
     dense = [n for n in kinds if n in chosen and kinds[n] == "dense" and (allowed_dense is None or n in allowed_dense)]
-    sparse = [n for n in kinds if n in chosen and kinds[n] == "sparse" and (allowed_sparse is None or n in allowed_sparse)]
+    sparse = [n for n in kinds if n in chosen and kinds[n] == "sparse"
+              and (allowed_sparse is None or n in allowed_sparse)]
     features = spec.selection.features
     if features is not None and features > len(dense) + len(sparse):
         features = len(dense) + len(sparse)
@@ -346,7 +350,8 @@ def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registr
     window = Window(key, tuple(values), materialize_window(schedule.window.path, key, values, folder, roots))
     if roots is not None:
         roots = DataRoots.of([*roots.roots, folder])
-    spec = schedule.job.model_copy(update={"dataset": schedule.job.dataset.model_copy(update={"path": str(window.path)})})
+    spec = schedule.job.model_copy(
+        update={"dataset": schedule.job.dataset.model_copy(update={"path": str(window.path)})})
     warm_from = None
     if schedule.warm_start.mode == "candidates":
         previous = registry.versions(spec.name)

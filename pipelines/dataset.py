@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,9 @@ import pyarrow.dataset as pads
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    from pipelines.stream import StreamedSplit
 
 __all__ = [
     "Columns", "EncodedDataset", "EncodedSplit", "OOV_ID",
@@ -87,8 +91,8 @@ class EncodedDataset:
     rather than their units (a price in cents would otherwise swamp a rate in [0, 1]).
     """
 
-    train: EncodedSplit
-    valid: EncodedSplit
+    train: EncodedSplit | StreamedSplit
+    valid: EncodedSplit | StreamedSplit
     label: str
     dense_names: tuple[str, ...]
     sparse_names: tuple[str, ...]
@@ -98,6 +102,9 @@ class EncodedDataset:
     dense_mean: np.ndarray  # (n_dense,) float32
     dense_std: np.ndarray  # (n_dense,) float32
     ignored: tuple[str, ...] = ()
+    # A bounded random sample of the train rows where a stage needs random access (the cross
+    # pre-screen) and the splits are streamed (``pipelines.stream.StreamedSplit``); else None.
+    sample: EncodedSplit | None = None
 
 
 # --- 1. column roles ---------------------------------------------------------------------------

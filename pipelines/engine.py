@@ -106,12 +106,14 @@ def place(model: LargeEmbeddingModel, learning_rate: float, gate_learning_rate: 
     blocks = [p for n, p in named if id(p) in tiles]
     gates = [p for n, p in named if n.endswith("attention.logits") and id(p) not in tiles]
     dense = [p for n, p in named if not n.endswith("attention.logits")]
+    # Block tiles exist only in a model built with a PruningConfig, whose phase settings are filled in.
+    lr_scale, eps = (model.pruner.config.logit_lr_scale, model.pruner.config.logit_eps) if model.pruner else (1.0, 1e-8)
+    assert lr_scale is not None and eps is not None
     optimizer = torch.optim.Adam(
         [
             {"params": dense, "lr": learning_rate * DENSE_LR_SCALE},
             {"params": gates, "lr": gate_learning_rate or learning_rate * GATE_LR_SCALE},
-            {"params": blocks, "lr": learning_rate * (model.pruner.config.logit_lr_scale if blocks else 1.0),
-             "eps": model.pruner.config.logit_eps if blocks else 1e-8},
+            {"params": blocks, "lr": learning_rate * (lr_scale if blocks else 1.0), "eps": eps if blocks else 1e-8},
         ]
     )
     return Placed(dmp, model, optimizer, plan)
@@ -127,11 +129,13 @@ def _plan(model: LargeEmbeddingModel, dev: torch.device) -> ShardingPlan:
                                                                    local_size=local, world_size=world,
                                                                    device_type=dev.type)})
     constraints = {t.name: ParameterConstraints(sharding_types=sharding_types(dev.type)) for t in tables}
-    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=dev.type), constraints=constraints)
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=dev.type),
+                                       constraints=constraints)
     return planner.collective_plan(model, pg=dist.GroupMember.WORLD)
 
 
-def _direct_plan(tables: list[EmbeddingBagConfig], world: int, device_type: str) -> dict[str, ParameterShardingGenerator]:
+def _direct_plan(tables: list[EmbeddingBagConfig], world: int,
+                 device_type: str) -> dict[str, ParameterShardingGenerator]:
     """Whole tables over the ranks by :func:`balanced_ranks`, except a table larger than a rank's fair
     share (a giant ID table among many small ones), which no placement of whole tables balances: it is
     spread over every rank, row-wise on GPU and column-wise on CPU (the sharding types each supports
@@ -141,7 +145,8 @@ def _direct_plan(tables: list[EmbeddingBagConfig], world: int, device_type: str)
     spread = {t.name for t in tables if world > 1 and sizes[t.name] > fair
               and (device_type == "cuda" or t.embedding_dim % world == 0)}
     every = list(range(world))
-    plan = {name: row_wise(compute_kernel="fused") if device_type == "cuda" else column_wise(ranks=every, compute_kernel="fused")
+    plan = {name: row_wise(compute_kernel="fused") if device_type == "cuda"
+            else column_wise(ranks=every, compute_kernel="fused")
             for name in spread}
     whole = balanced_ranks({name: size for name, size in sizes.items() if name not in spread}, world)
     return plan | {name: table_wise(rank=rank, compute_kernel="fused") for name, rank in whole.items()}

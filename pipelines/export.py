@@ -58,7 +58,7 @@ def release_name(fs: FeatureSet) -> str:
 def torchrec_config(fs: FeatureSet) -> dict[str, Any]:
     """The chosen configuration as plain data (see the module docstring). ``feature_set.version``
     is null, with ``published: false`` and a ``note``, for a set that was never published."""
-    tables = []
+    tables: list[dict[str, Any]] = []
     for f in fs.features:
         if f.kind == "sparse":
             tables.append({"name": f"t_{f.name}", "feature_names": [f.name], "embedding_dim": f.embedding_dim,
@@ -93,7 +93,8 @@ def to_embedding_bag_configs(config: dict[str, Any], cardinalities: dict[str, in
 def feast_definition(fs: FeatureSet, feature_view: str = "features") -> str:
     """A Feast ``FeatureService`` that projects exactly the kept features of this version, named
     ``{name}-v{N}``; ``{name}-unpublished``, with no version tag, for a set never published."""
-    names = [f.name for f in fs.features] + sorted({n for c in fs.crosses for n in c.features} - {f.name for f in fs.features})
+    names = [f.name for f in fs.features] + sorted({n for c in fs.crosses for n in c.features}
+                                                   - {f.name for f in fs.features})
     name = release_name(fs)
     tags = {"seqattn_feature_set": fs.name}
     if fs.version is not None:

@@ -24,6 +24,7 @@ from pipelines.limits import JobLimits
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
 from pipelines.stages import plan_job, run_stages, seed_everything
+from pipelines.stream import stream_dataset, wants_stream
 
 ENGINE_ENV = "SEQATTN_ENGINE"  # "ray" or "local": overrides the choice by training.num_workers
 
@@ -55,13 +56,19 @@ def run_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None =
     if limits is not None:
         limits.check(spec)
     if use_ray(spec):
+        if spec.dataset.reader == "stream" or spec.dataset.min_count > 1 or spec.dataset.max_vocabulary is not None:
+            raise SpecError("dataset.reader", "a streamed read (reader: stream, min_count, max_vocabulary) runs "
+                            "in one process for now; set training.num_workers: 1")
         from pipelines.ray_job import run_ray_job
 
         return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
     t0 = time.perf_counter()
     seed_everything(spec.training.seed)
     emit(on_event, StageStarted("load"))
-    data = load_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
+    if wants_stream(spec.dataset, roots):
+        data = stream_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
+    else:
+        data = load_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
     load_s = time.perf_counter() - t0
     plan = plan_job(spec, data, on_event, limits)
     return run_stages(spec, data, plan, on_event, job_id=job_id, timings={"load_s": load_s, **plan.timings},

@@ -155,7 +155,9 @@ def read_parquet(source: ParquetSource) -> pa.Table:
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     file_columns = [c for c in source.needed if c not in source.partition_columns]
-    partitioning = Partitioning("hive", base_dir=source.root) if source.partition_columns and source.root else None
+    # pyarrow's stubs type the flavour as PartitionStyle, of which "hive" is one.
+    partitioning = (Partitioning("hive", base_dir=source.root)  # type: ignore[arg-type]
+                    if source.partition_columns and source.root else None)
     filesystem = source.roots.filesystem() if source.roots is not None else None
     try:  # footers are read here on the driver, the row groups in Ray Data's tasks
         ds = ray.data.read_parquet(list(source.files), columns=file_columns, partitioning=partitioning,

@@ -264,6 +264,7 @@ def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | No
     encode_s = time.perf_counter() - t0 - read_s
     plan = plan_job(spec, data, on_event, limits)
     workers = spec.training.num_workers
+    assert isinstance(data.train, EncodedSplit) and isinstance(data.valid, EncodedSplit)  # encoded in memory above
     train_ds = split_to_dataset(data.train, data, min_blocks=2 * workers)
     valid_ds = split_to_dataset(data.valid, data)
     meta = replace(data, train=_empty_split(data), valid=_empty_split(data), vocabularies={})
@@ -272,7 +273,7 @@ def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | No
 
     # On the driver's node: a worker node that dies mid-job must not take the progress relay with it
     # (the controller and Ray Data's coordinators are pinned there by Ray Train alike).
-    bus = ProgressBus.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+    bus = ProgressBus.options(scheduling_strategy=NodeAffinitySchedulingStrategy(  # type: ignore[attr-defined]
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
     # A fresh name per run: Ray Train resumes a run whose folder already exists, and a job id may
     # be submitted again (a retried API call) with data that changed since.

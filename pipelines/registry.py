@@ -32,7 +32,8 @@ Example::
     >>> spec = JobSpec(name="ctr", dataset={"path": "d", "label": "y"})
     >>> fs = FeatureSet(name="ctr", spec=spec, features=[SelectedFeature(name="a", kind="sparse", rank=1, score=1.0)],
     ...                 metrics={"val_auc": 0.70})
-    >>> reg.publish(fs).decision, reg.publish(fs.model_copy(update={"metrics": FeatureSetMetrics(val_auc=0.6)})).decision
+    >>> reg.publish(fs).decision, reg.publish(fs.model_copy(
+    ...     update={"metrics": FeatureSetMetrics(val_auc=0.6)})).decision
     ('promoted', 'rejected')
     >>> reg.get("ctr").version, [v.version for v in reg.versions("ctr")]
     (1, [1, 2])
@@ -205,9 +206,11 @@ def promotion_decision(candidate: FeatureSet, promoted: FeatureSet | None,
         return "pending", "promote: manual; waiting for a promotion by hand"
     m, c = candidate.metrics, candidate.spec.constraints
     if c.max_embedding_mb is not None and (m.embedding_mb is None or m.embedding_mb > c.max_embedding_mb):
-        return "rejected", f"embedding_mb {_fmt(m.embedding_mb)} exceeds constraints.max_embedding_mb {c.max_embedding_mb}"
+        return "rejected", (f"embedding_mb {_fmt(m.embedding_mb)} exceeds constraints.max_embedding_mb "
+                            f"{c.max_embedding_mb}")
     if c.max_inference_ms is not None and (m.inference_ms is None or m.inference_ms > c.max_inference_ms):
-        return "rejected", f"inference_ms {_fmt(m.inference_ms)} exceeds constraints.max_inference_ms {c.max_inference_ms}"
+        return "rejected", (f"inference_ms {_fmt(m.inference_ms)} exceeds constraints.max_inference_ms "
+                            f"{c.max_inference_ms}")
     budgets = "; budgets hold" if c.max_embedding_mb is not None or c.max_inference_ms is not None else ""
     new_auc, old_auc = m.val_auc, promoted.metrics.val_auc
     theirs = f"the promoted v{promoted.version}'s" if promoted.version is not None else "the promoted version's"
@@ -501,7 +504,8 @@ class Registry:
             raise SpecError("name", f"no feature set {name!r}")
 
     def _require(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM feature_set_versions WHERE name = ? AND version = ?", (name, version)).fetchone()
+        row = db.execute("SELECT * FROM feature_set_versions WHERE name = ? AND version = ?",
+                         (name, version)).fetchone()
         if row is None:
             known = [r["version"] for r in db.execute(
                 "SELECT version FROM feature_set_versions WHERE name = ? ORDER BY version", (name,))]

@@ -109,7 +109,8 @@ class _RootedHandler(pafs.FileSystemHandler):
     def _checked(self, path: str) -> str:
         real = os.path.realpath(path)
         if not self.roots.contains(real):
-            raise PermissionError(f"{path!r} resolves to {real!r}, outside the data roots ({', '.join(self.roots.roots)})")
+            raise PermissionError(f"{path!r} resolves to {real!r}, outside the data roots "
+                                  f"({', '.join(self.roots.roots)})")
         return real
 
     def get_type_name(self) -> str:

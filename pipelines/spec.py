@@ -115,6 +115,14 @@ class DatasetSpec(StrictModel):
     dense: list[str] | None = None
     sparse: list[str] | None = None
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    # How rows reach training: "memory" reads the table once into arrays (fastest for small data);
+    # "stream" reads Parquet in bounded batches for every pass, memory flat in rows
+    # (pipelines.stream); "auto" streams above STREAM_ROWS rows or when a vocabulary cap is set.
+    reader: Literal["auto", "memory", "stream"] = "auto"
+    # Vocabulary of each sparse column (streamed reads): values seen fewer than min_count times in
+    # the train split, or beyond the max_vocabulary most frequent, share the out-of-vocabulary id 0.
+    min_count: int = Field(1, ge=1)
+    max_vocabulary: int | None = Field(None, ge=1)
 
     @field_validator("dense", "sparse")
     @classmethod

@@ -49,17 +49,19 @@ from pipelines.spec import (
     SelectedCross,
     SelectedFeature,
 )
+from pipelines.stream import StreamedSplit, StreamingBinaryMetrics, StreamSource
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature, warmup_for
 from seqattn_core.pruning import PruningConfig
-from seqattn_core.training import StepEvent, binary_metrics, gate_learning_rate, predict, train
+from seqattn_core.training import StepEvent, binary_metrics, gate_learning_rate, predict, predict_batches, train
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Source = BatchSource | StreamSource  # a split's batches: sliced from arrays, or streamed from Parquet
 LATENCY_BATCH = 1024
 EVAL_BATCH = 8192
 
@@ -140,9 +142,10 @@ def _sparse_features(data: EncodedDataset, names: tuple[str, ...]) -> tuple[Spar
     return tuple(SparseFeature(n, data.cardinalities[n], n in data.multi_valued) for n in names)
 
 
-def batch_source(split: EncodedSplit, data: EncodedDataset, dense: tuple[str, ...], sparse: tuple[str, ...],
-                 crosses: tuple[CrossFeature, ...]) -> BatchSource:
-    """The batches of a model that reads ``dense``, ``sparse`` and ``crosses`` from ``split``.
+def batch_source(split: EncodedSplit | StreamedSplit, data: EncodedDataset, dense: tuple[str, ...],
+                 sparse: tuple[str, ...], crosses: tuple[CrossFeature, ...]) -> Source:
+    """The batches of a model that reads ``dense``, ``sparse`` and ``crosses`` from ``split``: sliced
+    from its arrays, or read from its files again for every pass when it is streamed.
 
     The crosses' ids are computed from their two features, which the model need not keep itself:
     those helper columns are dropped once the crosses are built, so a batch's KJT holds exactly the
@@ -151,6 +154,11 @@ def batch_source(split: EncodedSplit, data: EncodedDataset, dense: tuple[str, ..
     cols = [data.dense_names.index(d) for d in dense]
     # Crosses read their two features' ids, which may not be kept themselves.
     needed = set(sparse) | {f for c in crosses for f in (c.a, c.b)}
+    source: Source
+    if isinstance(split, StreamedSplit):
+        source = split.source(crosses, data.cardinalities, cols)
+        source.keep_keys(set(sparse) | {c.name for c in crosses})
+        return source
     source = BatchSource(split.dense, {n: split.sparse[n] for n in data.sparse_names if n in needed},
                          split.labels, crosses, data.cardinalities, dense_columns=cols)
     source.keep_keys(set(sparse) | {c.name for c in crosses})
@@ -182,7 +190,7 @@ def check_selection(spec: JobSpec, data: EncodedDataset, limits: JobLimits | Non
                             f"{first} dims) needs {mb(need):.4f} MB")
 
 
-def fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSource, spec: JobSpec,
+def fit(config: LEMConfig, selection: SelectionConfig | None, train_src: Source, spec: JobSpec,
         stage: str, on_event: OnEvent | None, hooks: StageHooks = IN_PROCESS,
         batch_size: int | None = None, pruning: PruningConfig | None = None) -> tuple[Placed, float]:
     """Place and train one model of ``config`` (gated when ``selection`` is given); returns (placed, seconds).
@@ -214,15 +222,28 @@ def fit(config: LEMConfig, selection: SelectionConfig | None, train_src: BatchSo
     return placed, time.perf_counter() - start
 
 
-def evaluate(placed: Placed, source: BatchSource) -> dict[str, float]:
-    """Validation AUC and log-loss (``auc``, ``logloss``) of a trained model over every row of ``source``."""
-    return binary_metrics(*predict(placed.forward, source.batches(EVAL_BATCH)))
+def evaluate(placed: Placed, source: Source) -> dict[str, float]:
+    """Validation AUC and log-loss (``auc``, ``logloss``) of a trained model over every row of
+    ``source``: exact over arrays; over a stream, from binned counts (AUC within ~1e-4), so that
+    no per-row array is kept."""
+    if isinstance(source, BatchSource):
+        return binary_metrics(*predict(placed.forward, source.batches(EVAL_BATCH)))
+    metrics = StreamingBinaryMetrics()
+    for probs, labels in predict_batches(placed.forward, source.batches(EVAL_BATCH)):
+        metrics.update(probs, labels)
+    auc, logloss = metrics.compute()
+    return {"auc": auc, "logloss": logloss}
 
 
-def _latency(config: LEMConfig, source: BatchSource) -> float:
+def _latency(config: LEMConfig, source: Source) -> float:
     """Measured inference time of ``config`` on the first ``LATENCY_BATCH`` rows of ``source``, in ms."""
     torch.manual_seed(0)
-    return measure_inference_ms(LargeEmbeddingModel(config), source.batch(0, min(LATENCY_BATCH, len(source))))
+    batches = source.batches(LATENCY_BATCH)
+    try:
+        first = next(batches)
+    finally:
+        batches.close()  # a stream's reader thread stops here
+    return measure_inference_ms(LargeEmbeddingModel(config), first)
 
 
 def _fit_latency_budget(choice: Choice, order: list[tuple[str, Any]], data: EncodedDataset, base: LEMConfig,
@@ -305,8 +326,11 @@ def plan_job(spec: JobSpec, data: EncodedDataset, on_event: OnEvent | None = Non
             emit(on_event, Progress("prescreen", epoch=None, step=done, total_steps=total))
 
         single = [n for n in data.sparse_names if n not in data.multi_valued]
-        ids = {n: first_ids(*data.train.sparse[n]) for n in single}
-        ranked = prescreen_pairs(ids, data.cardinalities, data.train.labels, max_candidates=max(16, 4 * sel.crosses),
+        # Pairs are scored on the rows in memory: all of them, or a streamed dataset's train sample.
+        rows = data.sample if data.sample is not None else data.train
+        assert isinstance(rows, EncodedSplit)
+        ids = {n: first_ids(*rows.sparse[n]) for n in single}
+        ranked = prescreen_pairs(ids, data.cardinalities, rows.labels, max_candidates=max(16, 4 * sel.crosses),
                                  max_buckets=bucket_budget(len(data.train)), seed=spec.training.seed,
                                  on_progress=progress)
         crosses = tuple(c for c, _ in ranked)
@@ -347,7 +371,7 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: OnEven
     timings = dict(timings or {})
     base, crosses = plan.base, plan.crosses
 
-    def fit_stage(config: LEMConfig, selection: SelectionConfig | None, src: BatchSource, stage: str,
+    def fit_stage(config: LEMConfig, selection: SelectionConfig | None, src: Source, stage: str,
                   pruning: PruningConfig | None = None) -> tuple[Placed, float]:
         return fit(config, selection, src, spec, stage, on_event, hooks, batch_size, pruning)
 

@@ -33,7 +33,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.dataset import Columns, EncodedSplit, parquet_files, resolve_columns, take_jagged
+from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, parquet_files, resolve_columns, take_jagged
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
@@ -542,7 +542,7 @@ class StreamSource:
         except BaseException as exc:  # noqa: B036 - handed to the consumer, which raises it
             put(exc)
 
-    def batches(self, batch_size: int, seed: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, seed: int | None = None) -> Generator[Batch, None, None]:
         """Exactly ``num_batches(batch_size)`` batches holding every row of the split once."""
         stop, out = threading.Event(), queue.Queue[Any](maxsize=self.prefetch)
         thread = threading.Thread(target=self._produce, args=(seed, out, stop), name="stream-prefetch", daemon=True)
@@ -629,3 +629,59 @@ class StreamingBinaryMetrics:
         above = np.cumsum(pos) - pos  # positives in strictly higher bins
         auc = float((neg * (above + 0.5 * pos)).sum() / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
         return auc, self.loss_sum / self.rows if self.rows else float("nan")
+
+
+# --- 5. a streamed dataset for the job stages -----------------------------------------------------
+
+STREAM_ROWS = 2_000_000  # reader "auto": at most this many rows are read into memory
+
+
+@dataclass(frozen=True)
+class StreamedSplit:
+    """One split of a streamed dataset: what :func:`pipelines.stages.batch_source` builds a
+    :class:`StreamSource` from (in place of an in-memory ``EncodedSplit``)."""
+
+    files: ParquetFiles
+    columns: Columns
+    stats: StreamStats
+    name: Literal["train", "valid"]
+
+    def __len__(self) -> int:
+        return self.stats.train_rows if self.name == "train" else self.stats.valid_rows
+
+    def source(self, crosses: Sequence[CrossFeature], cardinalities: dict[str, int],
+               dense_columns: Sequence[int]) -> StreamSource:
+        return StreamSource(self.files, self.columns, self.stats, self.name, crosses, cardinalities, dense_columns)
+
+
+def wants_stream(spec: DatasetSpec, roots: DataRoots | None = None) -> bool:
+    """Whether a job reads ``spec`` streamed: ``reader: stream``, or ``auto`` with a vocabulary cap
+    or more than :data:`STREAM_ROWS` rows (counted from the Parquet footers, no rows read)."""
+    if spec.reader != "auto":
+        return spec.reader == "stream"
+    if spec.min_count > 1 or spec.max_vocabulary is not None:
+        return True
+    files, _ = open_parquet(spec, roots)
+    return sum(p.metadata.row_group(p.row_group).num_rows for p in files.pieces()) > STREAM_ROWS
+
+
+def stream_dataset(spec: DatasetSpec, seed: int = 0, roots: DataRoots | None = None) -> EncodedDataset:
+    """The dataset a spec names, streamed: one pass learns the vocabularies, dense moments, split
+    sizes and a train sample (:func:`scan_statistics`); the splits are :class:`StreamedSplit` s that
+    read the files again for each pass. Memory is bounded by the batches, the sample and the
+    vocabularies, not by the rows.
+
+    Example::
+
+        data = stream_dataset(DatasetSpec(path="ctr/", label="click", reader="stream"), seed=0)
+        len(data.train), data.cardinalities["item"], len(data.sample)
+    """
+    files, columns = open_parquet(spec, roots)
+    stats = scan_statistics(files, columns, SplitRule(spec.validation_fraction, seed),
+                            max_vocab=spec.max_vocabulary, min_count=spec.min_count)
+    return EncodedDataset(
+        train=StreamedSplit(files, columns, stats, "train"), valid=StreamedSplit(files, columns, stats, "valid"),
+        label=columns.label, dense_names=columns.dense, sparse_names=columns.sparse,
+        multi_valued=stats.multi_valued, cardinalities=stats.cardinalities, vocabularies=stats.vocabularies,
+        dense_mean=stats.dense_mean, dense_std=stats.dense_std, ignored=columns.ignored,
+        sample=sample_split(stats, columns))

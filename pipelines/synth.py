@@ -162,7 +162,7 @@ class _Planted:
             # Every third noise column is a string, so the noise looks like the signal's types.
             columns[name] = pa.array(np.char.add(f"n{k}_", values.astype(str))) if k % 3 == 2 else pa.array(values)
 
-        truth = self._truth(columns, parts, logit, label, drifted)
+        truth = self._truth(columns, parts, np.asarray(logit), label, drifted)
         return pa.table(columns), truth
 
     def _truth(
@@ -341,7 +341,8 @@ def write_partitioned_synth(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     planted = _Planted(seed, n_noise)
-    names, truths = [], {}
+    names: list[str] = []
+    truths: dict[str, Any] = {}
     for k in range(days):
         day = (start + timedelta(days=k)).isoformat()
         drifted = drift_day is not None and k >= drift_day

@@ -153,6 +153,7 @@ def _lasso(X: np.ndarray, y: np.ndarray, k: int, *, task: Task, random_state: in
         coef = coefs[..., -1]
         if (entered < n_alphas).sum() >= k:
             break
+    assert coef is not None  # the loop ran at least once
     final = np.abs(coef) if Y.ndim == 1 else np.linalg.norm(coef, axis=0)
     order = np.lexsort((-final, -strength, entered))  # last key sorts first: entry alpha
     in_path = [int(i) for i in order if entered[i] < n_alphas]

@@ -6,7 +6,7 @@ dense ``(n, d)`` float32, and per sparse feature a jagged pair ``(values, length
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +94,8 @@ class BatchSource:
         source with them, then keep only the model's tables, so a batch's KJT holds exactly those.
 
             >>> src = BatchSource(np.zeros((2, 0), np.float32),
-            ...                   {"a": (np.array([1, 2]), np.array([1, 1])), "b": (np.array([3, 1]), np.array([1, 1]))},
+            ...                   {"a": (np.array([1, 2]), np.array([1, 1])),
+            ...                    "b": (np.array([3, 1]), np.array([1, 1]))},
             ...                   np.array([1, 0], np.float32), [CrossFeature("a", "b", buckets=16)], {"a": 3, "b": 4})
             >>> src.keep_keys({"b", "a_X_b"})
             >>> src.keys, src.batch(0, 2).sparse.keys()
@@ -122,7 +123,7 @@ class BatchSource:
         )
         return Batch(torch.from_numpy(self.dense[start:stop]), kjt, torch.from_numpy(self.labels[start:stop]))
 
-    def batches(self, batch_size: int, seed: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, seed: int | None = None) -> Generator[Batch, None, None]:
         """Contiguous batches; with a seed, visited in a shuffled order (rows were shuffled once
         when the split was made, so shuffling batch order is enough and keeps slicing cheap)."""
         starts = np.arange(0, len(self), batch_size)

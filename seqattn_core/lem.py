@@ -326,6 +326,7 @@ class LargeEmbeddingModel(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
     def embeddings(self, sparse: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled embeddings of every table, each scaled by its feature/cross and block gates."""
+        assert self.ebc is not None, "a model without sparse features has no embeddings"
         kt = self.ebc(sparse)
         _, table_g = self._entity_gates()
         col_entity, col_block = self._column_maps(kt)
@@ -374,6 +375,7 @@ class LargeEmbeddingModel(nn.Module):
         if self.ebc is not None:
             parts.append(self.embeddings(sparse).values())
         z = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        assert self.cross is not None  # interaction "dcn"
         return self.mlp(self.cross(z)).squeeze(-1)
 
     # -- selection -------------------------------------------------------------------------------
@@ -398,6 +400,7 @@ class LargeEmbeddingModel(nn.Module):
             if m is not None and (new := m.update(p1)):
                 picks[name] = new
         if has_dims and progress >= s.dims_start:
+            assert self.dim_attention is not None
             if int(self.stage) == 0:
                 self._start_dimension_race()
             p2 = (progress - s.dims_start) / (1.0 - s.dims_start)
@@ -416,7 +419,7 @@ class LargeEmbeddingModel(nn.Module):
 
     def _start_dimension_race(self) -> None:
         """Exclude the blocks of dropped tables and size the block budget from what is left."""
-        assert self.blocks is not None and self.dim_attention is not None
+        assert self.blocks is not None and self.dim_attention is not None and self.selection is not None
         kept = set(self.kept_tables())
         self.dim_attention.exclude([b for t in self.tables if t not in kept for b in self.blocks.blocks_of(t)])
         mandatory = self.blocks.mandatory_bytes(sorted(kept)) if kept else 0.0

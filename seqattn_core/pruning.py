@@ -114,6 +114,7 @@ class PruningConfig:
             object.__setattr__(self, "logit_lr_scale", 100.0 if by_logits else 1.0)
         if self.logit_eps is None:
             object.__setattr__(self, "logit_eps", 1e-3 if by_logits else 1e-8)
+        assert self.logit_lr_scale is not None and self.logit_eps is not None  # set just above
         if self.logit_lr_scale <= 0:
             raise ValueError(f"logit_lr_scale: must be > 0, got {self.logit_lr_scale}")
         if self.logit_eps <= 0:
@@ -223,7 +224,8 @@ class BlockSparseLinear(nn.Module):
         ``rank_by="logits"`` the attention logit, the norm (scaled below any logit gap) breaking ties
         and masked tiles last, so a sparsify phase never brings a cut tile back."""
         w = self.effective_weight()
-        padded = F.pad(w, (0, self.mask.shape[1] * self.block - w.shape[1], 0, self.mask.shape[0] * self.block - w.shape[0]))
+        padded = F.pad(w, (0, self.mask.shape[1] * self.block - w.shape[1],
+                           0, self.mask.shape[0] * self.block - w.shape[0]))
         norm = padded.view(self.mask.shape[0], self.block, self.mask.shape[1], self.block).pow(2).sum(dim=(1, 3)).sqrt()
         if self.rank_by == "weight" or self.attention is None:
             return norm

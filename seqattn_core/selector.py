@@ -10,7 +10,7 @@ Orthogonal Matching Pursuit (``model="linear"``, :mod:`seqattn_core.linear`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from numbers import Integral, Real
 
@@ -75,6 +75,7 @@ class GatedMLP(nn.Module):
         widths = [attention.num_candidates, *hidden, n_outputs]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         for layer in self.layers:
+            assert isinstance(layer, nn.Linear)
             # torch's default init, drawn from our generator so that fits are reproducible
             # without touching the global torch seed.
             bound = 1.0 / math.sqrt(layer.in_features)
@@ -330,6 +331,7 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
     ) -> None:
         scale = X.std(axis=0)
         Xt = torch.as_tensor((X - X.mean(axis=0)) / np.where(scale > 0, scale, 1.0), dtype=torch.float32)
+        loss_fn: Callable[..., torch.Tensor]
         if self.task_ == "classification":
             Yt = torch.as_tensor(targets, dtype=torch.long)
             n_outputs, loss_fn = int(Yt.max()) + 1, nn.functional.cross_entropy

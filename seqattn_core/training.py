@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,7 +126,8 @@ def train(
             picks = model.update_selection(min(1.0, step / total))
             if picks and gate_optimizer is not None:
                 params = [m.logits for m in model.gate_modules()]
-                if "pruning" in picks:  # ACDC: every pruning phase starts with a fresh optimizer state
+                # ACDC: every pruning phase starts with a fresh optimizer state
+                if "pruning" in picks and model.pruner is not None:
                     params += model.pruner.layer_parameters()
                 reset_optimizer_state(gate_optimizer, params)
             losses.append(float(loss.detach()))
@@ -141,16 +142,19 @@ def train(
     return mean_loss
 
 
-@torch.no_grad()
-def predict(forward: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels over ``batches``, in eval mode (gates never select in eval)."""
+@torch.no_grad()  # on a generator, torch turns gradients off around each step only
+def predict_batches(forward: nn.Module, batches: Iterable[Batch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Probabilities and labels of each of ``batches``, in eval mode (gates never select in eval)."""
     forward.eval()
     device = model_device(forward)
-    probs, labels = [], []
     for batch in batches:
         on = batch.to(device)
-        probs.append(torch.sigmoid(forward(on.dense, on.sparse)).cpu().numpy())
-        labels.append(batch.labels.numpy())
+        yield torch.sigmoid(forward(on.dense, on.sparse)).cpu().numpy(), batch.labels.numpy()
+
+
+def predict(forward: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over all of ``batches``, concatenated."""
+    probs, labels = zip(*predict_batches(forward, batches))
     return np.concatenate(probs), np.concatenate(labels)
 
 

@@ -171,3 +171,19 @@ def test_pruning_section_prunes_the_retrained_tower_and_keeps_the_chosen_heads(p
     assert 0 < p.tower_weights_kept <= 0.1 * p.tower_weights + 64 * len(p.layers)
     assert fs.metrics.val_auc > 0.6  # the pruned model still learned the planted signal
     assert type(fs).model_validate_json(fs.model_dump_json()) == fs
+
+
+def test_a_streamed_read_finds_the_same_planted_features_and_crosses(result, planted):
+    """reader: stream (Parquet read in bounded batches every pass, a hash split, vocabularies from
+    one pass) picks what the in-memory read picks on the planted data."""
+    path, truth = planted
+    fs_memory, _, _ = result
+    events = []
+    fs = run_job(_spec(path, truth, dataset={"reader": "stream"}), on_event=events.append)
+    assert _keeps_the_relevant_features_and_one_duplicate(fs, truth), [f.name for f in fs.features]
+    assert {frozenset(c.features) for c in fs.crosses} == _planted_crosses(truth)
+    assert abs(fs.metrics.train_rows - 48_000) < 1_000  # a hash split: about 80 % of the rows
+    assert fs.metrics.val_auc >= fs.metrics.val_auc_all_features - 0.005
+    assert abs(fs.metrics.val_auc - fs_memory.metrics.val_auc) < 0.02
+    stages = [e.stage for e in events if isinstance(e, StageStarted)]
+    assert stages[:3] == ["load", "prescreen", "selection"] and stages[-1] == "done"
