@@ -66,7 +66,8 @@ class _Progress:
             case Resumed(stage=stage, epoch=epoch):
                 tqdm.write(f"[resumed from the checkpoint after {stage} epoch {epoch + 1}]", file=sys.stderr)
             case WindowChosen(window=window, warm_start_from=warm):
-                tqdm.write(f"[window] {window}" + (f", warm start from version {warm}" if warm else ""), file=sys.stderr)
+                tqdm.write(f"[window] {window}" + (f", warm start from version {warm}" if warm else ""),
+                           file=sys.stderr)
             case StageStarted(stage=stage):
                 self.close()
                 if stage not in ("selection", "retrain", "reference"):
@@ -119,7 +120,8 @@ def _summary(fs: Any) -> str:
         lines.append(f"  x{c.rank:>2}. {' x '.join(c.features):<24} cross  score={c.score:.3f} buckets={c.buckets} "
                      f"dim={c.embedding_dim}")
     lines.append(f"  val AUC {_num(m.val_auc, '.4f')} (all features {_num(m.val_auc_all_features, '.4f')}); "
-                 f"embeddings {_num(m.embedding_mb, '.2f')} MB (all features {_num(m.embedding_mb_all_features, '.2f')} "
+                 f"embeddings {_num(m.embedding_mb, '.2f')} MB "
+                 f"(all features {_num(m.embedding_mb_all_features, '.2f')} "
                  f"MB); inference {_num(m.inference_ms, '.2f')} ms / 1,024 rows")
     if fs.latency is not None:
         t = fs.latency
@@ -209,7 +211,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise SpecError("feature_set", f"file {args.feature_set!r} not found") from None
     except ValueError as exc:
-        raise SpecError("feature_set", f"{args.feature_set!r} is not a valid FeatureSet: {str(exc).splitlines()[0]}") from None
+        raise SpecError("feature_set", f"{args.feature_set!r} is not a valid FeatureSet: "
+                                       f"{str(exc).splitlines()[0]}") from None
     text = export_feature_set(fs, args.format)
     if args.out:
         Path(args.out).write_text(text)

@@ -39,7 +39,8 @@ log = logging.getLogger("seqattn.service")
 _NAME = TypeAdapter(Name)
 # JSON Schema patterns are searched, not matched: anchored, this is the name rule itself.
 NAME_SCHEMA_PATTERN = f"^{NAME_PATTERN.pattern}$"
-_NAME_DOC = "A feature-set or schedule name: 1-63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit"
+_NAME_DOC = ("A feature-set or schedule name: 1-63 characters from a-z, 0-9, '_' and '-', "
+             "starting with a letter or digit")
 # The name rule is declared in OpenAPI (so clients and schema-driven tests send valid names) but
 # checked by :func:`check_name`, whose message is the CLI's.
 NamePath = Annotated[str, Path(description=_NAME_DOC, json_schema_extra={"pattern": NAME_SCHEMA_PATTERN})]

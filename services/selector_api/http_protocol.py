@@ -61,7 +61,8 @@ def error_response(status: int, field: str, message: str) -> bytes:
 
 
 def _too_large(limit: int) -> tuple[int, str, str]:
-    return 431, "headers", f"the request line and headers are over the limit of {limit} bytes (SEQATTN_MAX_HEADER_BYTES)"
+    return 431, "headers", (f"the request line and headers are over the limit of {limit} bytes "
+                            "(SEQATTN_MAX_HEADER_BYTES)")
 
 
 def _head_limit(config: Any) -> int:

@@ -61,7 +61,8 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))
 
 
-def answer(served: Served, if_none_match: str | None, cache_control: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def answer(served: Served, if_none_match: str | None,
+           cache_control: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """(status, headers, body) for ``served``: 304 without a body when ``if_none_match`` matches."""
     headers = [(b"etag", served.etag.encode()), (b"cache-control", cache_control.encode()),
                (b"x-feature-set-version", str(served.version).encode())]

@@ -370,7 +370,8 @@ class Store:
                                   (row["name"],)).fetchone()
                 job_id = None if busy else f"j-{uuid.uuid4().hex[:16]}"
                 claimed = db.execute(
-                    "UPDATE schedules SET next_run_at = ?, last_run_at = CASE WHEN ? IS NULL THEN last_run_at ELSE ? END, "
+                    "UPDATE schedules SET next_run_at = ?, "
+                    "last_run_at = CASE WHEN ? IS NULL THEN last_run_at ELSE ? END, "
                     "last_job_id = COALESCE(?, last_job_id), runs = runs + (? IS NOT NULL) "
                     "WHERE name = ? AND next_run_at = ?",
                     (new_next, job_id, stamp, job_id, job_id, row["name"], row["next_run_at"])).rowcount == 1

@@ -7,7 +7,8 @@ Example::
     >>> from fastapi import FastAPI
     >>> app = FastAPI()
     >>> install_dashboard(app)
-    >>> app.url_path_for("version_page", name="ctr", version=2), app.url_path_for("dashboard-static", path="dashboard.css")
+    >>> (app.url_path_for("version_page", name="ctr", version=2),
+    ...  app.url_path_for("dashboard-static", path="dashboard.css"))
     ('/dashboard/feature-sets/ctr/versions/2', '/dashboard/static/dashboard.css')
 """
 

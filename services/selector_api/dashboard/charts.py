@@ -73,7 +73,8 @@ def budget(actual: float | None, limit: float | None, reference: float | None, u
                  f'height="16" rx="2"><title>this version: {actual:.4g} {unit}</title></rect>'
                  + (f'<text class="value" x="{x(actual) + 6:.1f}" y="51">{actual:.4g} {unit}</text>'
                     if x(actual) < WIDTH * 0.75 else
-                    f'<text class="value inside" x="{x(actual) - 6:.1f}" y="51" text-anchor="end">{actual:.4g} {unit}</text>'))
+                    f'<text class="value inside" x="{x(actual) - 6:.1f}" y="51" text-anchor="end">'
+                    f'{actual:.4g} {unit}</text>'))
     if limit is not None:
         lx = x(limit)
         parts.append(f'<line class="limit" x1="{lx:.1f}" x2="{lx:.1f}" y1="2" y2="{height - 2}"/>'

@@ -534,6 +534,7 @@ def schedules_page(request: Request) -> HTMLResponse:
             except UserError:
                 last = None
         rows.append({"row": row, "spec": spec, "last": JobOut.of(last) if last else None,
-                     "cadence": f"cron {cadence['cron']}" if cadence.get("cron") else f"every {cadence.get('interval')}"})
+                     "cadence": (f"cron {cadence['cron']}" if cadence.get("cron")
+                                 else f"every {cadence.get('interval')}")})
     return render("schedules.html", rows=rows, known=set(service.store.registry.names()),
                   active="schedules")

@@ -104,7 +104,8 @@ def list_jobs(service: ServiceDep, charge: ListBudget, state: JobState | None = 
     charge(len(rows))
     if not more:
         return JobList(jobs=[JobOut.of(j) for j in rows])
-    query = {"limit": limit, "cursor": rows[-1].id, **({"state": state} if state else {}), **({"name": name} if name else {})}
+    query = {"limit": limit, "cursor": rows[-1].id, **({"state": state} if state else {}),
+             **({"name": name} if name else {})}
     return JobList(jobs=[JobOut.of(j) for j in rows], next_cursor=rows[-1].id, next=f"/v1/jobs?{urlencode(query)}")
 
 
