@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,9 +41,6 @@ import pyarrow.dataset as pads
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
-
-if TYPE_CHECKING:
-    from pipelines.stream import StreamedSplit
 
 __all__ = [
     "Columns", "EncodedDataset", "EncodedSplit", "OOV_ID",
@@ -91,8 +88,10 @@ class EncodedDataset:
     rather than their units (a price in cents would otherwise swamp a rate in [0, 1]).
     """
 
-    train: EncodedSplit | StreamedSplit
-    valid: EncodedSplit | StreamedSplit
+    # Or a pipelines.stream.StreamedSplit, read from the files for every pass (named only here:
+    # importing that module would be an import cycle).
+    train: EncodedSplit | Any
+    valid: EncodedSplit | Any
     label: str
     dense_names: tuple[str, ...]
     sparse_names: tuple[str, ...]

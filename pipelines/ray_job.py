@@ -135,8 +135,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec: JobSpec = JobSpec.model_validate_json(config["spec"])
     meta: EncodedDataset = config["meta"]
     t0 = time.perf_counter()
-    train = shard_to_split(ray.train.get_dataset_shard("train").iter_batches(batch_size=None, batch_format="pyarrow"), meta)
-    valid = shard_to_split(ray.train.get_dataset_shard("valid").iter_batches(batch_size=None, batch_format="pyarrow"), meta)
+
+    def shard(name: str) -> EncodedSplit:
+        batches = ray.train.get_dataset_shard(name).iter_batches(batch_size=None, batch_format="pyarrow")
+        return shard_to_split(batches, meta)
+
+    train, valid = shard("train"), shard("valid")
     shard_s = time.perf_counter() - t0
     if dist.is_initialized() and world > 1:
         # Sharded tables make every step a collective: all workers must take the same number of steps.

@@ -435,11 +435,13 @@ def run_stages(spec: JobSpec, data: EncodedDataset, plan: Plan, on_event: OnEven
         key=lambda f: f.rank)
     cross_rank = {c.name: r for r, c in enumerate(kept_crosses, start=1)}
     cross_scores = list(outcome.cross_scores)
-    out_crosses = [SelectedCross(features=(c.a, c.b), rank=cross_rank[c.name], score=_finite(cross_scores[crosses.index(c)]),
-                                 buckets=c.buckets, embedding_dim=choice.dims.get(c.name)) for c in choice.crosses]
+    out_crosses = [SelectedCross(features=(c.a, c.b), rank=cross_rank[c.name],
+                                 score=_finite(cross_scores[crosses.index(c)]), buckets=c.buckets,
+                                 embedding_dim=choice.dims.get(c.name)) for c in choice.crosses]
     candidates = [Candidate(name=n, kind="dense" if i < len(data.dense_names) else "sparse", score=_finite(scores[i]),
                             selected=n in kept_names) for i, n in enumerate(names)]
-    candidates += [Candidate(name=c.name, kind="cross", score=_finite(cross_scores[j]) if cross_scores else plan.screen[c.name],
+    candidates += [Candidate(name=c.name, kind="cross",
+                             score=_finite(cross_scores[j]) if cross_scores else plan.screen[c.name],
                              selected=c in choice.crosses) for j, c in enumerate(crosses)]
     metrics = {
         "val_auc": final_metrics["auc"], "val_logloss": final_metrics["logloss"],

@@ -205,13 +205,15 @@ def split_of(batch: pa.RecordBatch, rule: SplitRule, file: str, first_row: int) 
 
         >>> batch, rule = pa.record_batch({"x": list(range(10_000))}), SplitRule(0.2, seed=0)
         >>> valid = split_of(batch, rule, "a.parquet", 0)
-        >>> bool(abs(valid.mean() - 0.2) < 0.02), bool((valid[6000:] == split_of(batch[6000:], rule, "a.parquet", 6000)).all())
+        >>> same = split_of(batch[6000:], rule, "a.parquet", 6000)  # the same rows in another batch
+        >>> bool(abs(valid.mean() - 0.2) < 0.02), bool((valid[6000:] == same).all())
         (True, True)
     """
     if rule.time is not None:
         if rule.cutoff is None:
             raise ValueError("SplitRule.time needs a cutoff (see time_cutoff)")
-        return pc.fill_null(pc.greater_equal(batch.column(rule.time), rule.cutoff), False).to_numpy(zero_copy_only=False)
+        late = pc.fill_null(pc.greater_equal(batch.column(rule.time), rule.cutoff), False)
+        return late.to_numpy(zero_copy_only=False)
     if rule.key is not None:
         h = _mix(_value_hash(batch.column(rule.key)) ^ _salt("key", rule.seed))
     else:
@@ -401,7 +403,8 @@ def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, 
                 values, parents = _flat(batch.column(name))
                 counters[name].add(values.filter(pa.array(train if parents is None else train[parents])))
             rows = first + np.flatnonzero(train)
-            sampler.offer(batch.select(needed).filter(pa.array(train)), row_hash(piece.file, rows, split.seed, "sample"))
+            hashes = row_hash(piece.file, rows, split.seed, "sample")
+            sampler.offer(batch.select(needed).filter(pa.array(train)), hashes)
     if n == 0:
         raise SpecError("dataset.path", f"{files.root!r} has no rows")
     if n_train == 0 or n_train == n:

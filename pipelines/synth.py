@@ -299,6 +299,29 @@ def write_synth(
     return truth
 
 
+def write_synth_chunks(out: str | os.PathLike[str], rows: int, seed: int = 0, n_noise: int = 20,
+                       chunk: int = 1_000_000) -> None:
+    """``seqattn synth``'s data (the same planted parameters from ``seed``, the same 35 columns) in
+    chunks of ``chunk`` rows, one Parquet file each, so that memory stays that of one chunk. The
+    rows are new draws, not those of the one-table sample: this writes tables of any size (e.g.
+    32M rows for ``bench.scale``) in the memory of one chunk."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    planted = _Planted(seed, n_noise)
+    files: list[str] = []
+    truth: dict[str, Any] | None = None
+    for k, start in enumerate(range(0, rows, chunk)):
+        table, part = planted.sample(min(chunk, rows - start), np.random.default_rng([seed, 1, k]))
+        name = f"part-{k:05d}.parquet"
+        pq.write_table(table, out / name)
+        files.append(name)
+        truth = truth or part
+        del table
+    assert truth is not None
+    _write_json(out / "truth.json", {**truth, "rows": rows, "files": files, "written_by": "chunked",
+                                     "note": "effect_sd, base_rate and oracle_auc are those of the first chunk"})
+
+
 def write_partitioned_synth(
     out_dir: str | os.PathLike[str],
     days: int = 7,
