@@ -43,8 +43,8 @@ from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
 
 __all__ = [
-    "Columns", "EncodedDataset", "EncodedSplit", "OOV_ID",
-    "encode_table", "load_dataset", "read_table", "resolve_columns",
+    "Columns", "EncodedDataset", "EncodedSplit", "OOV_ID", "dataset_files", "dense_matrix", "encode_table",
+    "label_array", "load_dataset", "open_dataset", "read_table", "resolve_columns",
 ]
 
 OOV_ID = 0  # shared by every value the train split never showed, and by nothing else
@@ -216,14 +216,21 @@ def parquet_files(root: Path) -> list[str]:
     return sorted(str(p) for p in (parquet or files))
 
 
-def _open(path: str, roots: DataRoots | None = None) -> pads.Dataset:
-    """The Parquet dataset at ``path``; with ``roots``, each file is checked against them when opened."""
+def dataset_files(path: str) -> tuple[Path, list[str]]:
+    """``path`` and its Parquet files (itself, or :func:`parquet_files` of a directory); a
+    :class:`SpecError` naming ``dataset.path`` when it is missing or holds none."""
     root = Path(path)
     if not root.exists():
         raise SpecError("dataset.path", f"{path!r} not found (give a Parquet file or a directory of them)")
     files = parquet_files(root) if root.is_dir() else [str(root)]
     if not files:
         raise SpecError("dataset.path", f"no Parquet files in {path!r}")
+    return root, files
+
+
+def open_dataset(path: str, roots: DataRoots | None = None) -> pads.Dataset:
+    """The Parquet dataset at ``path``; with ``roots``, each file is checked against them when opened."""
+    root, files = dataset_files(path)
     try:
         return pads.dataset(
             files, format="parquet", partitioning="hive", partition_base_dir=str(root) if root.is_dir() else None,
@@ -245,7 +252,7 @@ def read_table(spec: DatasetSpec, roots: DataRoots | None = None) -> tuple[pa.Ta
         >>> table.column_names, columns.ignored
         (['y', 'c'], ('note',))
     """
-    dataset = _open(spec.path, roots)
+    dataset = open_dataset(spec.path, roots)
     # Partition keys live in directory names, not in the files' own schema.
     in_files = set(next(iter(dataset.get_fragments())).physical_schema.names)
     partition_columns = tuple(n for n in dataset.schema.names if n not in in_files)
@@ -262,7 +269,8 @@ def read_table(spec: DatasetSpec, roots: DataRoots | None = None) -> tuple[pa.Ta
 # --- 3. checking, splitting, encoding ----------------------------------------------------------
 
 
-def _labels(column: pa.ChunkedArray, name: str) -> np.ndarray:
+def label_array(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """0/1 labels as float32; a :class:`SpecError` naming ``dataset.label`` otherwise."""
     t = column.type
     if column.null_count:
         raise SpecError(
@@ -278,7 +286,8 @@ def _labels(column: pa.ChunkedArray, name: str) -> np.ndarray:
     return column.to_numpy().astype(np.float32)
 
 
-def _dense_matrix(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+def dense_matrix(table: pa.Table | pa.RecordBatch, names: Sequence[str]) -> np.ndarray:
+    """The dense columns as float32; a :class:`SpecError` naming ``dataset.dense`` for a missing value."""
     out = np.empty((table.num_rows, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
         values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)
@@ -393,8 +402,8 @@ def encode_table(
     n = table.num_rows
     if n == 0:
         raise SpecError("dataset.path", "the table has no rows")
-    labels = _labels(table.column(columns.label), columns.label)
-    dense = _dense_matrix(table, columns.dense)
+    labels = label_array(table.column(columns.label), columns.label)
+    dense = dense_matrix(table, columns.dense)
     train_rows, valid_rows = _split(n, validation_fraction, seed)
 
     raw_std = dense[train_rows].std(axis=0, dtype=np.float64).astype(np.float32)

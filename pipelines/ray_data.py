@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, parquet_files, resolve_columns
+from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, dataset_files, resolve_columns
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
@@ -80,12 +80,7 @@ def check_parquet(spec: DatasetSpec, roots: DataRoots | None = None) -> ParquetS
         ...
         pipelines.errors.SpecError: dataset.path: file 'b.parquet': column 'c' is string, but int64 in 'a.parquet'; every file must have the same schema
     """
-    root = Path(spec.path)
-    if not root.exists():
-        raise SpecError("dataset.path", f"{spec.path!r} not found (give a Parquet file or a directory of them)")
-    files = parquet_files(root) if root.is_dir() else [str(root)]
-    if not files:
-        raise SpecError("dataset.path", f"no Parquet files in {spec.path!r}")
+    root, files = dataset_files(spec.path)
     base = str(root) if root.is_dir() else None
     filesystem = roots.filesystem() if roots is not None else None
     schemas = []

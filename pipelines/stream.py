@@ -44,7 +44,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.dataset import Columns, EncodedDataset, EncodedSplit, parquet_files, resolve_columns, take_jagged
+from pipelines.dataset import (
+    Columns,
+    EncodedDataset,
+    EncodedSplit,
+    dense_matrix,
+    label_array,
+    open_dataset,
+    resolve_columns,
+    take_jagged,
+)
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
@@ -116,19 +125,9 @@ class ParquetFiles:
 
 def open_parquet(spec: DatasetSpec, roots: DataRoots | None = None) -> tuple[ParquetFiles, Columns]:
     """Open ``spec.path`` (a file or a hive directory) without reading rows; resolve the column roles.
-    Mirrors ``dataset.read_table``'s opening (which is private there)."""
+    As ``dataset.read_table`` opens it."""
+    dataset = open_dataset(spec.path, roots)
     root = Path(spec.path)
-    if not root.exists():
-        raise SpecError("dataset.path", f"{spec.path!r} not found (give a Parquet file or a directory of them)")
-    files = parquet_files(root) if root.is_dir() else [str(root)]
-    if not files:
-        raise SpecError("dataset.path", f"no Parquet files in {spec.path!r}")
-    try:
-        dataset = pads.dataset(files, format="parquet", partitioning="hive",
-                               partition_base_dir=str(root) if root.is_dir() else None,
-                               filesystem=roots.filesystem() if roots is not None else None)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SpecError("dataset.path", f"cannot read {spec.path!r} as Parquet: {exc}") from None
     in_files = set(next(iter(dataset.get_fragments())).physical_schema.names)
     partition_columns = tuple(n for n in dataset.schema.names if n not in in_files)
     columns = resolve_columns(dataset.schema, spec, partition_columns)
@@ -274,32 +273,6 @@ def time_cutoff(files: ParquetFiles, column: str, fraction: float, *, sample_row
 # --- 2. statistics ------------------------------------------------------------------------------
 
 
-def _labels(column: pa.Array, name: str) -> np.ndarray:
-    """0/1 labels as float32; :class:`SpecError` otherwise (the checks of ``dataset._labels``)."""
-    if column.null_count:
-        raise SpecError("dataset.label", f"column {name!r} has {column.null_count} null values; every row needs "
-                        "a 0/1 label")
-    if pa.types.is_boolean(column.type):
-        return column.to_numpy(zero_copy_only=False).astype(np.float32)
-    values = pc.unique(column).to_pylist()
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or not set(values) <= {0, 1}:
-        shown = ", ".join(repr(v) for v in sorted(values, key=str)[:10]) + (", ..." if len(values) > 10 else "")
-        raise SpecError("dataset.label", f"column {name!r} must hold 0/1 (or true/false); values seen: {shown}")
-    return column.to_numpy().astype(np.float32)
-
-
-def _dense(batch: pa.RecordBatch, names: Sequence[str]) -> np.ndarray:
-    """The raw dense matrix, float32 as in ``dataset.py``; :class:`SpecError` on a missing value."""
-    out = np.empty((batch.num_rows, len(names)), dtype=np.float32)
-    for j, name in enumerate(names):
-        values = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False)
-        if not np.isfinite(values).all():
-            raise SpecError("dataset.dense", f"column {name!r} has missing or infinite values (null, NaN or inf); "
-                            "fill or drop those rows, or leave the column out of dataset.dense")
-        out[:, j] = values
-    return out
-
-
 def _flat(column: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
     """(the values, their rows): ``None`` for a single-valued column, whose value i is row i's."""
     if pa.types.is_dictionary(column.type):
@@ -388,8 +361,8 @@ def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, 
     mean, m2 = np.zeros(len(columns.dense)), np.zeros(len(columns.dense))
     for piece in files.pieces():
         for batch, first in files.read(piece, list(dict.fromkeys([*needed, *split.columns])), batch_size):
-            labels = _labels(batch.column(columns.label), columns.label)
-            dense = _dense(batch, columns.dense).astype(np.float64)
+            labels = label_array(batch.column(columns.label), columns.label)
+            dense = dense_matrix(batch, columns.dense).astype(np.float64)
             train = ~split_of(batch, split, piece.file, first)
             m = int(train.sum())
             n, positives = n + batch.num_rows, positives + int(labels.sum())
@@ -445,8 +418,8 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, stats: StreamStats, columns: 
     single value gives a row of length 0). ``row_index`` is the row's position in ``batch``."""
     if isinstance(batch, pa.Table):
         batch = pa.record_batch([c.combine_chunks() for c in batch.columns], schema=batch.schema)
-    labels = _labels(batch.column(columns.label), columns.label)
-    dense = (_dense(batch, columns.dense) - stats.dense_mean) / stats.dense_std
+    labels = label_array(batch.column(columns.label), columns.label)
+    dense = (dense_matrix(batch, columns.dense) - stats.dense_mean) / stats.dense_std
     sparse = {}
     for name in columns.sparse:
         values, parents = _flat(batch.column(name))
