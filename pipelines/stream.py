@@ -63,6 +63,7 @@ from seqattn_core.crosses import CrossFeature
 __all__ = [
     "ParquetFiles", "SplitRule", "StreamSource", "StreamStats", "StreamingBinaryMetrics", "encode_batch",
     "open_parquet", "row_hash", "sample_split", "scan_statistics", "split_of", "time_cutoff",
+    "STREAM_ROWS", "StreamedSplit", "stream_dataset", "wants_stream",
 ]
 
 READ_ROWS = 65_536  # rows per Arrow batch read: a few MB per column
