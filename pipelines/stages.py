@@ -49,14 +49,22 @@ from pipelines.spec import (
     SelectedCross,
     SelectedFeature,
 )
-from pipelines.stream import StreamedSplit, StreamingBinaryMetrics, StreamSource
+from pipelines.stream import StreamedSplit, StreamSource
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
 from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature, warmup_for
 from seqattn_core.pruning import PruningConfig
-from seqattn_core.training import StepEvent, binary_metrics, gate_learning_rate, predict, predict_batches, train
+from seqattn_core.training import (
+    StepEvent,
+    StreamingBinaryMetrics,
+    binary_metrics,
+    gate_learning_rate,
+    predict,
+    predict_batches,
+    train,
+)
 
 log = logging.getLogger(__name__)
 

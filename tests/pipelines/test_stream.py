@@ -21,7 +21,6 @@ from pipelines.spec import DatasetSpec
 from pipelines.stream import (
     ParquetFiles,
     SplitRule,
-    StreamingBinaryMetrics,
     StreamSource,
     StreamStats,
     encode_batch,
@@ -33,6 +32,7 @@ from pipelines.stream import (
 )
 from seqattn_core.batches import BatchSource
 from seqattn_core.crosses import CrossFeature
+from seqattn_core.training import StreamingBinaryMetrics
 
 FILE_ROWS = (4_000, 3_000, 5_000)  # 12k rows in three files, row groups of 1,500
 
