@@ -191,8 +191,8 @@ def pair_ground_truth(path: str, seed: int) -> pd.DataFrame:
     base = auc(base_cols)
     rows = []
     for c in _all_pairs(data):
-        card_b = data.cardinalities[c.b]
-        pair = tuple(c.ids(ids[c.a][p], ids[c.b][p], card_b) for p in (0, 1))
+        cards = data.cardinalities[c.a], data.cardinalities[c.b]
+        pair = tuple(c.ids(ids[c.a][p], ids[c.b][p], *cards) for p in (0, 1))
         rows.append({"pair": f"{c.a} x {c.b}", "lift": auc(base_cols + [pair]) - base,
                      "gain": gains.get(c.name, float("nan"))})
     return pd.DataFrame(rows).assign(base_auc=base)

@@ -80,7 +80,7 @@ class BatchSource:
         for c in crosses:
             if cardinalities is None:
                 raise ValueError("cardinalities: needed to compute crosses")
-            ids = c.ids(first_ids(*cols[c.a]), first_ids(*cols[c.b]), cardinalities[c.b])
+            ids = c.ids(first_ids(*cols[c.a]), first_ids(*cols[c.b]), cardinalities[c.a], cardinalities[c.b])
             cols[c.name] = (ids, np.ones(n, dtype=np.int32))
         self.keys = list(cols)
         self.values = [cols[k][0] for k in self.keys]

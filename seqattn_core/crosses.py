@@ -1,8 +1,11 @@
 """Pairwise feature crosses: hashing, and the cheap pre-screen that caps the candidate pool.
 
-A cross (a, b) is a new sparse feature whose id is ``a * card_b + b`` when that fits in ``max_buckets``
-(no collisions), else a 64-bit mix of both ids modulo ``max_buckets``. The same function runs in
-training and in the export, so a production pipeline computes identical ids.
+A cross (a, b) is a new sparse feature. Its id is one fixed function of the two ids and three
+constants of the cross (``card_a``, ``card_b``, ``buckets``), never of the batch it is computed in:
+``a * card_b + b`` when ``card_a * card_b <= buckets`` (every pair its own id, no collisions), else a
+64-bit splitmix of both ids modulo ``buckets``. The same function runs in training, in the export's
+runtime (``pipelines/export_runtime.py``) and in the Feast repository's on-demand view, so a
+production pipeline computes identical ids (:data:`HASH_RULE` is its text in an export).
 
 With F single-valued sparse features there are F(F-1)/2 pairs: 780 for 40 features, 79,800 for 400.
 Gating all of them costs an embedding table each, so the pool is capped by a pre-screen: the
@@ -43,7 +46,7 @@ class CrossFeature:
         >>> c = CrossFeature("user", "item", buckets=12)
         >>> c.name
         'user_X_item'
-        >>> c.ids(np.array([1, 2]), np.array([0, 3]), card_b=4).tolist()
+        >>> c.ids(np.array([1, 2]), np.array([0, 3]), card_a=3, card_b=4).tolist()
         [4, 11]
     """
 
@@ -55,9 +58,10 @@ class CrossFeature:
     def name(self) -> str:
         return f"{self.a}_X_{self.b}"
 
-    def ids(self, a_ids: np.ndarray, b_ids: np.ndarray, card_b: int) -> np.ndarray:
-        """Cross ids in [0, buckets) for aligned id arrays of ``a`` and ``b``."""
-        return cross_ids(a_ids, b_ids, card_b, self.buckets)
+    def ids(self, a_ids: np.ndarray, b_ids: np.ndarray, card_a: int, card_b: int) -> np.ndarray:
+        """Cross ids in [0, buckets) for aligned id arrays of ``a`` and ``b`` (tables of ``card_a``
+        and ``card_b`` rows): :func:`cross_ids`."""
+        return cross_ids(a_ids, b_ids, card_a, card_b, self.buckets)
 
 
 def cross_buckets(card_a: int, card_b: int, max_buckets: int) -> int:
@@ -80,13 +84,32 @@ def bucket_budget(train_rows: int, ceiling: int = MAX_BUCKETS, floor: int = 256)
     return int(min(ceiling, max(floor, train_rows // ROWS_PER_BUCKET)))
 
 
-def cross_ids(a_ids: np.ndarray, b_ids: np.ndarray, card_b: int, buckets: int) -> np.ndarray:
-    """Exact pair id when ``card_a * card_b`` fits in ``buckets``, else a splitmix-style hash."""
+HASH_RULE = (
+    "id = a*card_b + b when card_a*card_b <= buckets; else h = (a*0x9E3779B97F4A7C15 + b)*0xBF58476D1CE4E5B9 "
+    "(uint64, wrapping), h ^= h >> 31, id = h mod buckets; a, b are the two features' encoded ids"
+)
+
+
+def cross_ids(a_ids: np.ndarray, b_ids: np.ndarray, card_a: int, card_b: int, buckets: int) -> np.ndarray:
+    """The cross id of every row: exact ``a * card_b + b`` when ``card_a * card_b <= buckets``, else a
+    splitmix-style hash modulo ``buckets`` (:data:`HASH_RULE`).
+
+    Which of the two applies is decided by the cross's constants alone, so a row gets the same id
+    whatever batch it is in (the rule used to look at the batch's largest id, and a batch of small
+    ids took the exact branch while the same rows in a larger batch were hashed).
+
+    Example::
+
+        >>> cross_ids(np.array([0, 1, 2]), np.array([3, 0, 1]), card_a=3, card_b=4, buckets=12).tolist()
+        [3, 4, 9]
+        >>> row = cross_ids(np.array([1]), np.array([1]), 100, 100, 97)
+        >>> int(row[0]) == int(cross_ids(np.array([1, 99]), np.array([1, 99]), 100, 100, 97)[0])
+        True
+    """
     a = np.asarray(a_ids, dtype=np.int64)
     b = np.asarray(b_ids, dtype=np.int64)
-    exact = a * int(card_b) + b
-    if int(exact.max(initial=0)) < buckets:
-        return exact
+    if int(card_a) * int(card_b) <= buckets:
+        return a * int(card_b) + b
     with np.errstate(over="ignore"):
         h = (a.astype(np.uint64) * _MIX1 + b.astype(np.uint64)) * _MIX2
         h ^= h >> np.uint64(31)
@@ -178,7 +201,8 @@ def prescreen_pairs(
     scored = []
     for i, (a, b) in enumerate(pairs, start=2):
         cross = CrossFeature(a, b, cross_buckets(cardinalities[a], cardinalities[b], max_buckets))
-        gain = _heldout_gain(cross.ids(sample[a], sample[b], cardinalities[b]), y, fit, base, smooth)
+        ids_ab = cross.ids(sample[a], sample[b], cardinalities[a], cardinalities[b])
+        gain = _heldout_gain(ids_ab, y, fit, base, smooth)
         scored.append((cross, gain))
         if i % every == 0 or i == total:
             report(i, total)
