@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from pipelines.dataset import load_dataset
 from pipelines.errors import SpecError
 from pipelines.events import OnEvent, StageStarted, emit
+from pipelines.export_model import KeepFinalModel, write_model
 from pipelines.limits import JobLimits
+from pipelines.preprocessing import write_preprocessing
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
-from pipelines.stages import plan_job, run_stages, seed_everything
+from pipelines.stages import IN_PROCESS, plan_job, run_stages, seed_everything
 from pipelines.stream import stream_dataset, wants_stream
 
 ENGINE_ENV = "SEQATTN_ENGINE"  # "ray" or "local": overrides the choice by training.num_workers
@@ -41,9 +44,14 @@ def use_ray(spec: JobSpec) -> bool:
 
 
 def run_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None = None,
-            roots: DataRoots | None = None, limits: JobLimits | None = None) -> FeatureSet:
+            roots: DataRoots | None = None, limits: JobLimits | None = None,
+            artifacts: Path | None = None) -> FeatureSet:
     """Run one selection job and return its (unversioned) FeatureSet. A service passes its data
     ``roots`` (every file is checked against them as it is opened) and its job size ``limits``.
+    With ``artifacts``, the run's preprocessing (vocabularies, dense moments, label:
+    :func:`pipelines.preprocessing.write_preprocessing`) and its trained final model
+    (:func:`pipelines.export_model.write_model`) are written into that folder, which the registry
+    publishes with the version and ``seqattn export`` reads (docs/export.md).
 
     One worker runs in this process; ``training.num_workers > 1`` (or ``SEQATTN_ENGINE=ray``) runs
     the same stages on Ray Train workers (:func:`pipelines.ray_job.run_ray_job`).
@@ -71,5 +79,12 @@ def run_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None =
         data = load_dataset(spec.dataset, seed=spec.training.seed, roots=roots)
     load_s = time.perf_counter() - t0
     plan = plan_job(spec, data, on_event, limits)
-    return run_stages(spec, data, plan, on_event, job_id=job_id, timings={"load_s": load_s, **plan.timings},
-                      started=t0)
+    # Only a run that exports keeps its final model alive through the reference stage.
+    kept = KeepFinalModel() if artifacts is not None else None
+    fs = run_stages(spec, data, plan, on_event, hooks=kept or IN_PROCESS, job_id=job_id,
+                    timings={"load_s": load_s, **plan.timings}, started=t0)
+    if artifacts is not None:
+        write_preprocessing(Path(artifacts), data, fs)
+        if kept is not None and kept.placed is not None:
+            write_model(Path(artifacts), kept.placed, data, fs)
+    return fs
