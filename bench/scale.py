@@ -281,6 +281,14 @@ def run_measured(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, lo
 # --- data ----------------------------------------------------------------------------------------
 
 
+def _stamp(t: float | None = None) -> str:
+    moment = dt.datetime.now(dt.timezone.utc) if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+RUN_STAMP = _stamp()  # this run's start: every result it measures carries it
+
+
 @dataclass
 class DataInfo:
     rows: int
@@ -372,6 +380,7 @@ class JobResult:
     crosses: list[str] = field(default_factory=list)
     val_auc: float | None = None
     log: str = ""
+    run: str = RUN_STAMP  # the run that measured it (its start, UTC): --keep merges runs
 
     @property
     def selection_rows_s(self) -> float | None:
@@ -481,6 +490,7 @@ class AnchorResult:
     peak_tree: int
     wall_s: float
     stopped: str | None = None
+    run: str = RUN_STAMP
 
 
 def run_anchor(data: DataInfo, work: Path, batches: int, max_rss: float, log: Callable[[str], None]) -> AnchorResult:
@@ -555,7 +565,7 @@ def _variant_table(rep: Report, v: Variant) -> list[str]:
     ray = v.engine == "ray"
     header = ["rows", "wall s", "peak tree RSS GB", "driver RSS GB"]
     header += ["Ray Train workers' RSS GB", "other ray:: max GB", "Ray system GB"] if ray else []
-    header += ["selection rows/s", f"peak ÷ peak at {_rows_label(base_rows)}", "result"]
+    header += ["selection rows/s", f"peak ÷ peak at {_rows_label(base_rows)}", "result", "measured"]
     body = []
     for n in rep.rows:
         j = rep.job(v.name, n)
@@ -567,7 +577,7 @@ def _variant_table(rep: Report, v: Variant) -> list[str]:
         rate = j.selection_rows_s
         line += ["—" if rate is None else f"{rate:,.0f}",
                  _ratio(j.peak_tree, base_peak) + (" (at least)" if j.stopped and base_peak else ""),
-                 "finished" if j.stopped is None else f"stopped: {j.stopped}"]
+                 "finished" if j.stopped is None else f"stopped: {j.stopped}", j.run]
         body.append(line)
     return [markdown_table(header, body)]
 
@@ -622,8 +632,9 @@ def _findings(rep: Report) -> list[str]:
     for v in rep.variants:
         j = rep.job(v.name, rep.rate_rows)
         if v.name != "in-memory" and j is not None and j.selection_rows_s and memory and memory.selection_rows_s:
-            out.append(f"- Selection stage at {_rows_label(rep.rate_rows)} rows, {v.name} against in-memory in this "
-                       f"run: {j.selection_rows_s:,.0f} against {memory.selection_rows_s:,.0f} rows/s, "
+            when = "in the same run" if j.run == memory.run else f"measured apart ({j.run}, {memory.run})"
+            out.append(f"- Selection stage at {_rows_label(rep.rate_rows)} rows, {v.name} against in-memory {when}: "
+                       f"{j.selection_rows_s:,.0f} against {memory.selection_rows_s:,.0f} rows/s, "
                        f"{j.selection_rows_s / memory.selection_rows_s:.2f}x (goal: at least 0.9x).")
     a = rep.anchor
     for v in rep.variants:
@@ -751,6 +762,18 @@ def save(rep: Report, out: Path, work: Path) -> None:
     (work / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
 
 
+def load_earlier(work: Path) -> tuple[list[DataInfo], list[JobResult], AnchorResult | None]:
+    """The data, jobs and anchor of the last run's ``results.json`` under ``work`` (for ``--keep``); a
+    result written before runs were stamped takes the file's time."""
+    path = work / "results.json"
+    if not path.exists():
+        return [], [], None
+    raw, stamp = json.loads(path.read_text()), _stamp(path.stat().st_mtime)
+    jobs = [JobResult(**{"run": stamp, **j}) for j in raw.get("jobs", [])]
+    anchor = AnchorResult(**{"run": stamp, **raw["anchor"]}) if raw.get("anchor") else None
+    return [DataInfo(**d) for d in raw.get("data", [])], jobs, anchor
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_synth"]:  # internal: the chunked writer, in a subprocess of its own
@@ -770,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                         "data of the same row count is reused")
     parser.add_argument("--max-rss-gb", type=float, default=MAX_RSS_GB, help="the memory guard (default 20)")
     parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S, help="seconds per job before it is stopped")
+    parser.add_argument("--keep", action="store_true", help="keep the earlier runs' results (the work folder's "
+                                                             "results.json) that this run does not redo")
     parser.add_argument("--anchor-batches", type=int, help=f"anchor steps (default {ANCHOR_BATCHES}; --quick "
                                                            f"{ANCHOR_BATCHES_QUICK}); 0: no anchor")
     args = parser.parse_args(argv)
@@ -788,14 +813,20 @@ def main(argv: list[str] | None = None) -> int:
         variants = [v for v in VARIANTS if v.engine == "local" or args.ray]
     anchor_batches = args.anchor_batches if args.anchor_batches is not None else (
         ANCHOR_BATCHES_QUICK if args.quick else ANCHOR_BATCHES)
-    rate_rows = max(rows) if args.quick else min(rows, key=lambda n: abs(n - RATE_ROWS))
     command = "python -m bench.scale" + " ".join(
         [""] + (["--quick"] if args.quick else []) + ([f"--rows {args.rows}"] if args.rows else [])
-        + (["--ray"] if args.ray else []) + ([f"--variants '{args.variants}'"] if args.variants else []))
+        + (["--ray"] if args.ray else []) + ([f"--variants '{args.variants}'"] if args.variants else [])
+        + (["--keep"] if args.keep else []))
     max_rss = args.max_rss_gb * GB
     work = args.work.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    rep = Report(command, rows, variants, max_rss, rate_rows)
+    kept_data, kept_jobs, kept_anchor = load_earlier(work) if args.keep else ([], [], None)
+    kept_jobs = [j for j in kept_jobs if j.variant not in {v.name for v in variants} or j.rows not in rows]
+    shown_rows = tuple(sorted({*rows, *(j.rows for j in kept_jobs)}))
+    shown = [v for v in VARIANTS if v in variants or any(j.variant == v.name for j in kept_jobs)]
+    rate_rows = max(shown_rows) if args.quick else min(shown_rows, key=lambda n: abs(n - RATE_ROWS))
+    rep = Report(command, shown_rows, shown, max_rss, rate_rows, data={d.rows: d for d in kept_data},
+                 jobs=kept_jobs, anchor=kept_anchor)
     start = rep.started
 
     def log(msg: str) -> None:

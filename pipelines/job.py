@@ -64,9 +64,6 @@ def run_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None =
     if limits is not None:
         limits.check(spec)
     if use_ray(spec):
-        if spec.dataset.reader == "stream" or spec.dataset.min_count > 1 or spec.dataset.max_vocabulary is not None:
-            raise SpecError("dataset.reader", "a streamed read (reader: stream, min_count, max_vocabulary) runs "
-                            "in one process for now; set training.num_workers: 1")
         from pipelines.ray_job import run_ray_job
 
         return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)

@@ -57,9 +57,11 @@ from pipelines.events import (
 )
 from pipelines.limits import JobLimits
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
+from pipelines.ray_stream import ray_stream_dataset
 from pipelines.roots import DataRoots
 from pipelines.spec import FeatureSet, JobSpec
 from pipelines.stages import plan_job, run_stages, seed_everything
+from pipelines.stream import StreamedSplit, wants_stream
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
 
     if torch.cuda.is_available():  # the GPU Ray gave this worker: engine.device() and NCCL use the current one
         torch.cuda.set_device(ray.train.torch.get_device())
@@ -140,17 +141,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches = ray.train.get_dataset_shard(name).iter_batches(batch_size=None, batch_format="pyarrow")
         return shard_to_split(batches, meta)
 
-    train, valid = shard("train"), shard("valid")
+    if isinstance(meta.train, StreamedSplit):  # streamed: this worker reads its rows from the files itself
+        data = replace(meta, train=meta.train.shard(rank, world))
+    else:
+        data = replace(meta, **_in_memory_shards(shard("train"), shard("valid"), world))
     shard_s = time.perf_counter() - t0
-    if dist.is_initialized() and world > 1:
-        # Sharded tables make every step a collective: all workers must take the same number of steps.
-        n = torch.tensor([len(train)], device=device())  # NCCL (GPU workers) reduces CUDA tensors only
-        dist.all_reduce(n, op=dist.ReduceOp.MIN)
-        if int(n) < len(train):
-            keep = int(n)
-            train = EncodedSplit(train.dense[:keep], {k: _head(v, lens, keep) for k, (v, lens) in train.sparse.items()},
-                                 train.labels[:keep], train.row_index[:keep])
-    data = replace(meta, train=train, valid=valid)
 
     def send(event: Event) -> None:
         if rank == 0:
@@ -176,6 +171,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report_outcome(rank, ERROR_FILE, json.dumps(exc.to_dict()))
         return
     _report_outcome(rank, RESULT_FILE, fs.model_dump_json(indent=2))
+
+
+def _in_memory_shards(train: EncodedSplit, valid: EncodedSplit, world: int) -> dict[str, EncodedSplit]:
+    """A worker's Ray Data shard of the train rows, cut to the smallest worker's (sharded tables make
+    every step a collective: all workers must take the same number of steps), and every validation row."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized() and world > 1:
+        n = torch.tensor([len(train)], device=device())  # NCCL (GPU workers) reduces CUDA tensors only
+        dist.all_reduce(n, op=dist.ReduceOp.MIN)
+        if int(n) < len(train):
+            keep = int(n)
+            train = EncodedSplit(train.dense[:keep], {k: _head(v, lens, keep) for k, (v, lens) in train.sparse.items()},
+                                 train.labels[:keep], train.row_index[:keep])
+    return {"train": train, "valid": valid}
 
 
 def _report_outcome(rank: int, name: str, text: str) -> None:
@@ -259,19 +270,29 @@ def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | No
     emit(on_event, StageStarted("load"))
     source = check_parquet(spec.dataset, roots)  # before Ray starts: bad input fails in a second
     placement = _placement(options)
+    streamed = wants_stream(spec.dataset, roots)
     connect()
-    _check_capacity(spec.training.num_workers)
-    table = read_parquet(source)
-    read_s = time.perf_counter() - t0
-    data = encode_table(table, source.columns, spec.dataset.validation_fraction, spec.training.seed)
-    del table
-    encode_s = time.perf_counter() - t0 - read_s
-    plan = plan_job(spec, data, on_event, limits)
     workers = spec.training.num_workers
-    assert isinstance(data.train, EncodedSplit) and isinstance(data.valid, EncodedSplit)  # encoded in memory above
-    train_ds = split_to_dataset(data.train, data, min_blocks=2 * workers)
-    valid_ds = split_to_dataset(data.valid, data)
-    meta = replace(data, train=_empty_split(data), valid=_empty_split(data), vocabularies={})
+    _check_capacity(workers)
+    datasets: dict[str, Any] = {}
+    if streamed:  # statistics from Ray tasks; each worker reads its own rows (pipelines.ray_stream)
+        data = ray_stream_dataset(spec.dataset, spec.training.seed, roots)
+        read_s, encode_s = time.perf_counter() - t0, 0.0
+        plan = plan_job(spec, data, on_event, limits)
+        assert isinstance(data.train, StreamedSplit) and isinstance(data.valid, StreamedSplit)
+        lean = replace(data.train.stats, sample=data.train.stats.sample.schema.empty_table())  # the plan used it
+        meta = replace(data, train=replace(data.train, stats=lean), valid=replace(data.valid, stats=lean), sample=None)
+    else:  # the driver reads and encodes every row; Ray Data hands the workers their shards
+        table = read_parquet(source)
+        read_s = time.perf_counter() - t0
+        data = encode_table(table, source.columns, spec.dataset.validation_fraction, spec.training.seed)
+        del table
+        encode_s = time.perf_counter() - t0 - read_s
+        plan = plan_job(spec, data, on_event, limits)
+        assert isinstance(data.train, EncodedSplit) and isinstance(data.valid, EncodedSplit)  # encoded in memory
+        datasets = {"train": split_to_dataset(data.train, data, min_blocks=2 * workers),
+                    "valid": split_to_dataset(data.valid, data)}
+        meta = replace(data, train=_empty_split(data), valid=_empty_split(data), vocabularies={})
     del data
     timings = {"load_s": read_s + encode_s, "read_s": read_s, "encode_s": encode_s, **plan.timings}
 
@@ -291,8 +312,8 @@ def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | No
         run_config=RunConfig(name=run_name, storage_path=_storage_path(options),
                              failure_config=FailureConfig(max_failures=options.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": train_ds, "valid": valid_ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=["train"] if datasets else []),
     )
     outcome: dict[str, Any] = {}
 

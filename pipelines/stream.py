@@ -63,7 +63,7 @@ from seqattn_core.crosses import CrossFeature
 __all__ = [
     "ParquetFiles", "SplitRule", "StreamSource", "StreamStats", "encode_batch",
     "open_parquet", "row_hash", "sample_split", "scan_statistics", "split_of", "time_cutoff",
-    "STREAM_ROWS", "StreamedSplit", "stream_dataset", "wants_stream",
+    "STREAM_ROWS", "StatsPart", "StreamedSplit", "scan_part", "stream_dataset", "streamed_dataset", "wants_stream",
 ]
 
 READ_ROWS = 65_536  # rows per Arrow batch read: a few MB per column
@@ -240,6 +240,10 @@ class _BottomK:
             if self.size > 2 * self.k:
                 self._compact()
 
+    def offer_table(self, rows: pa.Table, hashes: np.ndarray) -> None:
+        """Another sampler's result (its rows and their hashes, in the same order)."""
+        self.offer(pa.record_batch([c.combine_chunks() for c in rows.columns], schema=rows.schema), hashes)
+
     def _compact(self) -> None:
         table, h = pa.concat_tables(self.tables), np.concatenate(self.hashes)
         if len(h) > self.k:
@@ -248,12 +252,18 @@ class _BottomK:
             self.bound = h.max()
         self.tables, self.hashes, self.size = [table], [h], len(h)
 
+    def items(self) -> tuple[pa.Table, np.ndarray] | None:
+        """The sample and its hashes, in hash order (a random order); None when nothing was kept."""
+        if not self.tables:
+            return None
+        self._compact()
+        order = np.argsort(self.hashes[0], kind="stable")
+        return self.tables[0].take(pa.array(order)), self.hashes[0][order]
+
     def result(self, schema: pa.Schema) -> pa.Table:
         """The sample in hash order (a random order)."""
-        if not self.tables:
-            return schema.empty_table()
-        self._compact()
-        return self.tables[0].take(pa.array(np.argsort(self.hashes[0], kind="stable")))
+        kept = self.items()
+        return schema.empty_table() if kept is None else kept[0]
 
 
 def time_cutoff(files: ParquetFiles, column: str, fraction: float, *, sample_rows: int = 100_000,
@@ -341,13 +351,75 @@ class StreamStats:
     dense_mean: np.ndarray  # (n_dense,) float32
     dense_std: np.ndarray  # (n_dense,) float32
     multi_valued: frozenset[str]
+    piece_rows: tuple[tuple[int, int], ...]  # (train, validation) rows of each row group of files.pieces()
     sample: pa.Table = field(repr=False)
+
+
+class StatsPart:
+    """What a scan of some of the row groups learns, mergeable with the other parts': row and label
+    counts, dense moments, train value counts, a bottom-k sample, and each row group's split sizes.
+    :func:`scan_part` makes one; :meth:`merge` adds another (Ray tasks scan parts in parallel)."""
+
+    def __init__(self, columns: Columns, schema: pa.Schema, sample_rows: int) -> None:
+        self.counters = {name: _Counter(_value_type(schema.field(name).type)) for name in columns.sparse}
+        self.sampler = _BottomK(sample_rows)
+        self.n = self.n_train = self.positives = 0
+        self.mean, self.m2 = np.zeros(len(columns.dense)), np.zeros(len(columns.dense))
+        self.piece_rows: dict[int, tuple[int, int]] = {}  # row group index -> (train rows, validation rows)
+
+    def _moments(self, m: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Chan et al.'s merge of (count, mean, sum of squared deviations) with ``m`` more rows."""
+        if m:
+            delta = mean - self.mean
+            self.m2 += m2 + delta**2 * self.n_train * m / (self.n_train + m)
+            self.mean += delta * m / (self.n_train + m)
+            self.n_train += m
+
+    def merge(self, other: StatsPart) -> None:
+        self.n, self.positives = self.n + other.n, self.positives + other.positives
+        self._moments(other.n_train, other.mean, other.m2)
+        for name, counter in self.counters.items():
+            counter.parts.append(other.counters[name].result())
+            counter.pending += counter.parts[-1].num_rows
+        kept = other.sampler.items()
+        if kept is not None:
+            self.sampler.offer_table(*kept)
+        self.piece_rows.update(other.piece_rows)
+
+
+def scan_part(files: ParquetFiles, columns: Columns, split: SplitRule, pieces: Sequence[int] | None = None, *,
+              sample_rows: int = 200_000, batch_size: int = READ_ROWS) -> StatsPart:
+    """Scan the row groups ``pieces`` (indices into ``files.pieces()``; default all), only the
+    needed columns, ``batch_size`` rows at a time."""
+    schema, all_pieces = files.dataset.schema, files.pieces()
+    needed = [columns.label, *columns.dense, *columns.sparse]
+    part = StatsPart(columns, schema, sample_rows)
+    for index in range(len(all_pieces)) if pieces is None else pieces:
+        piece, in_train, in_valid = all_pieces[index], 0, 0
+        for batch, first in files.read(piece, list(dict.fromkeys([*needed, *split.columns])), batch_size):
+            labels = label_array(batch.column(columns.label), columns.label)
+            dense = dense_matrix(batch, columns.dense).astype(np.float64)
+            train = ~split_of(batch, split, piece.file, first)
+            m = int(train.sum())
+            in_train, in_valid = in_train + m, in_valid + batch.num_rows - m
+            part.n, part.positives = part.n + batch.num_rows, part.positives + int(labels.sum())
+            if m:
+                x = dense[train]
+                part._moments(m, x.mean(axis=0), ((x - x.mean(axis=0)) ** 2).sum(axis=0))
+            for name in columns.sparse:
+                values, parents = _flat(batch.column(name))
+                part.counters[name].add(values.filter(pa.array(train if parents is None else train[parents])))
+            hashes = row_hash(piece.file, first + np.flatnonzero(train), split.seed, "sample")
+            part.sampler.offer(batch.select(needed).filter(pa.array(train)), hashes)
+        part.piece_rows[index] = (in_train, in_valid)
+    return part
 
 
 def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_vocab: int | None = None,
                     min_count: int = 1, sample_rows: int = 200_000, batch_size: int = READ_ROWS,
-                    standardize: bool = True) -> StreamStats:
-    """One streaming pass over ``files`` (only the needed columns, ``batch_size`` rows at a time).
+                    standardize: bool = True, parts: Sequence[StatsPart] | None = None) -> StreamStats:
+    """One streaming pass over ``files`` (only the needed columns, ``batch_size`` rows at a time), or
+    the merge of ``parts`` that scanned every row group between them (see :func:`scan_part`).
 
     A vocabulary keeps the values seen at least ``min_count`` times on the train rows, at most
     ``max_vocab`` of them (the most frequent); the others share the OOV id 0. Raises
@@ -356,29 +428,13 @@ def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, 
     """
     schema = files.dataset.schema
     needed = [columns.label, *columns.dense, *columns.sparse]
-    counters = {name: _Counter(_value_type(schema.field(name).type)) for name in columns.sparse}
-    sampler = _BottomK(sample_rows)
-    n = n_train = positives = 0
-    mean, m2 = np.zeros(len(columns.dense)), np.zeros(len(columns.dense))
-    for piece in files.pieces():
-        for batch, first in files.read(piece, list(dict.fromkeys([*needed, *split.columns])), batch_size):
-            labels = label_array(batch.column(columns.label), columns.label)
-            dense = dense_matrix(batch, columns.dense).astype(np.float64)
-            train = ~split_of(batch, split, piece.file, first)
-            m = int(train.sum())
-            n, positives = n + batch.num_rows, positives + int(labels.sum())
-            if m:  # Chan et al.'s merge of (count, mean, sum of squared deviations)
-                x = dense[train]
-                delta = x.mean(axis=0) - mean
-                m2 += ((x - x.mean(axis=0)) ** 2).sum(axis=0) + delta**2 * n_train * m / (n_train + m)
-                mean += delta * m / (n_train + m)
-                n_train += m
-            for name in columns.sparse:
-                values, parents = _flat(batch.column(name))
-                counters[name].add(values.filter(pa.array(train if parents is None else train[parents])))
-            rows = first + np.flatnonzero(train)
-            hashes = row_hash(piece.file, rows, split.seed, "sample")
-            sampler.offer(batch.select(needed).filter(pa.array(train)), hashes)
+    if parts is None:
+        total = scan_part(files, columns, split, sample_rows=sample_rows, batch_size=batch_size)
+    else:
+        total = StatsPart(columns, schema, sample_rows)
+        for part in parts:
+            total.merge(part)
+    n, n_train, positives = total.n, total.n_train, total.positives
     if n == 0:
         raise SpecError("dataset.path", f"{files.root!r} has no rows")
     if n_train == 0 or n_train == n:
@@ -387,9 +443,9 @@ def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, 
     if positives in (0, n):
         raise SpecError("dataset.label", f"column {columns.label!r} holds only {int(positives > 0)}s: a click "
                         "model needs rows of both classes (0 and 1)")
-    raw_std = np.sqrt(m2 / n_train).astype(np.float32)
+    raw_std = np.sqrt(total.m2 / n_train).astype(np.float32)
     vocabularies, vocabulary_counts = {}, {}
-    for name, counter in counters.items():
+    for name, counter in total.counters.items():
         counted = counter.result().filter(pc.greater_equal(counter.result()["count"], min_count))
         counted = counted.sort_by([("count", "descending"), ("value", "ascending")])
         counted = counted.slice(0, max_vocab) if max_vocab is not None else counted
@@ -403,10 +459,11 @@ def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, 
         split=split, train_rows=n_train, valid_rows=n - n_train, positives=positives,
         vocabularies=vocabularies, vocabulary_counts=vocabulary_counts,
         cardinalities={name: len(v) + 1 for name, v in vocabularies.items()},
-        dense_mean=mean.astype(np.float32) if standardize else np.zeros(len(columns.dense), np.float32),
+        dense_mean=total.mean.astype(np.float32) if standardize else np.zeros(len(columns.dense), np.float32),
         dense_std=std if standardize else np.ones(len(columns.dense), np.float32),
         multi_valued=frozenset(c for c in columns.sparse if _is_list(schema.field(c).type)),
-        sample=sampler.result(pa.schema([schema.field(c) for c in needed])),
+        piece_rows=tuple(total.piece_rows[i] for i in sorted(total.piece_rows)),
+        sample=total.sampler.result(pa.schema([schema.field(c) for c in needed])),
     )
 
 
@@ -473,9 +530,9 @@ class StreamSource:
 
     def __init__(self, files: ParquetFiles, columns: Columns, stats: StreamStats, split: Literal["train", "valid"],
                  crosses: Sequence[CrossFeature] = (), cardinalities: dict[str, int] | None = None,
-                 dense_columns: Sequence[int] | None = None, *, read_rows: int = READ_ROWS,
-                 shuffle_buffer_rows: int | None = None, prefetch: int = 2) -> None:
-        self.files, self.stats, self.split = files, stats, split
+                 dense_columns: Sequence[int] | None = None, *, rows: tuple[int, int] | None = None,
+                 read_rows: int = READ_ROWS, shuffle_buffer_rows: int | None = None, prefetch: int = 2) -> None:
+        self.files, self.stats, self.split, self.rows = files, stats, split, rows
         self.crosses, self.dense_columns = tuple(crosses), dense_columns
         self.cardinalities = stats.cardinalities if cardinalities is None else cardinalities
         self.columns, self.keys = columns, [*columns.sparse, *(c.name for c in self.crosses)]
@@ -488,10 +545,25 @@ class StreamSource:
         self.columns = replace(self.columns, sparse=tuple(needed))
 
     def __len__(self) -> int:
+        if self.rows is not None:
+            return self.rows[1] - self.rows[0]
         return self.stats.train_rows if self.split == "train" else self.stats.valid_rows
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
+
+    def _ranges(self, pieces: Sequence[_Piece]) -> list[tuple[int, _Piece, int, int]]:
+        """(index, piece, first, end): the split's rows ``first`` to ``end`` of each row group that
+        holds some of :attr:`rows` (all of every row group without a range)."""
+        side = 0 if self.split == "train" else 1
+        out, offset = [], 0
+        lo, hi = self.rows if self.rows is not None else (0, len(self))
+        for i, piece in enumerate(pieces):
+            count = self.stats.piece_rows[i][side] if i < len(self.stats.piece_rows) else 0
+            if offset < hi and offset + count > lo:
+                out.append((i, piece, max(lo - offset, 0), min(hi - offset, count)))
+            offset += count
+        return out
 
     def _produce(self, seed: int | None, out: queue.Queue[Any], stop: threading.Event) -> None:
         def put(item: object) -> bool:
@@ -504,17 +576,22 @@ class StreamSource:
             return False
 
         try:
-            pieces = self.files.pieces()
+            ranges = self._ranges(self.files.pieces())
             if seed is not None:
-                pieces = [pieces[i] for i in np.random.default_rng(seed).permutation(len(pieces))]
+                ranges = [ranges[i] for i in np.random.default_rng(seed).permutation(len(ranges))]
             c = self.columns
             read = list(dict.fromkeys([c.label, *c.dense, *c.sparse, *self.stats.split.columns]))
-            for piece in pieces:
+            for _, piece, lo, hi in ranges:
+                at = 0  # the split's rows of this row group read so far
                 for batch, first in self.files.read(piece, read, self.read_rows):
                     valid = split_of(batch, self.stats.split, piece.file, first)
                     rows = batch.filter(pa.array(valid if self.split == "valid" else ~valid))
+                    begin, end = max(lo - at, 0), min(hi - at, rows.num_rows)
+                    rows, at = rows.slice(begin, max(end - begin, 0)), at + rows.num_rows
                     if rows.num_rows and not put(encode_batch(rows, self.stats, c)):
                         return
+                    if at >= hi:
+                        break
             put(_END)
         except BaseException as exc:  # noqa: B036 - handed to the consumer, which raises it
             put(exc)
@@ -530,7 +607,12 @@ class StreamSource:
         pooled = seen = 0
         try:
             while True:
-                item = out.get()
+                try:
+                    item = out.get(timeout=1.0)
+                except queue.Empty:
+                    if thread.is_alive():
+                        continue
+                    raise RuntimeError("the Parquet reader thread stopped without a result") from None
                 if isinstance(item, BaseException):
                     raise item
                 end = item is _END
@@ -574,13 +656,25 @@ class StreamedSplit:
     columns: Columns
     stats: StreamStats
     name: Literal["train", "valid"]
+    rows: tuple[int, int] | None = None  # a range of the split's rows, in file order (a worker's shard)
 
     def __len__(self) -> int:
+        if self.rows is not None:
+            return self.rows[1] - self.rows[0]
         return self.stats.train_rows if self.name == "train" else self.stats.valid_rows
+
+    def shard(self, rank: int, world: int) -> StreamedSplit:
+        """Worker ``rank`` of ``world``'s equal share: ``len(self) // world`` consecutive rows of the split in
+        file order (the last ``len(self) % world`` rows are left out, so that every worker takes the same
+        number of steps). A worker reads only the row groups that hold its rows."""
+        lo, _ = self.rows or (0, 0)
+        each = len(self) // world
+        return replace(self, rows=(lo + rank * each, lo + (rank + 1) * each))
 
     def source(self, crosses: Sequence[CrossFeature], cardinalities: dict[str, int],
                dense_columns: Sequence[int]) -> StreamSource:
-        return StreamSource(self.files, self.columns, self.stats, self.name, crosses, cardinalities, dense_columns)
+        return StreamSource(self.files, self.columns, self.stats, self.name, crosses, cardinalities, dense_columns,
+                            rows=self.rows)
 
 
 def wants_stream(spec: DatasetSpec, roots: DataRoots | None = None) -> bool:
@@ -608,6 +702,11 @@ def stream_dataset(spec: DatasetSpec, seed: int = 0, roots: DataRoots | None = N
     files, columns = open_parquet(spec, roots)
     stats = scan_statistics(files, columns, SplitRule(spec.validation_fraction, seed),
                             max_vocab=spec.max_vocabulary, min_count=spec.min_count)
+    return streamed_dataset(files, columns, stats)
+
+
+def streamed_dataset(files: ParquetFiles, columns: Columns, stats: StreamStats) -> EncodedDataset:
+    """The job stages' view of a streamed read: the splits as :class:`StreamedSplit` s, the train sample encoded."""
     return EncodedDataset(
         train=StreamedSplit(files, columns, stats, "train"), valid=StreamedSplit(files, columns, stats, "valid"),
         label=columns.label, dense_names=columns.dense, sparse_names=columns.sparse,

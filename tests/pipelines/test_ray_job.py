@@ -68,8 +68,8 @@ def planted(tmp_path_factory):
     return out, truth
 
 
-def _spec(path, workers, **training):
-    return load_spec({"name": "ray-t", "dataset": {"path": str(path), "label": "label"},
+def _spec(path, workers, reader="auto", **training):
+    return load_spec({"name": "ray-t", "dataset": {"path": str(path), "label": "label", "reader": reader},
                       "selection": {"features": 8},
                       "training": {"epochs": 2, "batch_size": 512, "num_workers": workers, **training}})
 
@@ -127,6 +127,20 @@ def test_one_worker_and_two_workers_select_the_same_features(two_workers, plante
     two, _ = two_workers
     assert _kept(one) == _kept(two) == set(planted[1]["relevant_alone"])
     # One retrain on 24k rows moves by about +-0.02 AUC with its initial weights and batch order.
+    assert abs(one.metrics.val_auc - two.metrics.val_auc) < 0.04
+
+
+def test_a_streamed_job_on_two_workers_picks_what_one_process_picks(cluster, planted):
+    """Statistics from Ray tasks, each worker reading its own half of the train rows from the files."""
+    path, truth = planted
+    events = []
+    two = run_ray_job(_spec(path, 2, reader="stream"), on_event=events.append, options=RayOptions(run_name="streamed"))
+    one = run_job(_spec(path, 1, reader="stream"))
+    assert _kept(one) == _kept(two) == set(truth["relevant_alone"])
+    assert two.metrics.train_rows == one.metrics.train_rows  # the same hash split
+    epoch_end = [e for e in events if isinstance(e, Progress) and e.stage == "selection" and e.epoch == 0][-1]
+    assert two.metrics.train_rows - 1 <= epoch_end.rows <= two.metrics.train_rows  # two equal halves, rows x world
+    assert "shard_s" in two.timings and two.timings["encode_s"] == 0  # no driver encoding, no Ray Data shards
     assert abs(one.metrics.val_auc - two.metrics.val_auc) < 0.04
 
 

@@ -21,11 +21,13 @@ from pipelines.spec import DatasetSpec
 from pipelines.stream import (
     ParquetFiles,
     SplitRule,
+    StreamedSplit,
     StreamSource,
     StreamStats,
     encode_batch,
     open_parquet,
     sample_split,
+    scan_part,
     scan_statistics,
     split_of,
     time_cutoff,
@@ -316,3 +318,39 @@ def test_hive_partition_keys_are_columns(tmp_path: Path) -> None:
     assert sorted(stats.vocabularies["day"].to_pylist()) == ["2024-01-01", "2024-01-02"]
     batch = next(iter(StreamSource(files, columns, stats, "valid").batches(1_000)))
     assert len(batch) == stats.valid_rows and set(batch.sparse["day"].values().tolist()) <= {1, 2}
+
+
+def test_statistics_from_parts_are_the_whole_pass(data: tuple[ParquetFiles, stream.Columns]) -> None:
+    files, columns = data
+    rule = SplitRule(0.25, seed=3)
+    whole = scan_statistics(files, columns, rule, sample_rows=500)
+    pieces = list(range(len(files.pieces())))
+    parts = [scan_part(files, columns, rule, chunk, sample_rows=500) for chunk in (pieces[:2], pieces[2:5], pieces[5:])]
+    merged = scan_statistics(files, columns, rule, sample_rows=500, parts=parts)
+    assert (merged.train_rows, merged.valid_rows, merged.positives) == (whole.train_rows, whole.valid_rows,
+                                                                       whole.positives)
+    assert merged.piece_rows == whole.piece_rows and sum(t for t, _ in whole.piece_rows) == whole.train_rows
+    for name in columns.sparse:
+        assert merged.vocabularies[name].equals(whole.vocabularies[name])
+        assert np.array_equal(merged.vocabulary_counts[name], whole.vocabulary_counts[name])
+    np.testing.assert_allclose(merged.dense_mean, whole.dense_mean, rtol=1e-6)
+    np.testing.assert_allclose(merged.dense_std, whole.dense_std, rtol=1e-6)
+    assert merged.sample.equals(whole.sample) and merged.sample.num_rows == 500
+
+
+def test_worker_shards_are_equal_consecutive_ranges(data: tuple[ParquetFiles, stream.Columns]) -> None:
+    files, columns = data
+    stats = scan_statistics(files, columns, SplitRule(), standardize=False)
+    split = StreamedSplit(files, columns, stats, "train")
+    in_order = _rids(list(split.source((), stats.cardinalities, [0, 1]).batches(700)))
+    world = 3
+    shards = [split.shard(rank, world) for rank in range(world)]
+    each = len(split) // world
+    assert [len(s) for s in shards] == [each] * world
+    read = [_rids(list(s.source((), stats.cardinalities, [0, 1]).batches(256))) for s in shards]
+    assert np.array_equal(np.concatenate(read), in_order[: world * each])  # file order, no row twice
+    shuffled = _rids(list(shards[1].source((), stats.cardinalities, [0, 1]).batches(256, seed=4)))
+    assert len(shuffled) == each and np.array_equal(np.sort(shuffled), np.sort(read[1]))
+    reader = shards[0].source((), stats.cardinalities, [0, 1])
+    needed = int(np.searchsorted(np.cumsum([t for t, _ in stats.piece_rows]), each)) + 1
+    assert [r[0] for r in reader._ranges(files.pieces())] == list(range(needed)) < list(range(len(files.pieces())))
