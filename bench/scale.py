@@ -97,16 +97,20 @@ class Variant:
     max_rows: int | None = None  # larger row counts are not run (e.g. the in-memory path past 4M: hours, ~1 GB/M rows)
 
 
-# Add a data plane here: e.g. Variant("streaming", "local", "...", env={"SEQATTN_DATA_PLANE": "streaming"})
-# and its Ray twin; `--variants` picks them by name, and every table, plot and finding takes them in.
+# Add a data plane here: a local variant and its Ray twin (e.g. "streamed" and "streamed on Ray");
+# `--variants` picks them by name, and every table, plot and finding takes them in.
 VARIANTS: tuple[Variant, ...] = (
     Variant("streamed", "local", "`dataset.reader: stream`: Parquet read in bounded batches for every pass, "
             "vocabularies from one pass, a hash split, a bounded train sample for the pre-screen",
             spec={"dataset": {"reader": "stream"}}),
     Variant("in-memory", "local", "`dataset.reader: memory`: the whole table read and encoded in the CLI process",
             spec={"dataset": {"reader": "memory"}}, max_rows=4_000_000),
-    Variant("in-memory on Ray", "ray", "today's Ray path, 2 workers: Ray Data read, driver encoding, Ray Train workers",
-            spec={"training": {"num_workers": 2}, "dataset": {"reader": "memory"}}),
+    Variant("streamed on Ray", "ray", "`dataset.reader: stream` on Ray, 2 workers: the statistics pass in Ray tasks "
+            "(merged on the driver), each Ray Train worker reading its own half of the train rows and every "
+            "validation row from the files", spec={"training": {"num_workers": 2}, "dataset": {"reader": "stream"}}),
+    Variant("in-memory on Ray", "ray", "`dataset.reader: memory` on Ray, 2 workers: Ray Data read, driver encoding, "
+            "Ray Train workers", spec={"training": {"num_workers": 2}, "dataset": {"reader": "memory"}},
+            max_rows=4_000_000),
 )
 
 

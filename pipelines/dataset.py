@@ -177,7 +177,12 @@ def resolve_columns(schema: pa.Schema, spec: DatasetSpec, partition_columns: Seq
                 f"dictionary, or a list of integers or strings{hint}",
             )
 
-    skip = {spec.label, *partition_columns}
+    for role in ("split_key", "split_time"):
+        column = getattr(spec, role, None)
+        if column is not None and column not in types:
+            raise SpecError(f"dataset.{role}", f"column {column!r} not found; columns are: {_column_list(names)}")
+    # The split's columns describe how rows are held out; a feature only when listed as one.
+    skip = {spec.label, *partition_columns, *(c for c in (spec.split_key, spec.split_time) if c)}
     explicit = set(spec.dense or ()) | set(spec.sparse or ())
     if spec.dense is not None:
         dense = tuple(spec.dense)

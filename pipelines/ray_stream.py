@@ -45,6 +45,7 @@ from pipelines.stream import (
     open_parquet,
     scan_part,
     scan_statistics,
+    split_rule,
     streamed_dataset,
 )
 
@@ -95,6 +96,6 @@ def scan_on_ray(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_
 def ray_stream_dataset(spec: DatasetSpec, seed: int = 0, roots: DataRoots | None = None) -> EncodedDataset:
     """:func:`pipelines.stream.stream_dataset` with the statistics pass on Ray tasks."""
     files, columns = open_parquet(spec, roots)
-    stats = scan_on_ray(files, columns, SplitRule(spec.validation_fraction, seed),
-                        max_vocab=spec.max_vocabulary, min_count=spec.min_count)
+    stats = scan_on_ray(files, columns, split_rule(spec, files, seed), max_vocab=spec.max_vocabulary,
+                        min_count=spec.min_count)
     return streamed_dataset(files, columns, stats)

@@ -123,6 +123,11 @@ class DatasetSpec(StrictModel):
     # the train split, or beyond the max_vocabulary most frequent, share the out-of-vocabulary id 0.
     min_count: int = Field(1, ge=1)
     max_vocabulary: int | None = Field(None, ge=1)
+    # The split (streamed reads). split_key: rows with the same value of this column (a user id) fall on
+    # the same side. split_time: out-of-time validation, the last validation_fraction of rows by this
+    # column (a timestamp). Neither column is a feature unless listed under dense or sparse.
+    split_key: str | None = None
+    split_time: str | None = None
 
     @field_validator("dense", "sparse")
     @classmethod
@@ -140,6 +145,21 @@ class DatasetSpec(StrictModel):
             both = [c for c in value if c in (info.data.get("dense") or [])]
             if both:
                 raise ValueError(f"column {both[0]!r} is listed under both dataset.dense and dataset.sparse")
+        return value
+
+    @field_validator("split_key", "split_time")
+    @classmethod
+    def _split_column(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must be a column name")
+        if value == info.data.get("label"):
+            raise ValueError(f"column {value!r} is the label; split by another column")
+        if info.data.get("reader") == "memory":
+            raise ValueError("a split by a column needs a streamed read: set dataset.reader to stream or auto")
+        if info.field_name == "split_time" and info.data.get("split_key"):
+            raise ValueError("set one of dataset.split_key and dataset.split_time, not both")
         return value
 
 

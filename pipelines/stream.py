@@ -63,7 +63,8 @@ from seqattn_core.crosses import CrossFeature
 __all__ = [
     "ParquetFiles", "SplitRule", "StreamSource", "StreamStats", "encode_batch",
     "open_parquet", "row_hash", "sample_split", "scan_statistics", "split_of", "time_cutoff",
-    "STREAM_ROWS", "StatsPart", "StreamedSplit", "scan_part", "stream_dataset", "streamed_dataset", "wants_stream",
+    "STREAM_ROWS", "StatsPart", "StreamedSplit", "scan_part", "split_rule", "stream_dataset", "streamed_dataset",
+    "wants_stream",
 ]
 
 READ_ROWS = 65_536  # rows per Arrow batch read: a few MB per column
@@ -682,7 +683,7 @@ def wants_stream(spec: DatasetSpec, roots: DataRoots | None = None) -> bool:
     or more than :data:`STREAM_ROWS` rows (counted from the Parquet footers, no rows read)."""
     if spec.reader != "auto":
         return spec.reader == "stream"
-    if spec.min_count > 1 or spec.max_vocabulary is not None:
+    if spec.min_count > 1 or spec.max_vocabulary is not None or spec.split_key or spec.split_time:
         return True
     files, _ = open_parquet(spec, roots)
     return sum(p.metadata.row_group(p.row_group).num_rows for p in files.pieces()) > STREAM_ROWS
@@ -700,9 +701,18 @@ def stream_dataset(spec: DatasetSpec, seed: int = 0, roots: DataRoots | None = N
         len(data.train), data.cardinalities["item"], len(data.sample)
     """
     files, columns = open_parquet(spec, roots)
-    stats = scan_statistics(files, columns, SplitRule(spec.validation_fraction, seed),
-                            max_vocab=spec.max_vocabulary, min_count=spec.min_count)
+    stats = scan_statistics(files, columns, split_rule(spec, files, seed), max_vocab=spec.max_vocabulary,
+                            min_count=spec.min_count)
     return streamed_dataset(files, columns, stats)
+
+
+def split_rule(spec: DatasetSpec, files: ParquetFiles, seed: int) -> SplitRule:
+    """The spec's split: by ``split_time`` (its cutoff found by one pass over that column), by
+    ``split_key``, else by a hash of (file, row)."""
+    if spec.split_time:
+        cutoff = time_cutoff(files, spec.split_time, spec.validation_fraction, seed=seed)
+        return SplitRule(spec.validation_fraction, seed, time=spec.split_time, cutoff=cutoff)
+    return SplitRule(spec.validation_fraction, seed, key=spec.split_key)
 
 
 def streamed_dataset(files: ParquetFiles, columns: Columns, stats: StreamStats) -> EncodedDataset:

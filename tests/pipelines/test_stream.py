@@ -354,3 +354,29 @@ def test_worker_shards_are_equal_consecutive_ranges(data: tuple[ParquetFiles, st
     reader = shards[0].source((), stats.cardinalities, [0, 1])
     needed = int(np.searchsorted(np.cumsum([t for t, _ in stats.piece_rows]), each)) + 1
     assert [r[0] for r in reader._ranges(files.pieces())] == list(range(needed)) < list(range(len(files.pieces())))
+
+
+def test_jobspec_split_by_time_or_key(tmp_path: Path) -> None:
+    _write(tmp_path)
+    base = {"path": str(tmp_path), "label": "label", "validation_fraction": 0.25}
+    data = stream.stream_dataset(DatasetSpec(**base, split_time="ts"))
+    assert "ts" not in data.sparse_names and "ts" not in data.dense_names  # the split's column is no feature
+    rule = data.train.stats.split
+    table, valid = _read_all(data.train.files, rule)
+    ts = table.column("ts").to_numpy().astype(np.int64)
+    assert ts[valid].min() >= ts[~valid].max() and abs(valid.mean() - 0.25) < 0.01
+    keyed = stream.stream_dataset(DatasetSpec(**base, split_key="user"))
+    assert keyed.train.stats.split.key == "user" and "user" not in keyed.sparse_names
+    assert stream.wants_stream(DatasetSpec(**base, split_key="user"))
+    with pytest.raises(SpecError, match="dataset.split_key: column 'nope' not found"):
+        stream.stream_dataset(DatasetSpec(**base, split_key="nope"))
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"split_key": "user", "reader": "memory"}, "needs a streamed read"),
+    ({"split_key": "user", "split_time": "ts"}, "not both"),
+    ({"split_time": "label"}, "is the label"),
+])
+def test_jobspec_split_fields_are_checked(extra: dict[str, str], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        DatasetSpec(path="x", label="label", **extra)
