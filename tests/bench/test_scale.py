@@ -3,14 +3,16 @@ stops a tree, and ``--quick`` writes the report end to end (about a minute on tw
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
 import pytest
 
-from bench import scale
+from bench import scale, scale_report
 
 MB = 1e6
 
@@ -73,7 +75,7 @@ def test_quick_mode_writes_the_report_and_the_plot(tmp_path: Path) -> None:
     assert [r.split("|")[1].strip() for r in rows] == [f"{n:,}" for n in scale.QUICK_ROWS]
     for row in rows:
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        assert cells[-1] == "finished", row
+        assert cells[-2] == "finished" and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", cells[-1]), row
         # rows, wall s, peak tree RSS GB, driver RSS GB, selection rows/s, peak ratio
         numbers = [float(c.replace(",", "")) for c in cells[:6]]
         assert all(x > 0 for x in numbers), row
@@ -81,3 +83,15 @@ def test_quick_mode_writes_the_report_and_the_plot(tmp_path: Path) -> None:
     anchor = re.search(r"\*\*([\d,]+) rows/s\*\*", text)
     assert anchor and float(anchor.group(1).replace(",", "")) > 0
     assert "| streamed | 40,000 |" in text  # the stage timings from the FeatureSet
+
+
+def test_keep_merges_an_earlier_runs_results(tmp_path: Path) -> None:
+    earlier = scale_report.JobResult("streamed", 32_000_000, 1448.0, int(1.58e9), int(1.58e9), run="")
+    raw = {"data": [], "jobs": [asdict(earlier)], "anchor": None}
+    raw["jobs"][0].pop("run")  # written before runs were stamped: the file's time stands in
+    (tmp_path / "results.json").write_text(json.dumps(raw))
+    data, jobs, anchor = scale_report.load_earlier(tmp_path)
+    assert data == [] and anchor is None and len(jobs) == 1
+    written = (tmp_path / "results.json").stat().st_mtime
+    assert jobs[0].rows == 32_000_000 and jobs[0].run == scale_report._stamp(written)
+    assert scale_report.load_earlier(tmp_path / "none") == ([], [], None)
