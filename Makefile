@@ -9,7 +9,13 @@ TORCHREC:= torchrec==1.8.0
 # A CUDA host gets the CUDA fbgemm-gpu; a CPU host must never get it (see docs/architecture.md, "The engine").
 FBGEMM  := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo fbgemm-gpu==1.8.0 || echo fbgemm-gpu-cpu==1.8.0)
 
-.PHONY: setup test test-fast demo bench bench-quick clean browser screenshots
+.PHONY: setup test test-fast demo bench bench-quick clean browser screenshots feast-env
+
+# Feast, for the Feast export's round trip (tests/pipelines/test_export_feast.py, docs/export.md), in
+# a venv of its own: its pins (pandas, among others) clash with ours. The test also creates it on demand.
+FEAST_VENV ?= .venv-feast
+FEAST      := feast==0.67.0
+FEAST_STAMP:= $(FEAST_VENV)/.seqattn-feast
 
 setup: $(STAMP) browser
 
@@ -33,8 +39,16 @@ $(STAMP): pyproject.toml deploy/constraints.txt Makefile
 	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, sklearn; print('seqattn setup ok: torch', torch.__version__, 'torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0')"
 	touch $@
 
-test: setup
+test: setup feast-env
 	$(PY) -m pytest -q tests
+
+feast-env: $(FEAST_STAMP)
+
+$(FEAST_STAMP): Makefile
+	test -x $(FEAST_VENV)/bin/python || $(PYTHON) -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/pip install -q --disable-pip-version-check $(FEAST)
+	$(FEAST_VENV)/bin/feast version
+	touch $@
 
 # The dashboard images in docs/dashboard.md, taken by the browser tests against a live server with real jobs.
 screenshots: setup
@@ -51,4 +65,4 @@ bench-quick: setup
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .seqattn
+	rm -rf $(VENV) $(FEAST_VENV) .seqattn

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -363,9 +364,15 @@ def run_step(schedule: ScheduleSpec, as_of: str | None = None, registry: Registr
     from pipelines.job import run_job  # here, not at the top: the service reads schedules without torch
 
     job_id = f"{schedule.name}-{values[-1]}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    fs = run_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
-    source = json.dumps({"schedule": schedule.name, "partition": key, "window": list(values),
-                         "warm_start_from": warm_from})
-    record = registry.publish(fs, epsilon=schedule.promotion.epsilon, source=source,
-                              promoted_by=f"schedule:{schedule.name}")
+    # The run's export artifacts (vocabularies, model) are published with the version, then dropped.
+    staging = registry.home / "staging" / job_id
+    try:
+        fs = run_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits, artifacts=staging)
+        source = json.dumps({"schedule": schedule.name, "partition": key, "window": list(values),
+                             "warm_start_from": warm_from})
+        record = registry.publish(fs, epsilon=schedule.promotion.epsilon, source=source,
+                                  promoted_by=f"schedule:{schedule.name}",
+                                  artifacts=staging if (staging / "preprocessing.json").is_file() else None)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return StepResult(schedule.name, window, record, registry.get(spec.name, record.version), warm_from)

@@ -34,7 +34,9 @@ from pipelines.dataset import EncodedDataset, EncodedSplit
 from pipelines.engine import Placed
 from pipelines.spec import FeatureSet
 from pipelines.stages import StageHooks, batch_source
+from seqattn_core.batches import BatchSource
 from seqattn_core.crosses import CrossFeature
+from seqattn_core.lem import LargeEmbeddingModel
 from seqattn_core.pruning import BlockSparseLinear
 from seqattn_core.training import predict
 
@@ -71,11 +73,11 @@ def _full(t: Any) -> torch.Tensor:
     return torch.as_tensor(t).detach().cpu().clone()
 
 
-def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def _plain_state(model: LargeEmbeddingModel) -> dict[str, torch.Tensor]:
     """The runtime model's state_dict from a trained LargeEmbeddingModel (sharded tables gathered,
     the MLP's pruned layers as their effective weights)."""
     state: dict[str, torch.Tensor] = {}
-    ebc = getattr(model, "ebc", None)
+    ebc = model.ebc
     if ebc is not None:
         for key, value in ebc.state_dict().items():
             if key.endswith(".weight"):
@@ -84,7 +86,7 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
         module = getattr(model, part, None)
         if module is not None:
             state.update({f"{part}.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()})
-    for i, layer in enumerate(getattr(model, "mlp")):
+    for i, layer in enumerate(model.mlp):
         if isinstance(layer, BlockSparseLinear):
             state[f"mlp.{i}.weight"] = layer.effective_weight().detach().cpu().clone()
             if layer.linear.bias is not None:
@@ -140,6 +142,7 @@ def _write_reference(path: Path, placed: Placed, data: EncodedDataset, dense: tu
     assert isinstance(valid, EncodedSplit)
     n = min(REFERENCE_ROWS, len(valid))
     source = batch_source(valid, data, dense, sparse, crosses)
+    assert isinstance(source, BatchSource)  # a split in memory is sliced from arrays
     batch = source.batch(0, n)
     probs, labels = predict(placed.forward, [batch])
     columns: dict[str, pa.Array] = {"row": pa.array(valid.row_index[:n].astype(np.int64)),

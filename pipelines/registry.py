@@ -9,9 +9,10 @@ Layout under ``SEQATTN_HOME`` (docs/architecture.md, "State on disk"):
   change of the promoted version, by whom, and the version it replaced; what
   :meth:`Registry.rollback` reads). The service keeps its own tables (jobs, schedules) in the
   same file.
-- ``artifacts/{name}/{version}/featureset.json``: written to a temporary file and renamed, inside
-  the transaction that allocates the version, so a published version always has its file and a
-  file is never rewritten.
+- ``artifacts/{name}/{version}/``: ``featureset.json`` and, when the run left them, its export
+  artifacts (``preprocessing.json``, ``vocabularies/``, ``model/``: docs/export.md). The folder is
+  written as a temporary folder and renamed, inside the transaction that allocates the version,
+  so a published version always has all its files and none is ever rewritten.
 
 Promotion (docs/architecture.md, "Promotion"): the first version of a name is promoted at once.
 After that, ``promote: auto`` promotes a version whose validation AUC is not worse than the
@@ -44,6 +45,7 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -287,11 +289,13 @@ class Registry:
 
     # -- writing ---------------------------------------------------------------------------------
     def publish(self, fs: FeatureSet, *, epsilon: float = DEFAULT_EPSILON, source: str | None = None,
-                promoted_by: str = "publish") -> VersionRecord:
+                promoted_by: str = "publish", artifacts: Path | None = None) -> VersionRecord:
         """Give ``fs`` the next version of its name, write it, decide its promotion; return its record.
 
         ``source`` is free text kept with the version (a schedule's window, say); ``promoted_by``
         is who published it (``job``, ``schedule:NAME``), logged when the policy promotes it.
+        ``artifacts`` is the run's artifacts folder (``run_job(..., artifacts=...)``), copied into
+        the version's folder with the FeatureSet, all of it or nothing.
         """
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -306,7 +310,7 @@ class Registry:
                 stable = stability(fs, previous, version - 1) if previous is not None else None
                 created = fs.created_at or datetime.now(timezone.utc)
                 final = fs.model_copy(update={"version": version, "created_at": created})
-                path = self._write_artifact(final)
+                path = self._write_artifact(final, artifacts)
                 m = final.metrics
                 db.execute(
                     "INSERT INTO feature_set_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -449,21 +453,31 @@ class Registry:
             db.execute("ROLLBACK")
             raise
 
-    def _write_artifact(self, fs: FeatureSet) -> Path:
-        folder = self.artifacts / fs.name / str(fs.version)
-        final = folder / "featureset.json"
-        if final.exists():
+    def _write_artifact(self, fs: FeatureSet, artifacts: Path | None = None) -> Path:
+        """Write the version's folder (featureset.json, plus a copy of ``artifacts``) under a temporary
+        name and rename it into place; returns the path of its featureset.json."""
+        parent = self.artifacts / fs.name
+        folder = parent / str(fs.version)
+        parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists():
             # Left by a publisher that died before its commit: never indexed, so never published.
-            stale = final.with_name(f"featureset.json.abandoned-{int(time.time())}")
-            os.replace(final, stale)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".featureset-", suffix=".tmp")
-        with os.fdopen(fd, "w") as out:
-            out.write(fs.model_dump_json(indent=2))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, final)
-        return final
+            os.replace(folder, parent / f".{fs.version}.abandoned-{int(time.time())}-{os.getpid()}")
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{fs.version}-", suffix=".tmp"))
+        try:
+            if artifacts is not None:
+                shutil.copytree(artifacts, tmp, dirs_exist_ok=True,
+                                ignore=lambda _d, names: [n for n in names if n == "featureset.json"])
+            fd, tmp_file = tempfile.mkstemp(dir=tmp, prefix=".featureset-", suffix=".tmp")
+            with os.fdopen(fd, "w") as out:
+                out.write(fs.model_dump_json(indent=2))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_file, tmp / "featureset.json")
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder / "featureset.json"
 
     # -- reading ---------------------------------------------------------------------------------
     def names(self) -> list[str]:

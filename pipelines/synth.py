@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["synth_table", "write_partitioned_synth", "write_synth"]
+__all__ = ["synth_table", "with_keys", "write_partitioned_synth", "write_synth"]
 
 LABEL = "label"
 BIAS = -1.0  # base click rate around 0.3
@@ -268,11 +268,47 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers never see half a truth file
 
 
+SYNTH_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def with_keys(table: pa.Table, entity: str | None = None, timestamp: str | None = None,
+              start: datetime = SYNTH_EPOCH) -> pa.Table:
+    """``table`` with a key column ``entity`` (int64, the row's position: one entity per row, as an
+    impression id) and an event-time column ``timestamp`` (UTC, ``start`` plus one second a row),
+    appended last; what a feature store (Feast) needs to serve the rows. Either may be None.
+
+    Example::
+
+        >>> t = with_keys(pa.table({"x": [1, 2]}), entity="row_id", timestamp="event_timestamp")
+        >>> t.column_names, t.column("row_id").to_pylist(), str(t.schema.field("event_timestamp").type)
+        (['x', 'row_id', 'event_timestamp'], [0, 1], 'timestamp[us, tz=UTC]')
+    """
+    for flag, name in (("entity", entity), ("timestamp", timestamp)):
+        if name is not None and name in table.column_names:
+            raise ValueError(f"{flag}: column {name!r} exists already; choose another name")
+    if entity is not None and entity == timestamp:
+        raise ValueError(f"timestamp: {timestamp!r} is the entity column's name too")
+    n = table.num_rows
+    if entity is not None:
+        table = table.append_column(entity, pa.array(np.arange(n, dtype=np.int64)))
+    if timestamp is not None:
+        base = np.datetime64(start.replace(tzinfo=None), "us")
+        times = base + np.arange(n, dtype=np.int64) * np.timedelta64(1_000_000, "us")
+        table = table.append_column(timestamp, pa.array(times, pa.timestamp("us", tz="UTC")))
+    return table
+
+
 def write_synth(
-    out_dir: str | os.PathLike[str], rows: int = 200_000, seed: int = 0, n_noise: int = 20, files: int = 1
+    out_dir: str | os.PathLike[str], rows: int = 200_000, seed: int = 0, n_noise: int = 20, files: int = 1,
+    entity: str | None = None, timestamp: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/data.parquet`` (or ``part-00000.parquet``... when ``files > 1``) and
     ``out_dir/truth.json``; returns the truth. About 1.5 s for the default 200k rows.
+
+    ``entity`` and ``timestamp`` (opt-in, off by default so the default output stays as it is) add
+    a row key and an event time column (:func:`with_keys`) for a feature store; the truth then
+    names them (``entity``, ``timestamp``). A job reads a key as one more (useless) sparse
+    candidate unless ``dataset.sparse`` is listed; a timestamp column is never a feature.
 
     Example::
 
@@ -285,6 +321,9 @@ def write_synth(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table, truth = synth_table(rows, seed, n_noise)
+    if entity is not None or timestamp is not None:
+        table = with_keys(table, entity, timestamp)
+        truth.update({"entity": entity, "timestamp": timestamp})
     if files <= 1:
         pq.write_table(table, out / "data.parquet")
         truth["files"] = ["data.parquet"]

@@ -4,7 +4,7 @@ the app's startup failed), 1 else.
 
     seqattn synth --out DIR [--rows N] [--seed S] [--noise K] [--days N [--drift-day D] [--start DATE]]
     seqattn select SPEC.yaml [--out FS.json]
-    seqattn export FS.json --format torchrec|feast [--out FILE]
+    seqattn export FS.json --format torchrec|feast [--out DIR] [--entity COL --timestamp COL]
     seqattn demo [--rows N]
     seqattn pipeline run SCHEDULE.yaml [--as-of VALUE] [--home DIR]
     seqattn serve [--host 127.0.0.1] [--port 8000]
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import shutil
 import socket
 import sys
+import tempfile
 import textwrap
 import warnings
 from collections.abc import Callable
@@ -145,9 +147,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
         for flag, value in (("--drift-day", args.drift_day), ("--start", args.start)):
             if value is not None:
                 raise SpecError(flag, "needs --days (it describes daily partitions)")
-        truth = write_synth(out, rows=args.rows or SYNTH_ROWS, seed=args.seed, n_noise=args.noise)
-        print(f"wrote {truth['rows']:,} rows to {out} (truth in {out / 'truth.json'})")
+        try:
+            truth = write_synth(out, rows=args.rows or SYNTH_ROWS, seed=args.seed, n_noise=args.noise,
+                                entity=args.entity, timestamp=args.timestamp)
+        except ValueError as exc:  # a key column's name taken by a planted column
+            field, _, message = str(exc).partition(": ")
+            raise SpecError(f"--{field}", message) from None
+        keys = [f"{k} column {truth[k]!r}" for k in ("entity", "timestamp") if truth.get(k)]
+        print(f"wrote {truth['rows']:,} rows to {out} (truth in {out / 'truth.json'})"
+              + (f"; with {' and '.join(keys)}" if keys else ""))
         return 0
+    for flag, value in (("--entity", args.entity), ("--timestamp", args.timestamp)):
+        if value is not None:
+            raise SpecError(flag, "is for one dataset, not daily partitions (--days); leave it out or drop --days")
     if args.drift_day is not None:
         if args.drift_day >= args.days:
             raise SpecError("--drift-day", f"must be less than --days ({args.days}): it is the 0-based index of the "
@@ -173,23 +185,45 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def artifacts_path(out: str | os.PathLike[str]) -> Path:
+    """Where ``seqattn select --out FS.json`` leaves the run's artifacts: ``FS.artifacts/`` beside
+    it, where ``seqattn export FS.json`` looks first (docs/export.md)."""
+    return Path(out).with_suffix(".artifacts")
+
+
 def _select(spec: Any, out: str | None) -> int:
     from pipelines.job import run_job
 
     progress = _Progress()
+    staging = None
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=Path(out).parent, prefix=f".{Path(out).stem}.artifacts-"))
     try:
-        fs = run_job(spec, on_event=progress)
+        fs = run_job(spec, on_event=progress, artifacts=staging)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         progress.close()
     text = fs.model_dump_json(indent=2)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if out and staging is not None:
+        # The artifacts first, then the JSON: a FeatureSet file never names artifacts of another run
+        # for long, and each of the two is replaced whole (renames), never half written.
+        final = artifacts_path(out)
+        os.chmod(staging, 0o755)
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
         tmp = Path(out).with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(out)  # atomic: a reader never sees half a file
     print(_summary(fs))
     if out:
-        print(f"wrote {out}")
+        print(f"wrote {out} (artifacts for `seqattn export` in {artifacts_path(out)})")
     return 0
 
 
@@ -200,26 +234,46 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """A FeatureSet file as TorchRec or Feast configuration. A set never published (``version``
-    null: ``select --out``, ``demo``) is exported as ``{name}-unpublished``, never as a made-up
-    version (see :mod:`pipelines.export`)."""
-    from pipelines.export import export_feature_set, release_name
+    """A FeatureSet as a self-contained TorchRec folder or a Feast repository (docs/export.md). A set
+    never published (``version`` null: ``select --out``, ``demo``) is exported as
+    ``{name}-unpublished``, never as a made-up version (see :mod:`pipelines.export`)."""
+    from pipelines.export import find_artifacts, release_name, torchrec_config, write_torchrec_export
     from pipelines.spec import FeatureSet
 
+    path = Path(args.feature_set)
     try:
-        fs = FeatureSet.model_validate_json(Path(args.feature_set).read_text())
+        fs = FeatureSet.model_validate_json(path.read_text())
     except FileNotFoundError:
         raise SpecError("feature_set", f"file {args.feature_set!r} not found") from None
     except ValueError as exc:
         raise SpecError("feature_set", f"{args.feature_set!r} is not a valid FeatureSet: "
                                        f"{str(exc).splitlines()[0]}") from None
-    text = export_feature_set(fs, args.format)
-    if args.out:
-        Path(args.out).write_text(text)
-        what = f"version {fs.version}" if fs.version is not None else "never published: no version"
-        print(f"wrote {args.out} ({args.format} configuration of {release_name(fs)}, {what})")
-    else:
-        print(text)
+    artifacts = find_artifacts(path, Path(args.artifacts) if args.artifacts else None)
+    what = f"version {fs.version}" if fs.version is not None else "never published: no version"
+    if args.format == "torchrec":
+        if not args.out:
+            print(json.dumps(torchrec_config(fs, artifacts), indent=2))
+            return 0
+        manifest = write_torchrec_export(Path(args.out), fs, artifacts)
+        model = "with the trained model" if manifest["weights"] else "tables and encoding only (no model weights)"
+        print(f"wrote {args.out}: TorchRec export of {release_name(fs)} ({what}), {len(manifest['tables'])} tables, "
+              f"{model}; load it with seqattn_runtime.py inside it")
+        return 0
+    from pipelines.export import feast_definition
+    from pipelines.export_feast import write_feast_repository
+
+    if not args.out:  # the FeatureService alone, over the views the repository defines
+        print(feast_definition(fs))
+        return 0
+    for flag, value in (("--entity", args.entity), ("--timestamp", args.timestamp)):
+        if not value:
+            raise SpecError(flag, "is required with --format feast (the repository's folder, its key column and its "
+                            "event-time column)")
+    source = args.source or fs.spec.dataset.path
+    written = write_feast_repository(Path(args.out), fs, artifacts, source, args.entity, args.timestamp)
+    print(f"wrote {args.out}: Feast repository of {release_name(fs)} ({what}); feature service "
+          f"{written['feature_service']!r} with {len(written['features'])} features and "
+          f"{len(written['crosses'])} crosses; run `feast apply` in it")
     return 0
 
 
@@ -490,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drift-day", type=_bounded_int(0), help="0-based index of the first drifted day: from it on "
                    "rel_0 stops mattering and noise_02 starts (truth.json's drift_day); needs --days "
                    "(default: no drift)")
+    s.add_argument("--entity", metavar="COLUMN", help="also write a row key column of this name (int64, one per "
+                   "row) for a feature store (default: none)")
+    s.add_argument("--timestamp", metavar="COLUMN", help="also write an event-time column of this name (UTC, one "
+                   "second apart) for a feature store (default: none)")
     s.add_argument("--start", type=_day, help=f"date of the first day; needs --days (default: {SYNTH_START})")
     s.set_defaults(func=cmd_synth)
 
@@ -498,11 +556,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the FeatureSet JSON here (default: print only the summary)")
     s.set_defaults(func=cmd_select)
 
-    s = command(sub, "export", "write a FeatureSet's configuration for TorchRec or Feast")
+    s = command(sub, "export", "write a FeatureSet as a self-contained TorchRec folder or a Feast repository")
     s.add_argument("feature_set", help="FeatureSet JSON (from select --out, demo, or the registry)")
+    s.add_argument("--artifacts", help="the run's artifacts folder (default: FS.artifacts/ beside the JSON, or the "
+                   "JSON's own folder in a registry)")
+    s.add_argument("--source", help="feast: the Parquet the FileSource reads (default: the spec's dataset.path)")
+    s.add_argument("--entity", metavar="COLUMN", help="feast: the key column of the entity (default: none; "
+                   "required with --out)")
+    s.add_argument("--timestamp", metavar="COLUMN", help="feast: the event-time column (default: none; required "
+                   "with --out)")
     s.add_argument("--format", choices=["torchrec", "feast"], default="torchrec",
-                   help="torchrec: EmbeddingBagConfig tables as JSON; feast: a FeatureService Python module")
-    s.add_argument("--out", help="write to this file (default: print to stdout)")
+                   help="torchrec: tables, vocabularies, weights and a runtime; feast: a feature repository")
+    s.add_argument("--out", help="the folder to write, new or empty (default: print the torchrec manifest, or the "
+                   "feast FeatureService alone)")
     s.set_defaults(func=cmd_export)
 
     s = command(sub, "demo", "run the main job on planted data (written to $SEQATTN_HOME/demo-data)")

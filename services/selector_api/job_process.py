@@ -35,6 +35,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -66,6 +67,8 @@ class JobTask:
     roots: DataRoots | None = None
     limits: JobLimits | None = None
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    # A job's export artifacts (vocabularies, model) go here; the caller publishes them with the version.
+    artifacts: str | None = None
 
 
 def default_memory_bytes() -> int:
@@ -98,7 +101,8 @@ def _child(conn: Connection, task: JobTask) -> None:
             from pipelines.spec import load_spec
 
             fs = run_job(load_spec(json.loads(task.spec_json)), on_event=on_event, job_id=task.job_id,
-                         roots=task.roots, limits=task.limits)
+                         roots=task.roots, limits=task.limits,
+                         artifacts=Path(task.artifacts) if task.artifacts else None)
             conn.send(("feature_set", fs.model_dump_json()))
         else:
             from pipelines.continual import load_schedule, run_step

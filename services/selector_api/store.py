@@ -385,9 +385,10 @@ class Store:
         return queued
 
     # -- feature sets ----------------------------------------------------------------------------
-    def publish(self, fs: FeatureSet, *, source: str = "job") -> VersionRecord:
-        """Publish through the registry: its promotion policy decides, and logs a promotion as by ``source``."""
-        return self.registry.publish(fs, promoted_by=source)
+    def publish(self, fs: FeatureSet, *, source: str = "job", artifacts: Path | None = None) -> VersionRecord:
+        """Publish through the registry: its promotion policy decides, and logs a promotion as by
+        ``source``; ``artifacts`` (the run's export artifacts) are published with the version."""
+        return self.registry.publish(fs, promoted_by=source, artifacts=artifacts)
 
     def promote(self, name: str, version: int, *, expected: int | None = None, source: str = "manual") -> VersionRecord:
         """Make ``version`` the served one. ``expected``: only if the promoted version is still that

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pipelines.errors import SpecError
@@ -199,8 +201,15 @@ class JobWorkers:
             self._running.pop(job.id, None)
 
     def _execute(self, job: JobRow, on_event: OnEvent, poll: Callable[[], None]) -> Any:
-        task = JobTask(job.kind, job.spec, job.id, str(self.store.home), self.roots, self.limits)
-        kind, result = run_in_process(task, on_event, poll, self.max_memory_bytes)
-        if kind == "feature_set":
-            return self.store.publish(result.model_copy(update={"job_id": job.id}), source="job")
-        return result  # a schedule's run published in its process, through the same registry
+        # The job's process writes its export artifacts here; they are published with the version.
+        staging = Path(self.store.home) / "staging" / job.id
+        task = JobTask(job.kind, job.spec, job.id, str(self.store.home), self.roots, self.limits,
+                       artifacts=str(staging) if job.kind == "job" else None)
+        try:
+            kind, result = run_in_process(task, on_event, poll, self.max_memory_bytes)
+            if kind == "feature_set":
+                found = staging if (staging / "preprocessing.json").is_file() else None
+                return self.store.publish(result.model_copy(update={"job_id": job.id}), source="job", artifacts=found)
+            return result  # a schedule's run published in its process, through the same registry
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -85,14 +85,15 @@ def test_synth_select_export_round_trip(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "prescreen" in err  # the pre-screen's bar (steps only, no loss) and then the training bars
     assert "latency budget 10000 ms:" in out and "nothing removed" in out
-    assert main(["export", str(tmp_path / "fs.json"), "--format", "torchrec", "--out", str(tmp_path / "tr.json")]) == 0
-    cfg = json.loads((tmp_path / "tr.json").read_text())
+    assert (tmp_path / "fs.artifacts" / "preprocessing.json").is_file()  # where `seqattn export` finds them
+    assert main(["export", str(tmp_path / "fs.json"), "--format", "torchrec", "--out", str(tmp_path / "tr")]) == 0
+    cfg = json.loads((tmp_path / "tr" / "manifest.json").read_text())
     fs = json.loads((tmp_path / "fs.json").read_text())
-    assert cfg["sparse"] == [f["name"] for f in fs["features"] if f["kind"] == "sparse"]
-    assert len(cfg["tables"]) == len(cfg["sparse"]) + len(fs["crosses"])
+    sparse = [f["name"] for f in fs["features"] if f["kind"] == "sparse"]
+    assert len(cfg["tables"]) == len(sparse) + len(fs["crosses"])
     from pipelines.export import to_embedding_bag_configs
-    cards = {n: 100 for n in cfg["sparse"]}
-    assert [t.name for t in to_embedding_bag_configs(cfg, cards)] == [t["name"] for t in cfg["tables"]]
+    assert [t.name for t in to_embedding_bag_configs(cfg)] == [t["name"] for t in cfg["tables"]]
+    assert all(t["num_embeddings"] > 1 for t in cfg["tables"])
     assert main(["export", str(tmp_path / "nope.json")]) == 2
 
 
@@ -327,11 +328,9 @@ def test_export_of_an_unpublished_set_makes_up_no_version(tmp_path, capsys):
     source = capsys.readouterr().out
     assert "name='ctr-unpublished'" in source and "ctr_unpublished = FeatureService(" in source
     assert "version 1" not in source and "-v1" not in source and "seqattn_version" not in source
-    assert main(["export", str(path), "--out", str(tmp_path / "tr.json")]) == 0
-    assert capsys.readouterr().out.strip() == (f"wrote {tmp_path / 'tr.json'} (torchrec configuration of "
-                                               "ctr-unpublished, never published: no version)")
-    about = json.loads((tmp_path / "tr.json").read_text())["feature_set"]
-    assert about["version"] is None and about["published"] is False
+    # Without the run's artifacts there are no ids to export: one line naming them, exit 2.
+    assert main(["export", str(path), "--out", str(tmp_path / "tr")]) == 2
+    assert capsys.readouterr().err.startswith("error: artifacts: feature set 'ctr-unpublished' has no preprocessing")
 
 
 def test_serve_urls_for_a_wildcard_and_an_ipv6_host():

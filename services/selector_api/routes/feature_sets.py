@@ -144,8 +144,10 @@ def get_version(name: NamePath, version: Version, request: Request, service: Ser
             response_class=Response, operation_id="exportFeatureSetVersion")
 def export_version(name: NamePath, version: Version, service: ServiceDep,
                    format: Annotated[Literal["torchrec", "feast"], Query()] = "torchrec") -> Response:
-    """The version as TorchRec table configs (JSON) or a Feast ``FeatureService`` pinned to it (Python)."""
-    from pipelines.export import export_feature_set
+    """The version's TorchRec manifest (JSON: tables with rows, widths and pooling, crosses, dense
+    preprocessing; from the artifacts published with it) or its Feast ``FeatureService`` (Python).
+    The complete folders are ``seqattn export`` (docs/export.md)."""
+    from pipelines.export import export_feature_set, find_artifacts
 
     check_name(name)
     service.store.require_name(name)
@@ -153,7 +155,11 @@ def export_version(name: NamePath, version: Version, service: ServiceDep,
         fs = service.store.registry.get(name, version)
     except SpecError as exc:
         raise NotFound(exc.field, exc.message) from None
-    text = export_feature_set(fs, format)
+    record = service.store.registry.record(name, version)
+    try:
+        text = export_feature_set(fs, format, find_artifacts(service.store.registry.home / record.path))
+    except SpecError as exc:
+        raise NotFound(exc.field, exc.message) from None
     media = "application/json" if format == "torchrec" else "text/x-python"
     filename = f"{name}-v{version}." + ("json" if format == "torchrec" else "py")
     return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
