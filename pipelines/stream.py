@@ -471,10 +471,51 @@ def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, 
 # --- 3. encoding --------------------------------------------------------------------------------
 
 
-def encode_batch(batch: pa.RecordBatch | pa.Table, stats: StreamStats, columns: Columns) -> EncodedSplit:
+class VocabularyIndex:
+    """Looks values up in a vocabulary: ids ``position + 1``, 0 outside it (or null).
+
+    ``pc.index_in`` builds a hash table of the whole vocabulary on every call: 0.28 s for a 65,536-row
+    batch against a million strings, per column. This index sorts the vocabulary's 64-bit value
+    hashes once; a batch then costs a hash, a binary search and an equality check per value (the
+    check makes it exact): 0.026 s there. Below :attr:`SEARCH_FROM` values ``index_in`` is the
+    faster (0.7 against 3.4 ms for 100 values) and is used, as it is for a vocabulary with two values
+    of one hash.
+
+        >>> VocabularyIndex(pa.array(["b", "a", "c"]), search_from=1).ids(pa.array(["a", "x", None, "c"])).tolist()
+        [2, 0, 0, 3]
+    """
+
+    SEARCH_FROM = 100_000
+
+    def __init__(self, vocabulary: pa.Array, search_from: int = SEARCH_FROM) -> None:
+        self.vocabulary = vocabulary
+        self.search = len(vocabulary) >= max(search_from, 1)
+        if self.search:
+            hashes = _value_hash(vocabulary)
+            self.order = np.argsort(hashes, kind="stable")
+            self.sorted = hashes[self.order]
+            self.search = not bool((np.diff(self.sorted) == 0).any())
+
+    def ids(self, values: pa.Array) -> np.ndarray:
+        if len(self.vocabulary) == 0:
+            return np.zeros(len(values), np.int64)
+        if not self.search:
+            return pc.fill_null(pc.index_in(values, value_set=self.vocabulary), -1).to_numpy().astype(np.int64) + 1
+        hashes = _value_hash(values)
+        at = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
+        found = self.order[at]
+        same = pc.fill_null(pc.equal(self.vocabulary.take(pa.array(found)), values), False)
+        hit = (self.sorted[at] == hashes) & same.to_numpy(zero_copy_only=False)
+        return np.where(hit, found + 1, 0).astype(np.int64)
+
+
+def encode_batch(batch: pa.RecordBatch | pa.Table, stats: StreamStats, columns: Columns,
+                 indexes: dict[str, VocabularyIndex] | None = None) -> EncodedSplit:
     """``batch``'s rows encoded as ``dataset.encode_table`` would with these vocabularies and moments:
     ids ``index in vocabulary + 1``, 0 for a value outside it, a null value dropped (a null
-    single value gives a row of length 0). ``row_index`` is the row's position in ``batch``."""
+    single value gives a row of length 0). ``row_index`` is the row's position in ``batch``.
+    ``indexes`` caches each column's :class:`VocabularyIndex` across calls (filled as needed)."""
+    indexes = {} if indexes is None else indexes
     if isinstance(batch, pa.Table):
         batch = pa.record_batch([c.combine_chunks() for c in batch.columns], schema=batch.schema)
     labels = label_array(batch.column(columns.label), columns.label)
@@ -482,7 +523,9 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, stats: StreamStats, columns: 
     sparse = {}
     for name in columns.sparse:
         values, parents = _flat(batch.column(name))
-        ids = pc.fill_null(pc.index_in(values, value_set=stats.vocabularies[name]), -1).to_numpy().astype(np.int64) + 1
+        if name not in indexes:
+            indexes[name] = VocabularyIndex(stats.vocabularies[name])
+        ids = indexes[name].ids(values)
         present = pc.is_valid(values).to_numpy(zero_copy_only=False)
         rows = np.arange(batch.num_rows) if parents is None else parents
         sparse[name] = (ids[present], np.bincount(rows[present], minlength=batch.num_rows).astype(np.int32))
@@ -580,7 +623,7 @@ class StreamSource:
             ranges = self._ranges(self.files.pieces())
             if seed is not None:
                 ranges = [ranges[i] for i in np.random.default_rng(seed).permutation(len(ranges))]
-            c = self.columns
+            c, indexes = self.columns, {}
             read = list(dict.fromkeys([c.label, *c.dense, *c.sparse, *self.stats.split.columns]))
             for _, piece, lo, hi in ranges:
                 at = 0  # the split's rows of this row group read so far
@@ -589,7 +632,7 @@ class StreamSource:
                     rows = batch.filter(pa.array(valid if self.split == "valid" else ~valid))
                     begin, end = max(lo - at, 0), min(hi - at, rows.num_rows)
                     rows, at = rows.slice(begin, max(end - begin, 0)), at + rows.num_rows
-                    if rows.num_rows and not put(encode_batch(rows, self.stats, c)):
+                    if rows.num_rows and not put(encode_batch(rows, self.stats, c, indexes)):
                         return
                     if at >= hi:
                         break

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
@@ -380,3 +381,19 @@ def test_jobspec_split_by_time_or_key(tmp_path: Path) -> None:
 def test_jobspec_split_fields_are_checked(extra: dict[str, str], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         DatasetSpec(path="x", label="label", **extra)
+
+
+@pytest.mark.parametrize("kind", ["string", "int64", "dictionary"])
+def test_vocabulary_index_matches_index_in(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    raw = rng.permutation(5_000)[:1_000]
+    vocabulary = pa.array([f"v{v}" for v in raw]) if kind != "int64" else pa.array(raw)
+    seen = rng.integers(0, 5_000, 20_000)
+    values = pa.array([None if v % 97 == 0 else (f"v{v}" if kind != "int64" else int(v)) for v in seen])
+    if kind == "dictionary":
+        values = values.dictionary_encode().cast(values.type)  # decoded again, as stream._flat gives it
+    index = stream.VocabularyIndex(vocabulary, search_from=1)
+    assert index.search
+    expected = pc.fill_null(pc.index_in(values, value_set=vocabulary), -1).to_numpy() + 1
+    assert np.array_equal(index.ids(values), expected) and (expected > 0).any() and (expected == 0).any()
+    assert np.array_equal(stream.VocabularyIndex(vocabulary).ids(values), expected)  # the small-vocabulary path
