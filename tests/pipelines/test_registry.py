@@ -157,3 +157,24 @@ def test_promotion_reasons_say_which_way_the_auc_went(tmp_path):
     budget = _fs(["a"], auc=0.80, mb=1.0, constraints={"max_embedding_mb": 2.0})
     assert promotion_decision(budget, promoted)[1].endswith("by 0.0109; budgets hold")
     assert "within epsilon" not in promotion_decision(_fs(["a"], auc=0.8464), promoted)[1]
+
+
+def test_artifacts_are_published_with_the_version_whole_and_never_rewritten(tmp_path):
+    staging = tmp_path / "staging"
+    (staging / "vocabularies").mkdir(parents=True)
+    (staging / "preprocessing.json").write_text('{"format": 1}')
+    (staging / "vocabularies" / "a.parquet").write_bytes(b"PAR1")
+    reg = Registry(tmp_path / "home")
+    rec = reg.publish(_fs(["a"]), artifacts=staging)
+    folder = tmp_path / "home" / "artifacts" / "ctr" / str(rec.version)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
+        "featureset.json", "preprocessing.json", "vocabularies", "vocabularies/a.parquet"]
+    assert reg.get("ctr", rec.version).version == 1
+    # A version folder left by a publisher that died before its commit is set aside, not reused.
+    (tmp_path / "home" / "artifacts" / "ctr" / "2").mkdir()
+    (tmp_path / "home" / "artifacts" / "ctr" / "2" / "preprocessing.json").write_text("stale")
+    second = reg.publish(_fs(["a"]))
+    folder2 = tmp_path / "home" / "artifacts" / "ctr" / "2"
+    assert second.version == 2 and sorted(p.name for p in folder2.iterdir()) == ["featureset.json"]
+    assert [p.name for p in folder2.parent.iterdir() if p.name.startswith(".2.abandoned-")]
+    assert not list((tmp_path / "home").rglob("*.tmp"))

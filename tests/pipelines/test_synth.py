@@ -199,3 +199,16 @@ def test_docstring_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the examples' mkdtemp() lands here
     assert doctest.testmod(pipelines.synth).failed == 0
+
+
+def test_entity_and_timestamp_columns_are_opt_in(tmp_path: Path) -> None:
+    plain = write_synth(tmp_path / "plain", rows=500, seed=2, n_noise=2)
+    keyed = write_synth(tmp_path / "keyed", rows=500, seed=2, n_noise=2, entity="row_id", timestamp="ts")
+    a, b = pq.read_table(tmp_path / "plain" / "data.parquet"), pq.read_table(tmp_path / "keyed" / "data.parquet")
+    assert "entity" not in plain and keyed["entity"] == "row_id" and keyed["timestamp"] == "ts"
+    assert b.column_names == a.column_names + ["row_id", "ts"]
+    assert b.select(a.column_names).equals(a)  # the default output is exactly as it was
+    assert b.column("row_id").to_pylist() == list(range(500))
+    assert str(b.schema.field("ts").type) == "timestamp[us, tz=UTC]"
+    with pytest.raises(ValueError, match="entity: column 'label' exists already"):
+        write_synth(tmp_path / "bad", rows=10, entity="label")
