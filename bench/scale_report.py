@@ -218,8 +218,9 @@ def _findings(rep: Report) -> list[str]:
         if j is not None and j.selection_rows_s and a is not None and a.rows_per_s:
             out.append(f"- Selection stage at {_rows_label(rep.rate_rows)} rows, {v.name}: {j.selection_rows_s:,.0f} "
                        f"rows/s, {j.selection_rows_s / a.rows_per_s:.2f}x the plain TorchRec DLRM_DCN's "
-                       f"{a.rows_per_s:,.0f} rows/s (the gated model searches every feature, 2 crosses' candidates "
-                       "and the widest dims, and trains its gates; the anchor trains a fixed model).")
+                       f"{a.rows_per_s:,.0f} rows/s{'' if j.run == a.run else ' (measured in another run)'} (the gated "
+                       "model searches every feature, 2 crosses' candidates and the widest dims, and trains its gates; "
+                       "the anchor trains a fixed model).")
     return out
 
 

@@ -83,14 +83,15 @@ def scan_on_ray(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_
     pieces = files.pieces()
     counts = [p.metadata.row_group(p.row_group).num_rows for p in pieces]
     refs = [_scan_task.remote(files, columns, split, part, sample_rows) for part in task_parts(counts, rows_per_task)]
+    # Fetched one at a time, in row-group order, each merged before the next: the driver holds one
+    # part and the running merge, not every task's sample at once.
     try:
-        parts = ray.get(refs)  # in row-group order: the merge is then the in-process pass's
+        return scan_statistics(files, columns, split, max_vocab=max_vocab, min_count=min_count,
+                               sample_rows=sample_rows, parts=(ray.get(ref) for ref in refs))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, SpecError):
             raise SpecError(exc.cause.field, exc.cause.message) from None
         raise
-    return scan_statistics(files, columns, split, max_vocab=max_vocab, min_count=min_count,
-                           sample_rows=sample_rows, parts=parts)
 
 
 def ray_stream_dataset(spec: DatasetSpec, seed: int = 0, roots: DataRoots | None = None) -> EncodedDataset:

@@ -33,7 +33,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Collection, Generator, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -318,9 +318,13 @@ class _Counter:
     def add(self, values: pa.Array) -> None:
         counted = pc.value_counts(values)
         present = pc.is_valid(counted.field("values"))
-        self.parts.append(pa.table({"value": counted.field("values").filter(present),
-                                    "count": counted.field("counts").filter(present)}))
-        self.pending += len(self.parts[-1])
+        self.add_counts(pa.table({"value": counted.field("values").filter(present),
+                                  "count": counted.field("counts").filter(present)}))
+
+    def add_counts(self, counts: pa.Table) -> None:
+        """Counts of (value, count) rows, e.g. another counter's :meth:`result`."""
+        self.parts.append(counts)
+        self.pending += counts.num_rows
         if self.pending > max(self.merged.num_rows, 1 << 18):
             self.result()
 
@@ -380,8 +384,7 @@ class StatsPart:
         self.n, self.positives = self.n + other.n, self.positives + other.positives
         self._moments(other.n_train, other.mean, other.m2)
         for name, counter in self.counters.items():
-            counter.parts.append(other.counters[name].result())
-            counter.pending += counter.parts[-1].num_rows
+            counter.add_counts(other.counters[name].result())
         kept = other.sampler.items()
         if kept is not None:
             self.sampler.offer_table(*kept)
@@ -418,7 +421,7 @@ def scan_part(files: ParquetFiles, columns: Columns, split: SplitRule, pieces: S
 
 def scan_statistics(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_vocab: int | None = None,
                     min_count: int = 1, sample_rows: int = 200_000, batch_size: int = READ_ROWS,
-                    standardize: bool = True, parts: Sequence[StatsPart] | None = None) -> StreamStats:
+                    standardize: bool = True, parts: Iterable[StatsPart] | None = None) -> StreamStats:
     """One streaming pass over ``files`` (only the needed columns, ``batch_size`` rows at a time), or
     the merge of ``parts`` that scanned every row group between them (see :func:`scan_part`).
 
