@@ -52,6 +52,7 @@ __all__ = ["CROSS_HASH", "about", "export_feature_set", "feast_definition", "fin
 
 CROSS_HASH = HASH_RULE  # the id function of a cross, as seqattn_core.crosses.cross_ids computes it
 RUNTIME_FILE = "seqattn_runtime.py"
+REPO_FILE = "seqattn_features.py"  # the Feast repository's definitions (pipelines.export_feast)
 UNPUBLISHED_NOTE = ("never published to a registry, so it has no version; publish it (seqattn pipeline run, or "
                     "the service) to get one")
 MISSING_ARTIFACTS = ("has no preprocessing artifacts (vocabularies, dense moments): the ids cannot be exported. "
@@ -191,8 +192,6 @@ def feast_definition(fs: FeatureSet) -> str:
     version tag, for a set never published), over the views of the repository that ``seqattn export
     --format feast`` writes (module ``seqattn_features``): the kept features, and the on-demand view
     of the crosses when there are any. What the HTTP route serves; the repository is the complete export."""
-    from pipelines.export_feast import REPO_FILE
-
     name = release_name(fs)
     tags = {"seqattn_feature_set": fs.name}
     if fs.version is not None:

@@ -32,13 +32,12 @@ import pyarrow.parquet as pq
 
 from pipelines.dataset import dataset_files
 from pipelines.errors import SpecError
-from pipelines.export import about, release_name, torchrec_config
+from pipelines.export import REPO_FILE, about, release_name, torchrec_config
 from pipelines.spec import FeatureSet
 
 __all__ = ["MAX_EMBEDDED_VALUES", "feast_type", "write_feast_repository"]
 
 MAX_EMBEDDED_VALUES = 500_000
-REPO_FILE = "seqattn_features.py"
 
 
 def _identifier(text: str) -> str:
