@@ -66,7 +66,7 @@ def run_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None =
     if use_ray(spec):
         from pipelines.ray_job import run_ray_job
 
-        return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits)
+        return run_ray_job(spec, on_event=on_event, job_id=job_id, roots=roots, limits=limits, artifacts=artifacts)
     t0 = time.perf_counter()
     seed_everything(spec.training.seed)
     emit(on_event, StageStarted("load"))

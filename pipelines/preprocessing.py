@@ -73,6 +73,8 @@ def _train_counts(data: EncodedDataset, name: str) -> np.ndarray | None:
     train ids in memory, or the streamed scan's counts; None otherwise."""
     size = len(data.vocabularies[name])
     if isinstance(data.train, EncodedSplit):
+        if not len(data.train):  # the rows went elsewhere (Ray workers): no counts to give
+            return None
         ids = data.train.sparse[name][0]
         return np.bincount(ids, minlength=size + 1)[1 : size + 1].astype(np.int64)
     counts = getattr(getattr(data.train, "stats", None), "vocabulary_counts", None)

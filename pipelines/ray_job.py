@@ -56,6 +56,7 @@ from pipelines.events import (
     emit,
 )
 from pipelines.limits import JobLimits
+from pipelines.preprocessing import write_preprocessing
 from pipelines.ray_data import check_parquet, read_parquet, shard_to_split, split_to_dataset
 from pipelines.ray_stream import ray_stream_dataset
 from pipelines.roots import DataRoots
@@ -255,9 +256,13 @@ def _root_cause(exc: BaseException) -> str:
 
 def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | None = None,
                 options: RayOptions | None = None, roots: DataRoots | None = None,
-                limits: JobLimits | None = None) -> FeatureSet:
+                limits: JobLimits | None = None, artifacts: Path | None = None) -> FeatureSet:
     """Run ``spec`` on ``spec.training.num_workers`` Ray Train workers; return its FeatureSet.
 
+    With ``artifacts``, the driver writes the run's preprocessing there
+    (:func:`pipelines.preprocessing.write_preprocessing`; train counts only from a streamed read, the
+    in-memory read's ids having gone to the workers); the trained model's weights, sharded across
+    the workers, are not exported from Ray yet.
     Bad input raises :class:`SpecError` before any worker starts. Events: those of
     :func:`pipelines.job.run_job` plus ``worker`` (rank, pid), ``plan`` (each stage's sharding),
     ``checkpoint`` and ``resumed``.
@@ -293,6 +298,7 @@ def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | No
         datasets = {"train": split_to_dataset(data.train, data, min_blocks=2 * workers),
                     "valid": split_to_dataset(data.valid, data)}
         meta = replace(data, train=_empty_split(data), valid=_empty_split(data), vocabularies={})
+    described = replace(meta, vocabularies=data.vocabularies)  # what write_preprocessing reads
     del data
     timings = {"load_s": read_s + encode_s, "read_s": read_s, "encode_s": encode_s, **plan.timings}
 
@@ -351,4 +357,7 @@ def run_ray_job(spec: JobSpec, on_event: OnEvent | None = None, job_id: str | No
             raise RuntimeError(f"the Ray workers finished without a result (checkpoint {checkpoint.path})")
         fs = FeatureSet.model_validate_json(result.read_text())
     timings = {**fs.timings, "total_s": round(time.perf_counter() - t0, 3)}
-    return fs.model_copy(update={"timings": timings})
+    fs = fs.model_copy(update={"timings": timings})
+    if artifacts is not None:
+        write_preprocessing(Path(artifacts), described, fs)
+    return fs

@@ -18,6 +18,7 @@ from pipelines.cluster import connect
 from pipelines.errors import SpecError
 from pipelines.events import CheckpointSaved, PlanChosen, Progress, Resumed, StageStarted, WorkerStarted
 from pipelines.job import run_job, use_ray
+from pipelines.preprocessing import vocabulary
 from pipelines.ray_job import RayOptions, run_ray_job
 from pipelines.spec import load_spec
 from pipelines.synth import write_synth
@@ -130,18 +131,24 @@ def test_one_worker_and_two_workers_select_the_same_features(two_workers, plante
     assert abs(one.metrics.val_auc - two.metrics.val_auc) < 0.04
 
 
-def test_a_streamed_job_on_two_workers_picks_what_one_process_picks(cluster, planted):
+def test_a_streamed_job_on_two_workers_picks_what_one_process_picks(cluster, planted, tmp_path):
     """Statistics from Ray tasks, each worker reading its own half of the train rows from the files."""
     path, truth = planted
     events = []
-    two = run_ray_job(_spec(path, 2, reader="stream"), on_event=events.append, options=RayOptions(run_name="streamed"))
-    one = run_job(_spec(path, 1, reader="stream"))
+    two = run_ray_job(_spec(path, 2, reader="stream"), on_event=events.append, options=RayOptions(run_name="streamed"),
+                      artifacts=tmp_path / "two")
+    one = run_job(_spec(path, 1, reader="stream"), artifacts=tmp_path / "one")
     assert _kept(one) == _kept(two) == set(truth["relevant_alone"])
     assert two.metrics.train_rows == one.metrics.train_rows  # the same hash split
     epoch_end = [e for e in events if isinstance(e, Progress) and e.stage == "selection" and e.epoch == 0][-1]
     assert two.metrics.train_rows - 1 <= epoch_end.rows <= two.metrics.train_rows  # two equal halves, rows x world
     assert "shard_s" in two.timings and two.timings["encode_s"] == 0  # no driver encoding, no Ray Data shards
     assert abs(one.metrics.val_auc - two.metrics.val_auc) < 0.04
+    # The driver wrote the vocabularies the workers encoded with: those of the in-process run.
+    both = {f.name for f in one.features if f.kind == "sparse"} & {f.name for f in two.features}
+    assert both
+    for name in both:
+        assert vocabulary(tmp_path / "two", name).equals(vocabulary(tmp_path / "one", name))
 
 
 def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(two_workers, planted, cluster):
