@@ -251,6 +251,11 @@ def _limits(rep: Report) -> list[str]:
         "cross at once, so memory and step time grow with features x widest dim; `selection.embedding_dims` and "
         "`selection.crosses` bound them. On Ray the tables are sharded across the workers, which moves this limit "
         "by the number of workers.",
+        "- Shuffling: a pass visits row groups in a seeded order and mixes rows in a buffer of at least 65,536 rows, "
+        "so rows sorted by time inside a large row group are mixed only within about that many rows. Writing "
+        "smaller row groups (e.g. 128k rows) moves it. Reading four row groups at once instead was tried and cost "
+        "0.21 GB more peak RSS in a 300-batch pass over the 4M-row data (0.27 against 0.48 GB over the baseline), "
+        "so it is not the default.",
         "- On Ray every worker reads every validation row (so that all evaluate the same rows): validation reads "
         "grow with the workers.",
     ]
