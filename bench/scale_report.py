@@ -253,9 +253,8 @@ def _limits(rep: Report) -> list[str]:
         "by the number of workers.",
         "- Shuffling: a pass visits row groups in a seeded order and mixes rows in a buffer of at least 65,536 rows, "
         "so rows sorted by time inside a large row group are mixed only within about that many rows. Writing "
-        "smaller row groups (e.g. 128k rows) moves it. Reading four row groups at once instead was tried and cost "
-        "0.21 GB more peak RSS in a 300-batch pass over the 4M-row data (0.27 against 0.48 GB over the baseline), "
-        "so it is not the default.",
+        "smaller row groups (e.g. 128k rows) moves it; reading several row groups at once would too, at one "
+        "decoder's memory (tens of MB) per row group.",
         "- On Ray every worker reads every validation row (so that all evaluate the same rows): validation reads "
         "grow with the workers.",
     ]
