@@ -29,8 +29,11 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
+import pyarrow as pa
 import ray
 
 from pipelines.dataset import Columns, EncodedDataset
@@ -79,19 +82,55 @@ def scan_on_ray(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_
                 min_count: int = 1, sample_rows: int = 200_000, rows_per_task: int = ROWS_PER_TASK) -> StreamStats:
     """:func:`pipelines.stream.scan_statistics` with the scan spread over Ray tasks (Ray must be
     connected). A task that fails is retried twice; a :class:`SpecError` (a bad label, an unreadable
-    file) is raised here as it is in process."""
+    file) is raised here as it is in process.
+
+    The parts are fetched one at a time, in row-group order, each merged before the next. Each task
+    samples only about its share of the ``sample_rows`` (:func:`task_sample_rows`), so the driver
+    receives about ``sample_rows`` rows in all whatever the number of tasks. The merged sample is
+    still exactly the in-process one: a task that left rows out below the merged sample's bound
+    (its share was too small, which a margin of six standard deviations makes rare) is scanned
+    again for them.
+    """
     pieces = files.pieces()
     counts = [p.metadata.row_group(p.row_group).num_rows for p in pieces]
-    refs = [_scan_task.remote(files, columns, split, part, sample_rows) for part in task_parts(counts, rows_per_task)]
-    # Fetched one at a time, in row-group order, each merged before the next: the driver holds one
-    # part and the running merge, not every task's sample at once.
+    parts = task_parts(counts, rows_per_task)
+    caps = [task_sample_rows(sample_rows, sum(counts[i] for i in part), sum(counts)) for part in parts]
+    refs = [_scan_task.remote(files, columns, split, part, cap) for part, cap in zip(parts, caps)]
+    total = StatsPart(columns, files.dataset.schema, sample_rows)
+    short: list[tuple[int, np.uint64 | None]] = []  # tasks that dropped sample rows, and their largest kept hash
     try:
-        return scan_statistics(files, columns, split, max_vocab=max_vocab, min_count=min_count,
-                               sample_rows=sample_rows, parts=(ray.get(ref) for ref in refs))
+        for i in range(len(refs)):
+            part, refs[i] = ray.get(refs[i]), None  # the driver keeps no reference: the store frees it
+            if part.sampler.dropped:
+                kept = part.sampler.items()
+                short.append((i, None if kept is None else kept[1][-1]))
+            total.merge(part)
+            del part
+        merged = total.sampler.items()
+        bound = merged[1][-1] if merged is not None and len(merged[1]) >= sample_rows else None
+        for i, largest in short:
+            if bound is None or largest is None or largest < bound:
+                again = ray.get(_scan_task.remote(files, columns, split, parts[i], sample_rows)).sampler.items()
+                if again is not None:
+                    rows, hashes = again
+                    new = hashes > largest if largest is not None else np.ones(len(hashes), bool)
+                    total.sampler.offer_table(rows.filter(pa.array(new)), hashes[new])
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, SpecError):
             raise SpecError(exc.cause.field, exc.cause.message) from None
         raise
+    return scan_statistics(files, columns, split, max_vocab=max_vocab, min_count=min_count,
+                           sample_rows=sample_rows, parts=[total])
+
+
+def task_sample_rows(sample_rows: int, task_rows: int, total_rows: int) -> int:
+    """A task's share of a bottom-k sample of ``sample_rows``, with a margin of six standard deviations.
+
+    >>> task_sample_rows(200_000, 2_000_000, 16_000_000)
+    26013
+    """
+    share = sample_rows * task_rows / max(total_rows, 1)
+    return min(sample_rows, int(math.ceil(share + 6 * math.sqrt(share) + 64)))
 
 
 def ray_stream_dataset(spec: DatasetSpec, seed: int = 0, roots: DataRoots | None = None) -> EncodedDataset:

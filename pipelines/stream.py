@@ -231,8 +231,15 @@ class _BottomK:
         self.tables: list[pa.Table] = []
         self.hashes: list[np.ndarray] = []
         self.bound: np.uint64 | None = None  # the k-th smallest hash once k rows were seen
+        self.seen = 0  # rows offered
+
+    @property
+    def dropped(self) -> bool:
+        """Whether rows were left out (more than ``k`` offered)."""
+        return self.seen > self.k
 
     def offer(self, rows: pa.RecordBatch, hashes: np.ndarray) -> None:
+        self.seen += len(hashes)
         keep = np.ones(len(hashes), bool) if self.bound is None else hashes < self.bound
         if self.k and keep.any():
             self.tables.append(pa.Table.from_batches([rows.filter(pa.array(keep))]))

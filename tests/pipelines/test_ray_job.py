@@ -14,13 +14,15 @@ import pytest
 import ray
 from ray_nodes import RayNodes
 
+from pipelines import ray_stream
 from pipelines.cluster import connect
 from pipelines.errors import SpecError
 from pipelines.events import CheckpointSaved, PlanChosen, Progress, Resumed, StageStarted, WorkerStarted
 from pipelines.job import run_job, use_ray
 from pipelines.preprocessing import vocabulary
 from pipelines.ray_job import RayOptions, run_ray_job
-from pipelines.spec import load_spec
+from pipelines.spec import DatasetSpec, load_spec
+from pipelines.stream import SplitRule, open_parquet, scan_statistics
 from pipelines.synth import write_synth
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -149,6 +151,22 @@ def test_a_streamed_job_on_two_workers_picks_what_one_process_picks(cluster, pla
     assert both
     for name in both:
         assert vocabulary(tmp_path / "two", name).equals(vocabulary(tmp_path / "one", name))
+
+
+@pytest.mark.parametrize("share", [None, 20])
+def test_statistics_scanned_by_ray_tasks_are_the_in_process_ones(cluster, planted, monkeypatch, share):
+    """One task per file, each sampling its share of the rows (or, forced, far too few: then scanned again)."""
+    path, _ = planted
+    if share is not None:
+        monkeypatch.setattr(ray_stream, "task_sample_rows", lambda *args: share)
+    files, columns = open_parquet(DatasetSpec(path=str(path), label="label"))
+    rule = SplitRule(0.2, seed=1)
+    whole = scan_statistics(files, columns, rule, sample_rows=3_000)
+    spread = ray_stream.scan_on_ray(files, columns, rule, sample_rows=3_000, rows_per_task=1)
+    assert len(ray_stream.task_parts([p.metadata.row_group(p.row_group).num_rows for p in files.pieces()], 1)) == 3
+    assert spread.sample.equals(whole.sample) and spread.sample.num_rows == 3_000
+    assert spread.piece_rows == whole.piece_rows and spread.train_rows == whole.train_rows
+    assert all(spread.vocabularies[c].equals(whole.vocabularies[c]) for c in columns.sparse)
 
 
 def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(two_workers, planted, cluster):
