@@ -465,7 +465,7 @@ class Registry:
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{fs.version}-", suffix=".tmp"))
         try:
             if artifacts is not None:
-                shutil.copytree(artifacts, tmp, dirs_exist_ok=True,
+                shutil.copytree(artifacts, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                                 ignore=lambda _d, names: [n for n in names if n == "featureset.json"])
             fd, tmp_file = tempfile.mkstemp(dir=tmp, prefix=".featureset-", suffix=".tmp")
             with os.fdopen(fd, "w") as out:
@@ -530,6 +530,14 @@ class Registry:
     def _load_version(self, db: sqlite3.Connection, name: str, version: int) -> FeatureSet:
         row = self._require(db, name, version)
         return FeatureSet.model_validate_json((self.home / row["path"]).read_text())
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where ``src`` is on the same filesystem (a model's tables can be large), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _list(xs: Sequence[int]) -> str:
