@@ -267,7 +267,7 @@ def _plot(rep: Report, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (ax, rate_ax) = plt.subplots(1, 2, figsize=(12, 4.4))
     drawn = False
     for v in rep.variants:
         series = [("peak tree RSS", lambda j: j.peak_tree, "-o")]
@@ -283,16 +283,31 @@ def _plot(rep: Report, path: Path) -> bool:
                 if stopped:
                     ax.plot([x], [y / GB], "rx", markersize=12)
             drawn = True
+        rates = [(j.rows, j.selection_rows_s) for n in rep.rows if (j := rep.job(v.name, n)) and j.selection_rows_s]
+        if rates:
+            rate_ax.plot([r[0] for r in rates], [r[1] for r in rates], "-o", label=v.name)
     if not drawn:
         plt.close(fig)
         return False
+    if rep.anchor is not None and rep.anchor.rows_per_s:
+        rate_ax.axhline(rep.anchor.rows_per_s, color="grey", linestyle="--", linewidth=1,
+                        label=f"plain TorchRec DLRM_DCN at {_rows_label(rep.anchor.rows)}")
+    rate_ax.set_xscale("log")
+    rate_ax.set_xticks(list(rep.rows), [_rows_label(n) for n in rep.rows])
+    rate_ax.minorticks_off()
+    rate_ax.set_ylim(bottom=0)
+    rate_ax.set_xlabel("rows (log scale)")
+    rate_ax.set_ylabel("selection stage, rows/s")
+    rate_ax.set_title("selection stage throughput against rows")
+    rate_ax.grid(True, alpha=0.3)
+    rate_ax.legend(fontsize=8)
     ax.axhline(rep.max_rss / GB, color="grey", linestyle=":", linewidth=1, label="memory guard")
     ax.set_xscale("log")
     ax.set_xticks(list(rep.rows), [_rows_label(n) for n in rep.rows])
     ax.minorticks_off()
     ax.set_xlabel("rows (log scale)")
     ax.set_ylabel("peak RSS, GB")
-    ax.set_title("seqattn select: peak RSS against rows (x: stopped by the memory guard)")
+    ax.set_title("peak RSS against rows (x: stopped by the memory guard)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -362,7 +377,7 @@ def render(rep: Report, out: Path) -> str:
     lines += [markdown_table(columns, body), ""]
     png = out.with_name(f"{out.stem}_rss.png")
     if _plot(rep, png):
-        lines += [f"![peak RSS against rows]({png.name})", ""]
+        lines += [f"![peak RSS and selection rows/s against rows]({png.name})", ""]
     return "\n".join(lines)
 
 
