@@ -57,7 +57,7 @@ UNPUBLISHED_NOTE = ("never published to a registry, so it has no version; publis
                     "the service) to get one")
 MISSING_ARTIFACTS = ("has no preprocessing artifacts (vocabularies, dense moments): the ids cannot be exported. "
                      "Run the job with `seqattn select --out FS.json` (writes FS.artifacts/ beside it) or publish it "
-                     "through the registry; a Ray run publishes none yet")
+                     "through the registry (a Ray run writes the preprocessing but no model yet)")
 
 
 def release_name(fs: FeatureSet) -> str:

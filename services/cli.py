@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import shutil
@@ -40,6 +39,7 @@ from tqdm import tqdm
 
 from pipelines.errors import SpecError
 from pipelines.events import Event, Progress, Resumed, StageStarted, WindowChosen
+from services.cli_export import cmd_export
 
 DEMO_ROWS = 100_000
 SYNTH_ROWS = 200_000  # one dataset
@@ -231,50 +231,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     from pipelines.spec import load_spec
 
     return _select(load_spec(args.spec), args.out)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """A FeatureSet as a self-contained TorchRec folder or a Feast repository (docs/export.md). A set
-    never published (``version`` null: ``select --out``, ``demo``) is exported as
-    ``{name}-unpublished``, never as a made-up version (see :mod:`pipelines.export`)."""
-    from pipelines.export import find_artifacts, release_name, torchrec_config, write_torchrec_export
-    from pipelines.spec import FeatureSet
-
-    path = Path(args.feature_set)
-    try:
-        fs = FeatureSet.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise SpecError("feature_set", f"file {args.feature_set!r} not found") from None
-    except ValueError as exc:
-        raise SpecError("feature_set", f"{args.feature_set!r} is not a valid FeatureSet: "
-                                       f"{str(exc).splitlines()[0]}") from None
-    artifacts = find_artifacts(path, Path(args.artifacts) if args.artifacts else None)
-    what = f"version {fs.version}" if fs.version is not None else "never published: no version"
-    if args.format == "torchrec":
-        if not args.out:
-            print(json.dumps(torchrec_config(fs, artifacts), indent=2))
-            return 0
-        manifest = write_torchrec_export(Path(args.out), fs, artifacts)
-        model = "with the trained model" if manifest["weights"] else "tables and encoding only (no model weights)"
-        print(f"wrote {args.out}: TorchRec export of {release_name(fs)} ({what}), {len(manifest['tables'])} tables, "
-              f"{model}; load it with seqattn_runtime.py inside it")
-        return 0
-    from pipelines.export import feast_definition
-    from pipelines.export_feast import write_feast_repository
-
-    if not args.out:  # the FeatureService alone, over the views the repository defines
-        print(feast_definition(fs))
-        return 0
-    for flag, value in (("--entity", args.entity), ("--timestamp", args.timestamp)):
-        if not value:
-            raise SpecError(flag, "is required with --format feast (the repository's folder, its key column and its "
-                            "event-time column)")
-    source = args.source or fs.spec.dataset.path
-    written = write_feast_repository(Path(args.out), fs, artifacts, source, args.entity, args.timestamp)
-    print(f"wrote {args.out}: Feast repository of {release_name(fs)} ({what}); feature service "
-          f"{written['feature_service']!r} with {len(written['features'])} features and "
-          f"{len(written['crosses'])} crosses; run `feast apply` in it")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -569,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchrec: tables, vocabularies, weights and a runtime; feast: a feature repository")
     s.add_argument("--out", help="the folder to write, new or empty (default: print the torchrec manifest, or the "
                    "feast FeatureService alone)")
-    s.set_defaults(func=cmd_export)
+    s.set_defaults(func=cmd_export)  # services/cli_export.py
 
     s = command(sub, "demo", "run the main job on planted data (written to $SEQATTN_HOME/demo-data)")
     s.add_argument("--rows", type=_bounded_int(1), default=DEMO_ROWS, help="planted rows to write and select on")
