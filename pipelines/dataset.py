@@ -177,10 +177,9 @@ def resolve_columns(schema: pa.Schema, spec: DatasetSpec, partition_columns: Seq
                 f"dictionary, or a list of integers or strings{hint}",
             )
 
-    for role in ("split_key", "split_time"):
-        column = getattr(spec, role, None)
-        if column is not None and column not in types:
-            raise SpecError(f"dataset.{role}", f"column {column!r} not found; columns are: {_column_list(names)}")
+    for role, by in (("split_key", spec.split_key), ("split_time", spec.split_time)):
+        if by is not None and by not in types:
+            raise SpecError(f"dataset.{role}", f"column {by!r} not found; columns are: {_column_list(names)}")
     # The split's columns describe how rows are held out; a feature only when listed as one.
     skip = {spec.label, *partition_columns, *(c for c in (spec.split_key, spec.split_time) if c)}
     explicit = set(spec.dense or ()) | set(spec.sparse or ())

@@ -145,7 +145,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if isinstance(meta.train, StreamedSplit):  # streamed: this worker reads its rows from the files itself
         data = replace(meta, train=meta.train.shard(rank, world))
     else:
-        data = replace(meta, **_in_memory_shards(shard("train"), shard("valid"), world))
+        train, valid = _in_memory_shards(shard("train"), shard("valid"), world)
+        data = replace(meta, train=train, valid=valid)
     shard_s = time.perf_counter() - t0
 
     def send(event: Event) -> None:
@@ -174,7 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _report_outcome(rank, RESULT_FILE, fs.model_dump_json(indent=2))
 
 
-def _in_memory_shards(train: EncodedSplit, valid: EncodedSplit, world: int) -> dict[str, EncodedSplit]:
+def _in_memory_shards(train: EncodedSplit, valid: EncodedSplit, world: int) -> tuple[EncodedSplit, EncodedSplit]:
     """A worker's Ray Data shard of the train rows, cut to the smallest worker's (sharded tables make
     every step a collective: all workers must take the same number of steps), and every validation row."""
     import torch
@@ -187,7 +188,7 @@ def _in_memory_shards(train: EncodedSplit, valid: EncodedSplit, world: int) -> d
             keep = int(n)
             train = EncodedSplit(train.dense[:keep], {k: _head(v, lens, keep) for k, (v, lens) in train.sparse.items()},
                                  train.labels[:keep], train.row_index[:keep])
-    return {"train": train, "valid": valid}
+    return train, valid
 
 
 def _report_outcome(rank: int, name: str, text: str) -> None:

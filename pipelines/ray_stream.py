@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -95,7 +96,7 @@ def scan_on_ray(files: ParquetFiles, columns: Columns, split: SplitRule, *, max_
     counts = [p.metadata.row_group(p.row_group).num_rows for p in pieces]
     parts = task_parts(counts, rows_per_task)
     caps = [task_sample_rows(sample_rows, sum(counts[i] for i in part), sum(counts)) for part in parts]
-    refs = [_scan_task.remote(files, columns, split, part, cap) for part, cap in zip(parts, caps)]
+    refs: list[Any] = [_scan_task.remote(files, columns, split, part, cap) for part, cap in zip(parts, caps)]
     total = StatsPart(columns, files.dataset.schema, sample_rows)
     short: list[tuple[int, np.uint64 | None]] = []  # tasks that dropped sample rows, and their largest kept hash
     try:

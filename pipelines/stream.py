@@ -633,7 +633,7 @@ class StreamSource:
             ranges = self._ranges(self.files.pieces())
             if seed is not None:
                 ranges = [ranges[i] for i in np.random.default_rng(seed).permutation(len(ranges))]
-            c, indexes = self.columns, {}
+            c, indexes = self.columns, dict[str, VocabularyIndex]()
             read = list(dict.fromkeys([c.label, *c.dense, *c.sparse, *self.stats.split.columns]))
             for _, piece, lo, hi in ranges:
                 at = 0  # the split's rows of this row group read so far
