@@ -41,17 +41,9 @@ from pipelines.dataset import Columns, EncodedDataset
 from pipelines.errors import SpecError
 from pipelines.roots import DataRoots
 from pipelines.spec import DatasetSpec
-from pipelines.stream import (
-    ParquetFiles,
-    SplitRule,
-    StatsPart,
-    StreamStats,
-    open_parquet,
-    scan_part,
-    scan_statistics,
-    split_rule,
-    streamed_dataset,
-)
+from pipelines.stream import split_rule, streamed_dataset
+from pipelines.stream_split import ParquetFiles, SplitRule, open_parquet
+from pipelines.stream_stats import StatsPart, StreamStats, scan_part, scan_statistics
 
 ROWS_PER_TASK = 2_000_000  # rows one statistics task scans: fixed, so the parts do not depend on the cluster
 

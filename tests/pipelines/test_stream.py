@@ -391,7 +391,7 @@ def test_vocabulary_index_matches_index_in(kind: str) -> None:
     seen = rng.integers(0, 5_000, 20_000)
     values = pa.array([None if v % 97 == 0 else (f"v{v}" if kind != "int64" else int(v)) for v in seen])
     if kind == "dictionary":
-        values = values.dictionary_encode().cast(values.type)  # decoded again, as stream._flat gives it
+        values = values.dictionary_encode().cast(values.type)  # decoded again, as stream_stats.flat_values gives it
     index = stream.VocabularyIndex(vocabulary, search_from=1)
     assert index.search
     expected = pc.fill_null(pc.index_in(values, value_set=vocabulary), -1).to_numpy() + 1
