@@ -67,7 +67,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class FieldBench:
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    procs: int = 2  # problems measured side by side, one process each (each on one torch thread)
     problems: tuple[str, ...] = ("Criteo", "Frappe", "planted")
     methods: tuple[str, ...] = tuple(METHODS)
     full_curve: bool = True  # False: only k = 1, 25 %, 50 %, 75 %, all
@@ -214,16 +215,18 @@ def dimensions(problem: Problem, seeds: Sequence[int], log: Callable[[str], None
         for width in DIM_CHOICES:
             rows.append({"seed": seed, "variant": "fixed", "setting": f"{width}",
                          **train_eval(data, spec, model_config(data, embedding_dim=width))})
+        law_bytes = {}
         for base in DIM_CHOICES[1:]:
             dims = heuristic_dims("power_law", cards, tuple(d for d in DIM_CHOICES if d <= base))
+            config = model_config(data, dims=dims)
+            law_bytes[base] = config.embedding_bytes()
             rows.append({"seed": seed, "variant": "power law (Ginart)", "setting": f"base {base}",
-                         **train_eval(data, spec, model_config(data, dims=dims))})
+                         **train_eval(data, spec, config)})
         search = split_search(data)
-        ref = model_config(data, embedding_dim=16).embedding_bytes()
-        for share in (0.5, 0.75, 1.0):
+        for base, budget in law_bytes.items():  # the race at each power-law model's memory
             sel_spec = spec.model_copy(update={
                 "selection": spec.selection.model_copy(update={"embedding_dims": list(DIM_CHOICES)}),
-                "constraints": spec.constraints.model_copy(update={"max_embedding_mb": share * ref / 2**20})})
+                "constraints": spec.constraints.model_copy(update={"max_embedding_mb": budget / 2**20})})
             start = time.perf_counter()
             plan = plan_job(sel_spec, search)
             src = batch_source(search.train, search, plan.search.dense, tuple(search.sparse_names), ())
@@ -234,7 +237,7 @@ def dimensions(problem: Problem, seeds: Sequence[int], log: Callable[[str], None
             config = subset_config(data, kept, dims=dict(outcome.dims))
             metrics = train_eval(data, spec, config)
             rows.append({"seed": seed, "variant": "Sequential Attention blocks",
-                         "setting": f"budget {share:.2f} x fixed 16",
+                         "setting": f"at power law base {base}",
                          **metrics, "select_s": time.perf_counter() - start - metrics["seconds"],
                          "fields": len(kept)})
     return pd.DataFrame([{**r, "problem": problem.name} for r in rows])

@@ -331,7 +331,7 @@ def _job_spec(search: Search, **selection: Any) -> JobSpec:
 
 
 def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool = False,
-                       warmup: float | None = None) -> Ranking:
+                       warmup: float | None = None, **selection: Any) -> Ranking:
     """Sequential Attention's job: ONE gated run selects every field in order (``features`` = all),
     and optionally crosses and dimension blocks in the same run; ``one_shot`` takes the whole order
     at once from a single phase with no warm-up (the top-k of the trained gates); ``warmup``
@@ -341,9 +341,11 @@ def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool
                      embedding_dims=list(DIM_CHOICES) if dims else [])
     start = time.perf_counter()
     plan = plan_job(spec, data)
+    overrides = selection
     selection = replace(plan.selection, per_step=n, warmup=0.0) if one_shot else plan.selection
     if warmup is not None:
         selection = replace(selection, warmup=warmup)
+    selection = replace(selection, **overrides)
     train_src = batch_source(data.train, data, plan.search.dense, tuple(data.sparse_names), plan.crosses)
     placed, _ = fit(plan.search, selection, train_src, spec, "selection", None)
     outcome = selection_outcome(placed.model, 0.0)
@@ -356,6 +358,11 @@ def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool
 
 def rank_sequential(search: Search) -> Ranking:
     return sequential_ranking(search, crosses=False, dims=False)
+
+
+def rank_sequential_paper(search: Search) -> Ranking:
+    """The paper's variant: the gates train on the training loss with the weights (no held-out rows)."""
+    return sequential_ranking(search, crosses=False, dims=False, gate_holdout=0.0)
 
 
 def rank_sequential_crosses(search: Search) -> Ranking:
@@ -595,6 +602,8 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sa", "Sequential Attention: features", rank_sequential, "Yasuda et al., ICLR 2023"),
+    Method("sa_paper", "Sequential Attention, paper's gates (no held-out rows)", rank_sequential_paper,
+           "Yasuda et al., ICLR 2023"),
     Method("sa_crosses", "Sequential Attention: features + crosses", rank_sequential_crosses,
            "Yasuda et al., ICLR 2023"),
     Method("sa_dims", "Sequential Attention: features + crosses + dims", rank_sequential_dims,

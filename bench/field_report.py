@@ -5,14 +5,18 @@ section's entry point, ``run``: the measurements of :mod:`bench.field`, then ``r
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
 
 from bench import markdown_table, mean_std
 from bench.field import (
@@ -75,6 +79,37 @@ def _k_table(s: pd.DataFrame, problem: str, n: int) -> str:
     return markdown_table(header + ["AUKC"], rows)
 
 
+VARIANTS = ("sa_paper", "sa_crosses", "sa_dims")  # Sequential Attention itself, in other settings
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, str]:
+    """Mean and standard deviation (n - 1) of ``a - b`` over paired seeds, and the verdict the
+    acceptance bar reads: at or above, within one paired sd below, or behind.
+
+        >>> paired([0.70, 0.72, 0.71], [0.70, 0.71, 0.72])
+        (0.0, 0.01, 'at or above')
+    """
+    d = np.asarray(a, float) - np.asarray(b, float)
+    mean, sd = round(float(d.mean()), 12), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    verdict = "at or above" if mean >= 0 else ("within one paired sd" if -mean <= sd else "behind")
+    return mean, round(sd, 12), verdict
+
+
+def _paired_table(s: pd.DataFrame, problem: str) -> str:
+    """Sequential Attention's AUKC minus every other one-run method's, paired by seed."""
+    sub = s[s.problem == problem].pivot_table(index="seed", columns="method", values="aukc")
+    runs = s[s.problem == problem].groupby("method").train_runs.mean()
+    rows = []
+    for m in sub.columns:
+        if m == "sa" or m in VARIANTS or runs[m] > 1:
+            continue
+        mean, sd, verdict = paired(sub["sa"], sub[m])
+        rows.append([_label(m), f"{mean:+.4f}", f"{sd:.4f}", f"{int((sub['sa'] >= sub[m]).sum())} / {len(sub)}",
+                     verdict])
+    return markdown_table(["other one-run method", "SA AUKC minus its, mean", "paired sd", "seeds SA ≥ it",
+                           "verdict"], rows)
+
+
 def _cost_table(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, plain_s: pd.Series) -> str:
     rows = []
     sub = s[s.problem == problem]
@@ -94,6 +129,7 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
     std = sub.groupby("method", sort=False)[cols].std(ddof=0).fillna(0)
     # The plain top-k methods: the + crosses / + dims variants retrain a different model (crosses, widths).
     top_k = mean.drop(index=[m for m in ("sa_crosses", "sa_dims") if m in mean.index])
+    others = top_k.drop(index=[m for m in VARIANTS if m in top_k.index])
     out = [f"**What this means ({problem}).**"]
     order = top_k.aukc.sort_values(ascending=False)
     out.append(f"Among the plain top-k methods the AUKC order is "
@@ -101,16 +137,16 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
                f"{_label(order.index[-1])} {order.iloc[-1]:.4f}.")
     for f in FRACTIONS:
         col = f"auc_{f}"
-        best = top_k[col].idxmax()
+        best = others[col].idxmax()
         sa_v = mean.loc["sa", col]
-        gap = top_k.loc[best, col] - sa_v
+        gap = others.loc[best, col] - sa_v
         if best == "sa":
-            runner = top_k[col].drop(index="sa").idxmax()
+            runner = others[col].drop(index="sa").idxmax()
             out.append(f"At k={k_at(f, n)} Sequential Attention is best ({sa_v:.4f} ± {std.loc['sa', col]:.4f}; next "
-                       f"{_label(runner)} {top_k.loc[runner, col]:.4f}).")
+                       f"{_label(runner)} {others.loc[runner, col]:.4f}).")
         else:
             within = "within 0.001 of it" if gap <= 0.001 else f"{gap:.4f} behind"
-            out.append(f"At k={k_at(f, n)} the best is {_label(best)} ({top_k.loc[best, col]:.4f} ± "
+            out.append(f"At k={k_at(f, n)} the best is {_label(best)} ({others.loc[best, col]:.4f} ± "
                        f"{std.loc[best, col]:.4f}); Sequential Attention {sa_v:.4f} ± {std.loc['sa', col]:.4f} "
                        f"is {within}.")
     if len(sub.seed.unique()) > 1:
@@ -119,8 +155,8 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
         out.append(f"The seed-to-seed std of a retrained AUC (random left out) averages {spread:.4f} here, "
                    f"{'above' if spread > 0.001 else 'below'} the 0.001 that counts as significant in CTR work, so "
                    f"gaps under about {2 * spread:.3f} are not resolved by {len(sub.seed.unique())} seeds.")
-    losses = [(m, top_k.aukc[m] - mean.aukc["sa"]) for m in top_k.index if m != "sa" and
-              top_k.aukc[m] - mean.aukc["sa"] > 0.001]
+    losses = [(m, others.aukc[m] - mean.aukc["sa"]) for m in others.index if m != "sa" and
+              others.aukc[m] - mean.aukc["sa"] > 0.001]
     if losses:
         out.append("Where Sequential Attention does not win on AUKC: " + ", ".join(
             f"{_label(m)} is ahead by {d:.4f}" for m, d in sorted(losses, key=lambda x: -x[1])) + ".")
@@ -130,6 +166,11 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
         below = [m for m in top_k.index if m != "random" and top_k.aukc[m] < mean.aukc["random"] + 0.001]
         out.append(f"Against a random order Sequential Attention's AUKC is {mean.aukc['sa'] - mean.aukc['random']:+.4f}"
                    + (f"; no better than random: {', '.join(_label(m) for m in below)}." if below else "."))
+    if "sa_paper" in mean.index:
+        d, sd, _ = paired(sub[sub.method == "sa"].sort_values("seed").aukc,
+                          sub[sub.method == "sa_paper"].sort_values("seed").aukc)
+        out.append(f"Held-out gates (the default, `selection.gate_holdout: 0.2`) minus the paper's gates: AUKC "
+                   f"{d:+.4f} ± {sd:.4f} (paired by seed).")
     variants = [m for m in ("sa_crosses", "sa_dims") if m in mean.index]
     crosses = rankings[(rankings.problem == problem) & (rankings.method == "sa_crosses")].crosses
     if variants:
@@ -158,7 +199,8 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
     return " ".join(out)
 
 
-COLORS = {"sa": "tab:red", "sa_crosses": "darkred", "sa_dims": "salmon", "oneshot": "tab:orange",
+COLORS = {"sa": "tab:red", "sa_paper": "tab:pink", "sa_crosses": "darkred", "sa_dims": "salmon",
+          "oneshot": "tab:orange",
           "autofield": "tab:blue", "adafs": "tab:cyan", "shufflegate": "tab:green", "shark": "tab:olive",
           "permutation": "tab:purple", "group_lasso": "tab:brown", "mi": "tab:pink", "greedy": "black",
           "random": "grey"}
@@ -325,6 +367,11 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
             "",
             _k_table(s, p.name, n),
             "",
+            f"Paired by seed ({p.name}): Sequential Attention's AUKC against every other method that costs at most "
+            "one training run (the acceptance bar: at or above, or within one paired standard deviation).",
+            "",
+            _paired_table(s, p.name),
+            "",
         ]
         if p.name == "Criteo":
             lines += ["*Published* (ERASE, full Criteo, 45M rows, Wide&Deep): all 39 fields 0.8012 AUC. The 20k-row "
@@ -359,8 +406,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
             "Every field kept, no crosses. *Fixed*: one width for all tables (4, 8, 16, 32). *Power law*: Ginart et "
             "al.'s mixed dimensions by cardinality (`seqattn_core.dimensions.power_law_dims`, the smallest table "
             "gets the base width, larger ones less), snapped to the choices up to the base. *Sequential Attention "
-            "blocks*: the job's dimension race (choices 4/8/16/32) under `max_embedding_mb` = 0.5, 0.75 and 1.0 x the "
-            "fixed-16 model's memory, selected on the search rows and retrained at the chosen widths.",
+            "blocks*: the job's dimension race (choices 4/8/16/32) with `max_embedding_mb` set to each power-law "
+            "model's memory (equal memory), selected on the search rows and retrained at the chosen widths.",
             "",
             markdown_table(["data", "method", "setting", "embedding MB", "val AUC", "val log-loss", "fields kept"],
                            [[prob, var, setting, f"{g.mb.mean():.3f}", _ms(list(g.auc)), _ms(list(g.logloss)),
@@ -379,21 +426,21 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
 
 
 def _dims_meaning(dims: pd.DataFrame) -> str:
-    out = ["**What this means (dimensions).**"]
+    """Sequential Attention's widths against the power law at the same memory, paired by seed."""
+    out = ["**What this means (dimensions).** Sequential Attention's widths minus the power law's AUC at the same "
+           "memory, paired by seed:"]
     for problem, g in dims.groupby("problem", sort=False):
-        stats = g.groupby(["variant", "setting"], sort=False).agg(mb=("mb", "mean"), auc=("auc", "mean"))
-        sa = stats.loc["Sequential Attention blocks"]
-        best_sa = sa.auc.idxmax()
-        # The best other point that uses no more memory than Sequential Attention's best point.
-        others = stats.drop(index="Sequential Attention blocks", level=0)
-        fits = others[others.mb <= sa.loc[best_sa, "mb"] * 1.001]
-        cmp = (f"the best other method within that memory is {fits.auc.idxmax()[0]} {fits.auc.idxmax()[1]} "
-               f"({fits.auc.max():.4f} at {fits.mb[fits.auc.idxmax()]:.3f} MB)") if len(fits) \
-            else "no other method fits that memory"
-        top = others.auc.idxmax()
-        out.append(f"{problem}: Sequential Attention's best point is {best_sa} ({sa.loc[best_sa, 'auc']:.4f} at "
-                   f"{sa.loc[best_sa, 'mb']:.3f} MB); {cmp}; the best AUC overall among the others is "
-                   f"{top[0]} {top[1]} ({others.auc.max():.4f} at {others.mb[top]:.3f} MB).")
+        parts = []
+        for setting in g[g.variant == "power law (Ginart)"].setting.unique():
+            law = g[(g.variant == "power law (Ginart)") & (g.setting == setting)].sort_values("seed")
+            sa = g[(g.variant == "Sequential Attention blocks") & (g.setting == f"at power law {setting}")]
+            if not len(sa):
+                continue
+            sa = sa.sort_values("seed")
+            d, sd, verdict = paired(sa.auc, law.auc)
+            parts.append(f"{setting} ({law.mb.mean():.3f} MB against {sa.mb.mean():.3f} MB): {d:+.4f} ± {sd:.4f}, "
+                         f"{verdict}")
+        out.append(f"{problem}: " + "; ".join(parts) + ".")
     return " ".join(out)
 
 
@@ -464,6 +511,24 @@ def _scale_report(sc: pd.DataFrame, cfg: FieldBench, probe: dict[str, Any] | Non
     return lines
 
 
+# Relative wall time of each problem's measurements (section g, 2026-11-27): the longest starts first.
+PROBLEM_COST = {"planted": 3, "Criteo": 2, "Frappe": 1}
+
+
+def _child_threads(n: int) -> None:
+    """A spawned worker keeps the parent's thread limits (torch and BLAS)."""
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)
+
+
+def _measure_problem(problem: Problem, cfg: FieldBench,
+                     log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One problem's curves, rankings and (when asked for) dimension points."""
+    curves, rankings = run_problem(problem, cfg, log)
+    dims = dimensions(problem, cfg.seeds, log) if problem.name in cfg.dim_problems else pd.DataFrame()
+    return curves, rankings, dims
+
+
 def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] = print) -> str:
     """Section g end to end: every measurement of :mod:`bench.field`, then :func:`render`."""
     # Timing-only scale points first: the quickest to fail (TorchRec's planner on many tables).
@@ -473,15 +538,22 @@ def run(cfg: FieldBench, img_dir: Path, work: Path, log: Callable[[str], None] =
         log(f"g: placement probe, {cfg.placement_probe_fields} fields (at most {cfg.placement_timeout_s:.0f} s)")
         probe = placement_probe(cfg.placement_probe_fields, cfg.scale_candidate_rows, cfg.placement_timeout_s, work)
     probs = problems(cfg, work)
-    curves, rankings = [], []
-    for problem in probs:
-        c, r = run_problem(problem, cfg, log)
-        curves.append(c)
-        rankings.append(r)
-    curves_df, rank_df = pd.concat(curves, ignore_index=True), pd.concat(rankings, ignore_index=True)
-    dim_df = pd.concat([dimensions(p, cfg.seeds, log) for p in probs if p.name in cfg.dim_problems],
-                       ignore_index=True) \
-        if cfg.dim_problems else pd.DataFrame()
+    # Problems are independent: up to ``cfg.procs`` of them run side by side, one process each (spawned,
+    # each with its own process group and one torch thread), the longest first.
+    jobs = sorted(probs, key=lambda p: -PROBLEM_COST.get(p.name, 0))
+    if cfg.procs > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(cfg.procs, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_child_threads, initargs=(torch.get_num_threads(),)) as pool:
+            parts = list(pool.map(_measure_problem, jobs, [cfg] * len(jobs)))
+    else:
+        parts = [_measure_problem(p, cfg, log) for p in jobs]
+    curves_df = pd.concat([c for c, _, _ in parts], ignore_index=True)
+    rank_df = pd.concat([r for _, r, _ in parts], ignore_index=True)
+    dim_df = pd.concat([d for _, _, d in parts], ignore_index=True)
+    order = {p.name: i for i, p in enumerate(probs)}  # the report keeps the problems' order
+    curves_df = curves_df.sort_values("problem", key=lambda c: c.map(order), kind="stable")
+    rank_df = rank_df.sort_values("problem", key=lambda c: c.map(order), kind="stable")
+    dim_df = dim_df.sort_values("problem", key=lambda c: c.map(order), kind="stable") if len(dim_df) else dim_df
     keep = os.environ.get("SEQATTN_BENCH_KEEP")  # a folder to keep the raw frames in (re-rendering, checks)
     if keep:
         pd.to_pickle({"curves": curves_df, "rankings": rank_df, "dims": dim_df, "scale": sc, "probe": probe},

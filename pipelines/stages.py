@@ -351,7 +351,8 @@ def plan_job(spec: JobSpec, data: EncodedDataset, on_event: OnEvent | None = Non
     search_cfg = replace(base, crosses=crosses, embedding_dim=search_dim)
     selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
                                 max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim,
-                                keep_heads=spec.pruning.heads, warmup=warmup_for(spec.training.epochs))
+                                keep_heads=spec.pruning.heads, warmup=warmup_for(spec.training.epochs),
+                                gate_holdout=sel.gate_holdout)
     return Plan(base, search_cfg, selection, crosses, screen, len(data.train), len(data.valid), timings)
 
 

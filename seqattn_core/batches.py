@@ -131,3 +131,68 @@ class BatchSource:
             np.random.default_rng(seed).shuffle(starts)
         for s in starts:
             yield self.batch(int(s), int(min(s + batch_size, len(self))))
+
+
+_MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0xBF58476D1CE4E5B9 - (1 << 64), 0x94D049BB133111EB - (1 << 64))
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 (wrapping arithmetic; shifts masked to be logical)."""
+    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _MIX[1]
+    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _MIX[2]
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def holdout_rows(batch: Batch, fraction: float) -> torch.Tensor:
+    """Which rows of ``batch`` are held out: about ``fraction`` of them, chosen by a hash of the
+    row's content (its ids per key and its dense values, not its label).
+
+    A row is held out or not the same way in every epoch and whatever batch it falls in, and
+    identical rows fall on the same side, so a model that never trains on the held-out rows
+    never sees them, nor copies of them. That is what lets a held-out objective train the gates
+    on rows the weights never fit (:func:`seqattn_core.training.train`).
+
+    Example::
+
+        >>> src = BatchSource(np.zeros((1000, 0), np.float32), {"a": (np.arange(1000), np.ones(1000))},
+        ...                   np.zeros(1000, np.float32))
+        >>> mask = holdout_rows(src.batch(0, 1000), 0.2)
+        >>> 150 < int(mask.sum()) < 250, bool((mask == holdout_rows(src.batch(0, 1000), 0.2)).all())
+        (True, True)
+    """
+    n = len(batch)
+    kjt = batch.sparse
+    h = torch.zeros(n, dtype=torch.long)
+    lengths = kjt.lengths().long()
+    if lengths.numel():
+        n_keys = len(kjt.keys())
+        segment = torch.repeat_interleave(torch.arange(n_keys * n), lengths)
+        key, row = segment // n, segment % n
+        h.index_add_(0, row, _mix(kjt.values().long() * _MIX[0] + key + 1))
+    if batch.dense.numel():
+        bits = batch.dense.float().contiguous().view(torch.int32).long()
+        cols = torch.arange(bits.shape[1]) + 1_000_003
+        h += _mix(bits * _MIX[0] + cols).sum(dim=1)
+    return ((_mix(h) >> 40) & 0xFFFF) < int(round(fraction * 65536))
+
+
+def split_rows(batch: Batch, mask: torch.Tensor) -> tuple[Batch, Batch]:
+    """``batch`` cut in two: the rows where ``mask`` is False, then those where it is True.
+
+        >>> src = BatchSource(np.zeros((3, 1), np.float32), {"a": (np.array([5, 6, 7, 8]), np.array([1, 2, 1]))},
+        ...                   np.array([0, 1, 0], np.float32))
+        >>> rest, held = split_rows(src.batch(0, 3), torch.tensor([False, True, False]))
+        >>> rest.sparse["a"].values().tolist(), held.sparse["a"].values().tolist(), len(held)
+        ([5, 8], [6, 7], 1)
+    """
+    kjt = batch.sparse
+    lengths = kjt.lengths()
+    per_key = mask.repeat(len(kjt.keys()))
+    by_value = torch.repeat_interleave(per_key, lengths.long())
+
+    def part(rows: torch.Tensor, key_rows: torch.Tensor, values: torch.Tensor) -> Batch:
+        sparse = KeyedJaggedTensor.from_lengths_sync(keys=kjt.keys(), values=kjt.values()[values],
+                                                     lengths=lengths[key_rows])
+        return Batch(batch.dense[rows], sparse, batch.labels[rows])
+
+    return part(~mask, ~per_key, ~by_value), part(mask, per_key, by_value)

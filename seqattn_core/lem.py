@@ -87,6 +87,10 @@ class SelectionConfig:
     dims_warmup: float = 0.1  # of the dimension race's own span: its tables trained through the feature race
     reference_dim: int | None = None  # without a memory budget, dims re-spend kept tables x this
     keep_heads: int | None = None  # attention heads to keep (needs LEMConfig.interaction == "autoint")
+    # Fraction of the rows (by content hash, seqattn_core.batches.holdout_rows) whose loss trains the
+    # gate logits, and only them: the weights never fit those rows. 0: the paper's variant, where the
+    # logits train on the training loss with the weights.
+    gate_holdout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,11 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
     per_step : int, default=1
         Columns picked at the end of each phase. ``per_step=n_features_to_select`` with
         ``warmup=0`` is one-shot attention: one phase over all training, top-k gates at once.
+    gate_holdout : float, default=0.0
+        Fraction of the rows held out for the attention logits (MLP only): the weights train on
+        the other rows, and after each step the logits take their gradient from a minibatch of
+        held-out rows instead (first-order bilevel training, as in DARTS), so a column scores by
+        what it adds on rows the weights never fit. 0 trains both on the same rows (the paper).
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation and minibatch order (through a ``torch.Generator``).
 
@@ -195,6 +200,7 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
         "learning_rate": [None, Interval(Real, 0, None, closed="neither")],
         "warmup": [Interval(Real, 0, 1, closed="left")],
         "per_step": [Interval(Integral, 1, None, closed="left")],
+        "gate_holdout": [Interval(Real, 0, 1, closed="left")],
         "random_state": ["random_state"],
     }
 
@@ -210,6 +216,7 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
         learning_rate: float | None = None,
         warmup: float = 0.1,
         per_step: int = 1,
+        gate_holdout: float = 0.0,
         random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.n_features_to_select = n_features_to_select
@@ -221,6 +228,7 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.warmup = warmup
         self.per_step = per_step
+        self.gate_holdout = gate_holdout
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -341,17 +349,24 @@ class SequentialAttentionSelector(SelectorMixin, BaseEstimator):
         net = GatedMLP(attention, hidden, n_outputs, generator)
         optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
 
-        n = Xt.shape[0]
+        rows = torch.randperm(Xt.shape[0], generator=generator)
+        n_held = min(len(rows) - 1, round(self.gate_holdout * len(rows)))
+        held, rows = rows[:n_held], rows[n_held:]
+        n = len(rows)
         n_batches = math.ceil(n / min(self.batch_size, n))
+        held_batch = min(self.batch_size, n)
         steps = total_steps(attention, self.epochs, n_batches)
         net.train()
         step = 0
         while step < steps:
             # Balanced minibatches: no tiny last batch whose noisy gradient would move the logits.
-            for idx in torch.tensor_split(torch.randperm(n, generator=generator), n_batches):
+            for idx in torch.tensor_split(rows[torch.randperm(n, generator=generator)], n_batches):
                 loss = loss_fn(net(Xt[idx]), Yt[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if n_held:
+                    h = held[torch.randint(n_held, (held_batch,), generator=generator)]
+                    (attention.logits.grad,) = torch.autograd.grad(loss_fn(net(Xt[h]), Yt[h]), [attention.logits])
                 optimizer.step()
                 step += 1
                 if attention.update(step / steps):

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from seqattn_core.attention import reset_optimizer_state
-from seqattn_core.batches import Batch
+from seqattn_core.batches import Batch, holdout_rows, split_rows
 from seqattn_core.lem import LargeEmbeddingModel
 
 
@@ -104,9 +105,12 @@ def train(
     """Train ``epochs`` epochs (resuming at ``start_epoch``); returns the last epoch's mean loss.
 
     ``batches(epoch)`` yields the epoch's batches. ``gate_optimizer`` is the torch optimizer that
-    holds the gate logits: its state for a gate is reset whenever that gate's race picks.
+    holds the gate logits: its state for a gate is reset whenever that gate's race picks. With
+    ``model.selection.gate_holdout`` > 0 the held-out rows of every batch train the gate logits
+    only (:func:`gate_step`) and the weights train on the rest.
     """
     device = model_device(forward)
+    holdout = model.selection.gate_holdout if model.selection is not None and model.gate_modules() else 0.0
     total = steps_per_epoch * epochs
     step = start_epoch * steps_per_epoch
     rows = 0
@@ -116,11 +120,16 @@ def train(
         losses = []
         for batch in batches(epoch):
             batch = batch.to(device)
+            held = None
+            if holdout > 0:
+                batch, held = split_rows(batch, holdout_rows(batch, holdout))
             logits = forward(batch.dense, batch.sparse)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
             objective = loss + model.pruner.penalty() if model.pruner is not None else loss
             optimizer.zero_grad()
             objective.backward()
+            if held is not None:
+                gate_step(model, held)
             optimizer.step()
             step += 1
             rows += len(batch)
@@ -141,6 +150,32 @@ def train(
             on_epoch_end(epoch)
     model.finish_selection()
     return mean_loss
+
+
+def gate_step(model: LargeEmbeddingModel, held: Batch) -> None:
+    """Replace the gate logits' gradients with those of the log-loss on ``held``: rows the weights
+    never train on, so a gate's score is what its candidate adds on unseen rows, not how well its
+    table memorises the training rows (first-order bilevel training, as in DARTS).
+
+    The unwrapped model is called and only the logits' gradients are asked for, so neither the
+    fused embedding update inside backward nor DDP's gradient hooks run on the held-out rows; the
+    gradients are averaged over the workers by hand, so every worker's logits stay equal.
+    """
+    races = [m for m in model.gate_modules() if not m.done and not bool(m.warming)]
+    if not races:
+        return
+    params = [m.logits for m in races]
+    grads: Sequence[torch.Tensor | None] = [None] * len(params)
+    if len(held):  # a worker with no held-out row still joins the all-reduce below
+        loss = nn.functional.binary_cross_entropy_with_logits(model(held.dense, held.sparse), held.labels)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    for p, g in zip(params, grads):
+        g = torch.zeros_like(p) if g is None else g.detach()
+        if world > 1:
+            dist.all_reduce(g)
+            g /= world
+        p.grad = g
 
 
 @torch.no_grad()  # on a generator, torch turns gradients off around each step only

@@ -131,6 +131,8 @@ def test_specs_are_frozen() -> None:
         (with_("selection.embedding_dims", [4, 6]), "selection.embedding_dims[1]", "6 is not a multiple of 4"),
         (with_("selection.embedding_dims", [0]), "selection.embedding_dims[0]", "not positive"),
         (with_("selection.embedding_dims", [-8]), "selection.embedding_dims[0]", "not positive"),
+        (with_("selection.gate_holdout", 0.5), "selection.gate_holdout", "less than 0.5"),
+        (with_("selection.gate_holdout", -0.1), "selection.gate_holdout", "greater than or equal to 0"),
         (with_("constraints.max_embedding_mb", 0), "constraints.max_embedding_mb", "greater than 0"),
         (with_("constraints.max_inference_ms", -1), "constraints.max_inference_ms", "greater than 0"),
         (with_("promote", "always"), "promote", "'auto' or 'manual'"),

@@ -174,3 +174,35 @@ def test_a_forward_pass_prints_no_torch_fx_note():
                          cwd=__import__("pathlib").Path(__file__).parent)
     assert out.returncode == 0, out.stderr
     assert "is_fx_tracing" not in out.stderr
+
+
+def test_held_out_gates_still_find_the_informative_feature():
+    torch.manual_seed(0)
+    cfg = LEMConfig(dense=("d",), sparse=tuple(SparseFeature(k, 20) for k in ("good", "noise1", "noise2", "noise3")),
+                    embedding_dim=8, hidden=(16,))
+    model = LargeEmbeddingModel(cfg, SelectionConfig(features=2, gate_holdout=0.2))
+    _train(model, _planted())
+    assert model.kept_features()[0] == 1
+
+
+def test_the_gate_step_takes_the_logits_gradient_from_the_held_out_rows_only():
+    from seqattn_core.batches import holdout_rows, split_rows
+    from seqattn_core.training import gate_step
+
+    torch.manual_seed(0)
+    cfg = LEMConfig(dense=("d",), sparse=tuple(SparseFeature(k, 20) for k in ("good", "noise1")), embedding_dim=4,
+                    hidden=(8,))
+    model = LargeEmbeddingModel(cfg, SelectionConfig(features=2, warmup=0.0))
+    src = _planted()
+    src.keep_keys({"good", "noise1"})
+    batch = src.batch(0, 512)
+    rest, held = split_rows(batch, holdout_rows(batch, 0.3))
+    assert 0 < len(held) < len(rest) and len(held) + len(rest) == 512
+    logits = model.feature_attention.logits
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(rest.dense, rest.sparse), rest.labels)
+    loss.backward()
+    from_rest = logits.grad.clone()
+    gate_step(model, held)
+    expected, = torch.autograd.grad(
+        torch.nn.functional.binary_cross_entropy_with_logits(model(held.dense, held.sparse), held.labels), [logits])
+    assert torch.allclose(logits.grad, expected) and not torch.allclose(logits.grad, from_rest)

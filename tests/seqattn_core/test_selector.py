@@ -92,6 +92,14 @@ def test_bad_parameters_name_the_parameter(planted) -> None:
         SequentialAttentionSelector(2, model="tree").fit(X, y)
     with pytest.raises(ValueError, match="multi-output"):
         SequentialAttentionSelector(2, task="classification").fit(X, np.c_[y, y])
+    with pytest.raises(InvalidParameterError, match="gate_holdout"):
+        SequentialAttentionSelector(2, gate_holdout=1.0).fit(X, y)
+
+
+def test_held_out_gates_find_the_planted_columns(planted) -> None:
+    X, y = planted
+    selector = SequentialAttentionSelector(2, gate_holdout=0.2, random_state=0, **FIT).fit(X, y)
+    assert sorted(selector.selection_order_.tolist()) == [2, 5]
 
 
 def test_multiclass_and_regression() -> None:
