@@ -41,6 +41,19 @@ def timed_selection(method: str, X: np.ndarray, y: np.ndarray, k: int, seed: int
     return picked, time.perf_counter() - start
 
 
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, str]:
+    """Mean and standard deviation (n - 1) of ``a - b`` over paired seeds, and the verdict the
+    acceptance bar reads: at or above, within one paired sd below, or behind.
+
+        >>> paired([0.70, 0.72, 0.71], [0.70, 0.71, 0.72])
+        (0.0, 0.01, 'at or above')
+    """
+    d = np.asarray(a, float) - np.asarray(b, float)
+    mean, sd = round(float(d.mean()), 12), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    verdict = "at or above" if mean >= 0 else ("within one paired sd" if -mean <= sd else "behind")
+    return mean, round(sd, 12), verdict
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

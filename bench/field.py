@@ -194,6 +194,7 @@ def run_problem(problem: Problem, cfg: FieldBench, log: Callable[[str], None]) -
             rankings.append({"problem": problem.name, "seed": seed, "method": name, "seconds": ranking.seconds,
                              "train_runs": ranking.train_runs, "order": ranking.order, "note": ranking.note,
                              "crosses": [c.name for c in ranking.crosses], "dims": ranking.dims, "n": n,
+                             "epochs": problem.epochs,
                              "plain_s": plain_s})
             for k in ks:
                 metrics = retrain(ranking.order[:k], ranking)

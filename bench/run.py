@@ -47,7 +47,7 @@ def _section_a(quick: bool, img_dir: Path, work: Path, log: Callable[[str], None
 
 
 def _config_b(quick: bool) -> paper_table.PaperBench:
-    return (paper_table.PaperBench(seeds=(0,), attention=ATTENTION_QUICK, mlp_epochs=100)
+    return (paper_table.PaperBench(ks=(50,), seeds=(0,), attention=ATTENTION_QUICK, mlp_epochs=100)
             if quick else paper_table.PaperBench(attention=ATTENTION_FULL))
 
 

@@ -54,7 +54,14 @@ from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
-from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature, warmup_for
+from seqattn_core.lem import (
+    LargeEmbeddingModel,
+    LEMConfig,
+    SelectionConfig,
+    SparseFeature,
+    gate_holdout_for,
+    warmup_for,
+)
 from seqattn_core.pruning import PruningConfig
 from seqattn_core.training import (
     StepEvent,
@@ -352,7 +359,8 @@ def plan_job(spec: JobSpec, data: EncodedDataset, on_event: OnEvent | None = Non
     selection = SelectionConfig(features=sel.features, crosses=min(sel.crosses, len(crosses)), dim_choices=choices,
                                 max_embedding_bytes=max_bytes, reference_dim=spec.training.embedding_dim,
                                 keep_heads=spec.pruning.heads, warmup=warmup_for(spec.training.epochs),
-                                gate_holdout=sel.gate_holdout)
+                                gate_holdout=gate_holdout_for(spec.training.epochs) if sel.gate_holdout is None
+                                else sel.gate_holdout)
     return Plan(base, search_cfg, selection, crosses, screen, len(data.train), len(data.valid), timings)
 
 
