@@ -22,8 +22,9 @@ import itertools
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -316,11 +317,6 @@ def fit_gated(gate: FieldGate, data: EncodedDataset, spec: JobSpec, stage: str,
     return placed, time.perf_counter() - start
 
 
-def _cycle(src: BatchSource, batch_size: int, seed: int) -> Iterator[Any]:
-    for epoch in itertools.count():
-        yield from src.batches(batch_size, seed=seed + epoch)
-
-
 def _ranked(fields: list[str], scores: np.ndarray) -> list[str]:
     return [fields[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
 
@@ -331,20 +327,18 @@ def _job_spec(search: Search, **selection: Any) -> JobSpec:
 
 
 def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool = False,
-                       warmup: float | None = None, **selection: Any) -> Ranking:
+                       **overrides: Any) -> Ranking:
     """Sequential Attention's job: ONE gated run selects every field in order (``features`` = all),
     and optionally crosses and dimension blocks in the same run; ``one_shot`` takes the whole order
-    at once from a single phase with no warm-up (the top-k of the trained gates); ``warmup``
-    replaces the job's warm-up (:mod:`bench.warmup`)."""
+    at once from a single phase with no warm-up (the top-k of the trained gates); ``overrides``
+    replace fields of the job's :class:`~seqattn_core.lem.SelectionConfig` (``warmup`` for
+    :mod:`bench.warmup`, ``gate_holdout`` for the paper's variant)."""
     data, n = search.data, len(search.fields)
     spec = _job_spec(search, features=n, crosses=search.crosses if crosses else 0,
                      embedding_dims=list(DIM_CHOICES) if dims else [])
     start = time.perf_counter()
     plan = plan_job(spec, data)
-    overrides = selection
     selection = replace(plan.selection, per_step=n, warmup=0.0) if one_shot else plan.selection
-    if warmup is not None:
-        selection = replace(selection, warmup=warmup)
     selection = replace(selection, **overrides)
     train_src = batch_source(data.train, data, plan.search.dense, tuple(data.sparse_names), plan.crosses)
     placed, _ = fit(plan.search, selection, train_src, spec, "selection", None)
@@ -356,32 +350,12 @@ def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool
     return Ranking(order, seconds, 1.0, crosses=picked, dims=dict(outcome.dims) if dims else {})
 
 
-def rank_sequential(search: Search) -> Ranking:
-    return sequential_ranking(search, crosses=False, dims=False)
-
-
-def rank_sequential_paper(search: Search) -> Ranking:
-    """The paper's variant: the gates train on the training loss with the weights (no held-out rows)."""
-    return sequential_ranking(search, crosses=False, dims=False, gate_holdout=0.0)
-
-
-def rank_sequential_crosses(search: Search) -> Ranking:
-    return sequential_ranking(search, crosses=True, dims=False)
-
-
-def rank_sequential_dims(search: Search) -> Ranking:
-    return sequential_ranking(search, crosses=True, dims=True)
-
-
-def rank_oneshot(search: Search) -> Ranking:
-    return sequential_ranking(search, crosses=False, dims=False, one_shot=True)
-
-
 def rank_autofield(search: Search) -> Ranking:
     data, t = search.data, search.spec.training
     gate = AutoFieldGate(len(search.fields), len(data.dense_names))
     arch_opt = torch.optim.Adam([gate.alpha], lr=t.learning_rate * 10)
-    held_out = _cycle(_all_sources(data, model_config(data, embedding_dim=t.embedding_dim))[1], t.batch_size, t.seed)
+    src = _all_sources(data, model_config(data, embedding_dim=t.embedding_dim))[1]
+    held_out = (b for epoch in itertools.count() for b in src.batches(t.batch_size, seed=t.seed + epoch))
 
     def arch_step(placed: Placed, ev: StepEvent) -> None:
         # First-order DARTS: one step of the architecture logits on a held-out batch. The unwrapped
@@ -467,8 +441,7 @@ def all_features_model(search: Search) -> AllFeaturesModel:
         placed, _ = fit_gated(gate, search.data, search.spec, "all_features")
         seconds = time.perf_counter() - start  # wall time with placement, like every ranking's wall time
         config = model_config(search.data, embedding_dim=search.spec.training.embedding_dim)
-        _TRAINED[key] = AllFeaturesModel(placed, gate, config,
-                                         seconds)
+        _TRAINED[key] = AllFeaturesModel(placed, gate, config, seconds)
     return _TRAINED[key]
 
 
@@ -601,14 +574,17 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("sa", "Sequential Attention: features", rank_sequential, "Yasuda et al., ICLR 2023"),
-    Method("sa_paper", "Sequential Attention, paper's gates (no held-out rows)", rank_sequential_paper,
+    Method("sa", "Sequential Attention: features", partial(sequential_ranking, crosses=False, dims=False),
            "Yasuda et al., ICLR 2023"),
-    Method("sa_crosses", "Sequential Attention: features + crosses", rank_sequential_crosses,
-           "Yasuda et al., ICLR 2023"),
-    Method("sa_dims", "Sequential Attention: features + crosses + dims", rank_sequential_dims,
-           "Yasuda et al., ICLR 2023"),
-    Method("oneshot", "one-shot attention", rank_oneshot, "same gates, one phase, no warm-up"),
+    # The paper's variant: the gates train on the training loss with the weights (no held-out rows).
+    Method("sa_paper", "Sequential Attention, paper's gates (no held-out rows)",
+           partial(sequential_ranking, crosses=False, dims=False, gate_holdout=0.0), "Yasuda et al., ICLR 2023"),
+    Method("sa_crosses", "Sequential Attention: features + crosses",
+           partial(sequential_ranking, crosses=True, dims=False), "Yasuda et al., ICLR 2023"),
+    Method("sa_dims", "Sequential Attention: features + crosses + dims",
+           partial(sequential_ranking, crosses=True, dims=True), "Yasuda et al., ICLR 2023"),
+    Method("oneshot", "one-shot attention", partial(sequential_ranking, crosses=False, dims=False, one_shot=True),
+           "same gates, one phase, no warm-up"),
     Method("autofield", "AutoField (DARTS)", rank_autofield, "Wang et al., WWW 2022"),
     Method("adafs", "AdaFS (soft)", rank_adafs, "Lin et al., KDD 2022"),
     Method("shufflegate", "ShuffleGate", rank_shufflegate, "arXiv:2503.09315"),
