@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,8 +121,8 @@ def train(
         for batch in batches(epoch):
             batch = batch.to(device)
             held = None
-            if holdout > 0:
-                batch, held = split_rows(batch, holdout_rows(batch, holdout))
+            if holdout > 0 and len(batch) > 1:
+                batch, held = split_rows(batch, _both_sides(holdout_rows(batch, holdout)))
             logits = forward(batch.dense, batch.sparse)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
             objective = loss + model.pruner.penalty() if model.pruner is not None else loss
@@ -152,6 +152,19 @@ def train(
     return mean_loss
 
 
+def _both_sides(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` with at least one row on each side. An empty part would give a NaN loss, and on Ray
+    a worker whose held-out part skipped the sharded forward would leave the others waiting in its
+    all-to-all; every worker's batch has the same size, so every worker makes the same calls."""
+    if not bool(mask.any()):
+        mask = mask.clone()
+        mask[0] = True
+    elif bool(mask.all()):
+        mask = mask.clone()
+        mask[-1] = False
+    return mask
+
+
 def gate_step(model: LargeEmbeddingModel, held: Batch) -> None:
     """Replace the gate logits' gradients with those of the log-loss on ``held``: rows the weights
     never train on, so a gate's score is what its candidate adds on unseen rows, not how well its
@@ -165,10 +178,8 @@ def gate_step(model: LargeEmbeddingModel, held: Batch) -> None:
     if not races:
         return
     params = [m.logits for m in races]
-    grads: Sequence[torch.Tensor | None] = [None] * len(params)
-    if len(held):  # a worker with no held-out row still joins the all-reduce below
-        loss = nn.functional.binary_cross_entropy_with_logits(model(held.dense, held.sparse), held.labels)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    loss = nn.functional.binary_cross_entropy_with_logits(model(held.dense, held.sparse), held.labels)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     for p, g in zip(params, grads):
         g = torch.zeros_like(p) if g is None else g.detach()
