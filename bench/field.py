@@ -48,6 +48,7 @@ from pipelines.spec import JobSpec, load_spec
 from pipelines.stages import batch_source, fit, plan_job, selection_outcome
 from pipelines.synth import write_synth
 from seqattn_core.dimensions import heuristic_dims
+from seqattn_core.lem import gate_holdout_for
 
 FRACTIONS = (0.25, 0.5, 0.75)
 SA_METHODS = ("sa", "sa_crosses", "sa_dims")
@@ -226,7 +227,8 @@ def dimensions(problem: Problem, seeds: Sequence[int], log: Callable[[str], None
         search = split_search(data)
         for base, budget in law_bytes.items():  # the race at each power-law model's memory
             sel_spec = spec.model_copy(update={
-                "selection": spec.selection.model_copy(update={"embedding_dims": list(DIM_CHOICES)}),
+                "selection": spec.selection.model_copy(update={
+                    "embedding_dims": list(DIM_CHOICES), "gate_holdout": gate_holdout_for(spec.training.epochs)}),
                 "constraints": spec.constraints.model_copy(update={"max_embedding_mb": budget / 2**20})})
             start = time.perf_counter()
             plan = plan_job(sel_spec, search)

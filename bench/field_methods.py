@@ -41,7 +41,7 @@ from pipelines.spec import JobSpec
 from pipelines.stages import batch_source, fit, plan_job, selection_outcome
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature
-from seqattn_core.lem import LargeEmbeddingModel, LEMConfig
+from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, gate_holdout_for
 from seqattn_core.training import StepEvent, predict, train
 
 EVAL_BATCH = 8192
@@ -339,7 +339,8 @@ def sequential_ranking(search: Search, crosses: bool, dims: bool, one_shot: bool
     start = time.perf_counter()
     plan = plan_job(spec, data)
     selection = replace(plan.selection, per_step=n, warmup=0.0) if one_shot else plan.selection
-    selection = replace(selection, **overrides)
+    held_out = gate_holdout_for(spec.training.epochs)  # section g's Sequential Attention, unless overridden
+    selection = replace(selection, **{"gate_holdout": held_out, **overrides})
     train_src = batch_source(data.train, data, plan.search.dense, tuple(data.sparse_names), plan.crosses)
     placed, _ = fit(plan.search, selection, train_src, spec, "selection", None)
     outcome = selection_outcome(placed.model, 0.0)
@@ -574,9 +575,10 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
+    # Held-out gates (seqattn_core.lem.gate_holdout_for: 20 % from two epochs on); see sequential_ranking.
     Method("sa", "Sequential Attention: features", partial(sequential_ranking, crosses=False, dims=False),
            "Yasuda et al., ICLR 2023"),
-    # The paper's variant: the gates train on the training loss with the weights (no held-out rows).
+    # The paper's variant and the job's default: the gates train on the training loss with the weights.
     Method("sa_paper", "Sequential Attention, paper's gates (no held-out rows)",
            partial(sequential_ranking, crosses=False, dims=False, gate_holdout=0.0), "Yasuda et al., ICLR 2023"),
     Method("sa_crosses", "Sequential Attention: features + crosses",

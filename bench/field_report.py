@@ -155,9 +155,9 @@ def _meaning(s: pd.DataFrame, rankings: pd.DataFrame, problem: str, n: int, plai
         d, sd, _ = paired(sub[sub.method == "sa"].sort_values("seed").aukc,
                           sub[sub.method == "sa_paper"].sort_values("seed").aukc)
         share = gate_holdout_for(int(rankings[rankings.problem == problem].epochs.iloc[0]))
-        out.append(f"The job's gates here hold out {share:.0%} of the rows (`selection.gate_holdout` left out: 20 % "
-                   "from two epochs on, none in one epoch); against the paper's gates, trained on the training "
-                   f"loss: AUKC {d:+.4f} ± {sd:.4f} (paired by seed)."
+        out.append(f"Sequential Attention's gates here hold out {share:.0%} of the rows (`gate_holdout_for`: 20 % "
+                   "from two epochs on, none in one epoch); against the paper's gates (the job's default), trained "
+                   f"on the training loss: AUKC {d:+.4f} ± {sd:.4f} (paired by seed)."
                    + (" In one epoch the two are the same run." if share == 0 else ""))
     variants = [m for m in ("sa_crosses", "sa_dims") if m in mean.index]
     crosses = rankings[(rankings.problem == problem) & (rankings.method == "sa_crosses")].crosses
@@ -322,7 +322,8 @@ def _report(cfg: FieldBench, probs: list[Problem], curves: pd.DataFrame, ranking
         "ranks them all in one run (the races start after the job's warm-up, [warmup.md](warmup.md): "
         f"{warmups}), and from two epochs on its gates learn from 20 % of the search-train rows that the weights "
         "never train on (`selection.gate_holdout`, [architecture.md](architecture.md)); *paper's gates* is the same "
-        "run with the gates trained on the training loss (`gate_holdout: 0`; in one epoch the two are the same run); "
+        "run with the gates trained on the training loss, the job's default (`gate_holdout: 0`; in one epoch the "
+        "two are the same run); "
         f"*+ crosses* also races 3 crosses from the job's pre-screen in the same run, and "
         "the retrained model at k keeps those whose two fields are both among the k; *+ dims* also races the "
         "dimension blocks (4/8/16/32) and retrains at the chosen widths. *One-shot attention*: the same gates, one "

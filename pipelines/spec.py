@@ -168,7 +168,7 @@ class SelectionSpec(StrictModel):
 
     ``gate_holdout`` is the share of the training rows that train the gates only: each gate then
     scores what its candidate adds on rows the weights never fit, not how well its table memorises.
-    Left out, it is 0.2 for a run of several epochs and 0 for one epoch, whose batches are all new.
+    0, the default, is the paper's variant: gates and weights learn from the same rows.
 
     ``crosses`` is a ceiling: only pairs that beat the additive model on held-out rows by more than
     0.001 nats (``seqattn_core.crosses.prescreen_pairs``) are candidates, so a job may add fewer.
@@ -183,8 +183,8 @@ class SelectionSpec(StrictModel):
     crosses: int = Field(0, ge=0)
     embedding_dims: list[EmbeddingDim] = Field(default_factory=list)
     # The share of the training rows (chosen by a hash of each row's content) whose loss trains the
-    # gates and nothing else; 0 is the paper's variant. None: seqattn_core.lem.gate_holdout_for(epochs).
-    gate_holdout: float | None = Field(None, ge=0, lt=0.5)
+    # gates and nothing else; 0, the default, is the paper's variant (docs/jobspec.md says why).
+    gate_holdout: float = Field(0.0, ge=0, lt=0.5)
 
     @field_validator("embedding_dims")
     @classmethod

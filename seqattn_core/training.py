@@ -120,19 +120,26 @@ def train(
         losses = []
         for batch in batches(epoch):
             batch = batch.to(device)
+            rows += len(batch)  # every row read, held-out ones included
             held = None
             if holdout > 0 and len(batch) > 1:
                 batch, held = split_rows(batch, _both_sides(holdout_rows(batch, holdout)))
             logits = forward(batch.dense, batch.sparse)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+            if held is None:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+            else:
+                # The two parts' sizes differ between workers: means over the global counts keep a
+                # W-worker step equal to a one-worker step over the same rows (DDP averages over W).
+                counts = _global_counts(len(batch), len(held))
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    logits, batch.labels, reduction="sum") * (_world() / counts[0])
             objective = loss + model.pruner.penalty() if model.pruner is not None else loss
             optimizer.zero_grad()
             objective.backward()
             if held is not None:
-                gate_step(model, held)
+                gate_step(model, held, counts[1])
             optimizer.step()
             step += 1
-            rows += len(batch)
             picks = model.update_selection(min(1.0, step / total))
             if picks and gate_optimizer is not None:
                 params = [m.logits for m in model.gate_modules()]
@@ -165,27 +172,41 @@ def _both_sides(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def gate_step(model: LargeEmbeddingModel, held: Batch) -> None:
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_counts(*counts: int) -> list[float]:
+    """``counts`` summed over the workers (one small all-reduce; as given in a single process)."""
+    if _world() == 1:
+        return [float(c) for c in counts]
+    total = torch.tensor(counts, dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def gate_step(model: LargeEmbeddingModel, held: Batch, held_rows: float | None = None) -> None:
     """Replace the gate logits' gradients with those of the log-loss on ``held``: rows the weights
     never train on, so a gate's score is what its candidate adds on unseen rows, not how well its
     table memorises the training rows (first-order bilevel training, as in DARTS).
 
     The unwrapped model is called and only the logits' gradients are asked for, so neither the
-    fused embedding update inside backward nor DDP's gradient hooks run on the held-out rows; the
-    gradients are averaged over the workers by hand, so every worker's logits stay equal.
+    fused embedding update inside backward nor DDP's gradient hooks run on the held-out rows. The
+    loss is the mean over ``held_rows``, the held-out rows of every worker's batch (this one's by
+    default); the gradients are summed over the workers by hand, so every worker's logits stay
+    equal and W workers step as one would.
     """
     races = [m for m in model.gate_modules() if not m.done and not bool(m.warming)]
     if not races:
         return
     params = [m.logits for m in races]
-    loss = nn.functional.binary_cross_entropy_with_logits(model(held.dense, held.sparse), held.labels)
+    loss = nn.functional.binary_cross_entropy_with_logits(model(held.dense, held.sparse), held.labels,
+                                                          reduction="sum") / (held_rows or len(held))
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     for p, g in zip(params, grads):
         g = torch.zeros_like(p) if g is None else g.detach()
-        if world > 1:
+        if _world() > 1:
             dist.all_reduce(g)
-            g /= world
         p.grad = g
 
 

@@ -276,3 +276,13 @@ def test_ray_data_reads_refuse_a_file_swapped_for_a_symlink_after_the_check(clus
     with pytest.raises(SpecError) as err:
         read_parquet(source)
     assert err.value.field == "dataset.path" and "outside the data roots" in err.value.message
+
+
+def test_held_out_gates_on_several_workers_are_a_clear_error(cluster, planted):
+    path, _ = planted
+    spec = load_spec({"name": "ray-t", "dataset": {"path": str(path), "label": "label"},
+                      "selection": {"features": 8, "gate_holdout": 0.2},
+                      "training": {"epochs": 2, "batch_size": 512, "num_workers": 2}})
+    with pytest.raises(SpecError) as err:
+        run_job(spec)
+    assert err.value.field == "selection.gate_holdout" and "one process" in err.value.message
