@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import gate_holdout_for
 from bench.datasets import CRITEO, FRAPPE, sample_path
 from bench.field_methods import (
     DIM_CHOICES,
@@ -48,7 +49,6 @@ from pipelines.spec import JobSpec, load_spec
 from pipelines.stages import batch_source, fit, plan_job, selection_outcome
 from pipelines.synth import write_synth
 from seqattn_core.dimensions import heuristic_dims
-from seqattn_core.lem import gate_holdout_for
 
 FRACTIONS = (0.25, 0.5, 0.75)
 SA_METHODS = ("sa", "sa_crosses", "sa_dims")

@@ -34,6 +34,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from bench import gate_holdout_for
 from bench.lem import model_config, train_eval
 from pipelines.dataset import EncodedDataset, EncodedSplit, take_jagged
 from pipelines.engine import Placed, place
@@ -41,7 +42,7 @@ from pipelines.spec import JobSpec
 from pipelines.stages import batch_source, fit, plan_job, selection_outcome
 from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature
-from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, gate_holdout_for
+from seqattn_core.lem import LargeEmbeddingModel, LEMConfig
 from seqattn_core.training import StepEvent, predict, train
 
 EVAL_BATCH = 8192
@@ -575,7 +576,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    # Held-out gates (seqattn_core.lem.gate_holdout_for: 20 % from two epochs on); see sequential_ranking.
+    # Held-out gates (bench.gate_holdout_for: 20 % from two epochs on); see sequential_ranking.
     Method("sa", "Sequential Attention: features", partial(sequential_ranking, crosses=False, dims=False),
            "Yasuda et al., ICLR 2023"),
     # The paper's variant and the job's default: the gates train on the training loss with the weights.

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from bench import markdown_table, mean_std, paired, pool_map
+from bench import gate_holdout_for, markdown_table, mean_std, paired, pool_map
 from bench.field import (
     FRACTIONS,
     SA_METHODS,
@@ -32,7 +32,7 @@ from bench.field import (
 )
 from bench.field_methods import METHODS
 from pipelines.engine import PLANNER_MAX_TABLES
-from seqattn_core.lem import gate_holdout_for, warmup_for
+from seqattn_core.lem import warmup_for
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -69,24 +69,6 @@ def warmup_for(epochs: int) -> float:
     return 0.5 if epochs == 1 else 0.1
 
 
-def gate_holdout_for(epochs: int) -> float:
-    """The held-out share of section g's Sequential Attention rows: none in one epoch, else 20 %.
-
-    In a single pass every batch is new to the model when its loss trains the gates, so the
-    training loss already measures what a candidate adds on unseen rows, and holding rows out
-    would only take them from the weights. From the second pass on the tables have fitted the
-    training rows, and gates trained on them favour the tables that memorise. Section g of
-    ``docs/benchmarks.md`` (ERASE protocol, 5 seeds): held-out gates won on the planted data
-    (2 epochs), tied on Frappe (2 epochs) and trailed on Criteo (1 epoch). A job's default stays
-    the paper's gates (``selection.gate_holdout: 0``): on the Ray tests' smaller planted data held-out
-    gates missed a planted feature (``docs/jobspec.md``).
-
-        >>> gate_holdout_for(1), gate_holdout_for(2)
-        (0.0, 0.2)
-    """
-    return 0.0 if epochs == 1 else 0.2
-
-
 @dataclass(frozen=True)
 class SelectionConfig:
     """What the gates search for.
