@@ -185,11 +185,6 @@ def check_selection(spec: JobSpec, data: EncodedDataset, limits: JobLimits | Non
     n_features = len(data.dense_names) + len(data.sparse_names)
     if limits is not None:
         limits.check_tables(data.cardinalities, n_features)
-    # On two Ray workers held-out gates picked both copies of a duplicated column of the Ray tests'
-    # planted data, which one process never did: refused there until that is understood.
-    if spec.selection.gate_holdout > 0 and spec.training.num_workers > 1:
-        raise SpecError("selection.gate_holdout", f"{spec.selection.gate_holdout}: held-out gates run in one process "
-                        f"for now, not on {spec.training.num_workers} workers; set 0 or training.num_workers: 1")
     k = spec.selection.features
     if k is not None and k > n_features:
         raise SpecError("selection.features", f"{k} is more than the {n_features} candidate features "

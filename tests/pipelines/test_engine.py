@@ -156,3 +156,91 @@ def test_direct_plan_spreads_whole_tables_over_two_workers(tmp_path):
         assert {name: (kind, ranks) for name, (kind, ranks, _) in plan.items()} == expected
         assert {kernel for _, _, kernel in plan.values()} == {"fused"}
         assert trained == sorted(n for n, (_, ranks) in expected.items() if rank in ranks)
+
+
+# In the order two ranks' sharded output lists them (rank 0's tables first): the DCN tower reads the
+# pooled embeddings in that order, so one rank and two then feed the same weights the same columns.
+HELD_SIZES = {"noise_a": 400, "noise_b": 30, "signal": 50}
+
+
+def _held_out_gate_grads(rank: int, world: int, store_path: str, out: "mp.Queue") -> None:
+    """One of ``world`` gloo ranks: train two steps of a gated LEM with held-out gates on this rank's
+    share of two global batches of 512 rows; report the gate logits' gradient after each step."""
+    from seqattn_core.training import train
+
+    torch.set_num_threads(1)
+    engine.device = lambda: torch.device("cpu")
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, world), rank=rank,
+                                         world_size=world)
+    try:
+        rng = np.random.default_rng(0)  # the same global rows on every rank
+        n = 1024
+        sparse = {name: (rng.integers(0, size, n), np.ones(n, np.int32)) for name, size in HELD_SIZES.items()}
+        labels = ((sparse["signal"][0] % 2) ^ (rng.random(n) < 0.2)).astype(np.float32)
+        source = BatchSource(np.zeros((n, 0), np.float32), sparse, labels)
+        share = 512 // world
+        cfg = LEMConfig(dense=(), sparse=tuple(SparseFeature(k, s) for k, s in HELD_SIZES.items()), embedding_dim=8)
+        torch.manual_seed(0)
+        model = LargeEmbeddingModel(cfg, SelectionConfig(features=1, warmup=0.0, gate_holdout=0.25),
+                                    device=torch.device("meta"))
+        placed = place(model, 0.05)
+        _same_weights(placed)
+        grads = []
+        train(placed.forward, placed.model, placed.optimizer,
+              lambda e: (source.batch(i * 512 + rank * share, i * 512 + (rank + 1) * share) for i in range(2)),
+              2, 1, gate_optimizer=placed.optimizer,
+              on_step=lambda ev: ev.epoch_end or grads.append(model.feature_attention.logits.grad.clone().tolist()))
+        out.put((rank, grads))
+    except Exception as err:
+        out.put((rank, repr(err)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _same_weights(placed: Placed) -> None:
+    """Set every weight to a function of its global position, so that one worker and two start
+    alike: each rank initialises its own shards from its own generator otherwise."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in sorted(placed.model.named_parameters()):
+            if "ebc." not in name and not name.endswith("logits"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        for name, value in placed.forward.state_dict().items():
+            if name.startswith("ebc.") and name.endswith(".weight"):
+                for shard in value.local_shards() if hasattr(value, "local_shards") else []:
+                    (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    rows, cols = torch.arange(r0, r0 + nr)[:, None], torch.arange(c0, c0 + nc)[None, :]
+                    shard.tensor.copy_(0.1 * torch.sin(0.37 * rows + 1.3 * cols))
+
+
+def _run_ranks(world: int, path: str) -> dict[int, object]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_held_out_gate_grads, args=(rank, world, path, out)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in procs:
+            rank, grads = out.get(timeout=180)
+            results[rank] = grads
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return results
+
+
+def test_held_out_gates_on_two_workers_step_as_one_worker_over_the_same_rows(tmp_path):
+    """The held-out rows' gradient reaches the gate logits summed over the workers and divided by
+    the global held-out count: two workers, each with half of every batch, get the gradient one
+    worker gets from the whole batch (the tables' fused Adagrad takes the W-times larger sum of
+    TorchRec's data-parallel backward, which its row-wise normalisation cancels)."""
+    one = _run_ranks(1, str(tmp_path / "one"))[0]
+    two = _run_ranks(2, str(tmp_path / "two"))
+    assert not isinstance(one, str) and not any(isinstance(g, str) for g in two.values()), (one, two)
+    assert len(one) == 2 and two[0] == two[1]  # every worker's logits get the same gradient
+    for step in range(2):
+        assert np.abs(np.asarray(one[step])).max() > 1e-4  # the held-out rows do move the gates
+        np.testing.assert_allclose(two[0][step], one[step], rtol=1e-3, atol=1e-6)
