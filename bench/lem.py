@@ -32,7 +32,7 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from bench import markdown_table, mean_std
+from bench import gate_holdout_for, markdown_table, mean_std
 from bench.datasets import FRAPPE, sample_path
 from pipelines.dataset import EncodedDataset, load_dataset
 from pipelines.job import run_job
@@ -45,6 +45,7 @@ from seqattn_core.dimensions import heuristic_dims, mb
 from seqattn_core.lem import LEMConfig, SelectionConfig, SparseFeature
 
 DIM_CHOICES = (4, 8, 16, 32)
+HELD_OUT = ", held-out gates"  # the suffix of the job run with selection.gate_holdout by bench.gate_holdout_for
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,13 @@ def crosses(problem: Problem, cfg: LEMBench, seed: int) -> list[dict[str, Any]]:
     for variant, chosen in (("no crosses", []), ("all pairs", _all_pairs(data)),
                             (f"pre-screen top {cfg.crosses}", ranked[: cfg.crosses])):
         rows.append({"variant": variant, "crosses": len(chosen), **train_eval(data, spec, model_config(data, chosen))})
-    fs = run_job(job_spec(problem, cfg, seed, crosses=cfg.crosses))
-    rows.append({"variant": f"Sequential Attention {cfg.crosses}", "crosses": len(fs.crosses),
-                 "auc": fs.metrics.val_auc, "logloss": fs.metrics.val_logloss, "mb": fs.metrics.embedding_mb,
-                 "seconds": fs.timings["selection_s"] + fs.timings["retrain_s"],
-                 "picked": ", ".join(" x ".join(c.features) for c in sorted(fs.crosses, key=lambda c: c.rank)),
-                 "reference_auc": fs.metrics.val_auc_all_features})
+    for holdout in sorted({0.0, gate_holdout_for(cfg.epochs)}):  # the paper's gates, then the held-out rule's
+        fs = run_job(job_spec(problem, cfg, seed, crosses=cfg.crosses, gate_holdout=holdout))
+        rows.append({"variant": f"Sequential Attention {cfg.crosses}" + (HELD_OUT if holdout else ""),
+                     "crosses": len(fs.crosses), "auc": fs.metrics.val_auc, "logloss": fs.metrics.val_logloss,
+                     "mb": fs.metrics.embedding_mb, "seconds": fs.timings["selection_s"] + fs.timings["retrain_s"],
+                     "picked": ", ".join(" x ".join(c.features) for c in sorted(fs.crosses, key=lambda c: c.rank)),
+                     "reference_auc": fs.metrics.val_auc_all_features})
     return [{**r, "seed": seed, "problem": problem.name} for r in rows]
 
 
@@ -257,10 +259,14 @@ def _meaning(cost_df: pd.DataFrame, cross_df: pd.DataFrame, dim_df: pd.DataFrame
                 f"{auc[sa_cross]:.4f} with {size[sa_cross]:.1f} MB of tables, against {auc['all pairs']:.4f} for all "
                 f"pairs with {size['all pairs']:.1f} MB")
         prescreen = [v for v in auc.index if v.startswith("pre-screen")][0]
-        gap = auc[sa_cross] - auc[prescreen]
-        verdict = ("ties them" if abs(gap) <= 0.001 else f"adds {gap:.4f} AUC over them" if gap > 0
-                   else f"trails them by {-gap:.4f} AUC")
-        text += f"; the pre-screen's own top picks score {auc[prescreen]:.4f}, so the gated race {verdict}."
+        text += f"; the pre-screen's own top picks score {auc[prescreen]:.4f}"
+        for variant, gates in ((sa_cross, "the paper's gates"), (sa_cross + HELD_OUT, "held-out gates")):
+            if variant in auc:
+                gap = auc[variant] - auc[prescreen]
+                verdict = ("ties them" if abs(gap) <= 0.001 else f"adds {gap:.4f} AUC over them" if gap > 0
+                           else f"trails them by {-gap:.4f} AUC")
+                text += f"; the gated race with {gates} {verdict}"
+        text += "."
         out.append(text)
     for name, g in dim_df.groupby("problem", sort=False):
         auc = g.groupby("variant", sort=False).auc.mean()
@@ -331,7 +337,9 @@ def run(cfg: LEMBench, img_dir: Path, work: Path, log: Callable[[str], None] = p
         "### Crosses",
         "",
         "Every feature kept; only the crosses differ. Sequential Attention's row is the job itself "
-        f"(`features: null, crosses: {cfg.crosses}`), retrained on its picks; its time is selection + retraining.",
+        f"(`features: null, crosses: {cfg.crosses}`), retrained on its picks; its time is selection + retraining. "
+        f"*{HELD_OUT.removeprefix(', ')}*: the same job with `selection.gate_holdout: {gate_holdout_for(cfg.epochs)}` "
+        "(the gates learn from held-out rows; `bench.gate_holdout_for`).",
         "",
         _variant_table(cross_df, with_crosses=True),
         "",
@@ -341,6 +349,12 @@ def run(cfg: LEMBench, img_dir: Path, work: Path, log: Callable[[str], None] = p
         picks = cross_df[(cross_df.problem == problem.name) & (cross_df.variant == sa_cross)].picked.iloc[0]
         lines.append(f"- {problem.name}: Sequential Attention's crosses minus no crosses: {mean:+.4f} ± {std:.4f} AUC "
                      f"(paired by seed); picks (seed {cfg.seeds[0]}, in order): {picks}.")
+        if (cross_df.variant == sa_cross + HELD_OUT).any():
+            mean, std = _gap(cross_df, problem.name, sa_cross + HELD_OUT, sa_cross)
+            picks = cross_df[(cross_df.problem == problem.name) & (cross_df.variant == sa_cross + HELD_OUT)].picked
+            lines.append(f"  With held-out gates (`gate_holdout: {gate_holdout_for(cfg.epochs)}`): {mean:+.4f} ± "
+                         f"{std:.4f} AUC against the paper's gates (paired by seed); picks (seed {cfg.seeds[0]}): "
+                         f"{picks.iloc[0]}.")
     if cfg.ground_truth_pairs:
         log("c: Frappe pair ground truth")
         gt = pair_ground_truth(problems[0].path, cfg.seeds[0])
