@@ -46,8 +46,10 @@ class PaperBench:
     mlp_epochs: int = 300
 
 
-def _mlp_accuracy(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray,
-                  cfg: PaperBench, seed: int) -> float:
+def mlp_accuracy(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray,
+                 cfg: PaperBench, seed: int) -> float:
+    """Test accuracy of the paper's final model (one hidden layer, standardised inputs) trained on
+    ``Xtr``: the score every method's picks get, here and in ``bench.selector_defaults``."""
     model = make_pipeline(StandardScaler(), MLPClassifier(
         hidden_layer_sizes=(cfg.hidden,), max_iter=cfg.mlp_epochs, random_state=seed))
     with warnings.catch_warnings():
@@ -80,14 +82,14 @@ def run_dataset(data: Dataset, cfg: PaperBench, log: Callable[[str], None]) -> p
     records = []
     for seed in cfg.seeds:
         Xtr, Xte, ytr, yte = train_test_split(data.X, data.y, test_size=0.2, random_state=seed, stratify=data.y)
-        acc = _mlp_accuracy(Xtr, ytr, Xte, yte, cfg, seed)
+        acc = mlp_accuracy(Xtr, ytr, Xte, yte, cfg, seed)
         records.append({"method": "all", "k": data.X.shape[1], "seed": seed, "acc": acc, "seconds": 0.0})
         log(f"{data.name} seed={seed} all {data.X.shape[1]} features: acc={acc:.4f}")
         for k in cfg.ks:
             for method in cfg.methods:
                 options = dict(cfg.attention) if method in ("seqattn", "oneshot") else {}
                 picked, seconds = timed_selection(method, Xtr, ytr, k, seed, **options)
-                acc = _mlp_accuracy(Xtr[:, picked], ytr, Xte[:, picked], yte, cfg, seed)
+                acc = mlp_accuracy(Xtr[:, picked], ytr, Xte[:, picked], yte, cfg, seed)
                 records.append({"method": method, "k": k, "seed": seed, "acc": acc, "seconds": seconds})
                 log(f"{data.name} seed={seed} k={k} {method}: acc={acc:.4f} selection {seconds:.1f}s")
     return pd.DataFrame.from_records(records)

@@ -52,7 +52,7 @@ def cell(dataset: str, seed: int, method: str, options: Mapping[str, Any]) -> li
 
     from bench import timed_selection
     from bench.datasets import PAPER_DATASETS
-    from bench.paper_table import PaperBench, _mlp_accuracy
+    from bench.paper_table import PaperBench, mlp_accuracy
 
     torch.set_num_threads(1)
     data = PAPER_DATASETS[dataset]()
@@ -62,7 +62,7 @@ def cell(dataset: str, seed: int, method: str, options: Mapping[str, Any]) -> li
         for k in KS:
             picked, seconds = timed_selection("seqattn" if method in VARIANTS else method, Xtr, ytr, k, seed,
                                               **options)
-            acc = _mlp_accuracy(Xtr[:, picked], ytr, Xte[:, picked], yte, PaperBench(), seed)
+            acc = mlp_accuracy(Xtr[:, picked], ytr, Xte[:, picked], yte, PaperBench(), seed)
             out.append({"dataset": dataset, "seed": seed, "method": method, "k": k, "acc": acc, "seconds": seconds})
     return out
 
