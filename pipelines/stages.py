@@ -54,13 +54,7 @@ from seqattn_core.batches import BatchSource, first_ids
 from seqattn_core.crosses import CrossFeature, bucket_budget, prescreen_pairs
 from seqattn_core.dimensions import BYTES_PER_FLOAT, mb
 from seqattn_core.latency import LatencyModel, measure_inference_ms
-from seqattn_core.lem import (
-    LargeEmbeddingModel,
-    LEMConfig,
-    SelectionConfig,
-    SparseFeature,
-    warmup_for,
-)
+from seqattn_core.lem import LargeEmbeddingModel, LEMConfig, SelectionConfig, SparseFeature, warmup_for
 from seqattn_core.pruning import PruningConfig
 from seqattn_core.training import (
     StepEvent,

@@ -109,21 +109,41 @@ def test_balanced_ranks_puts_the_largest_tables_first_on_the_emptiest_rank():
 SIZES = {"big": 50_000, "a": 5_000, "b": 3_000, "c": 2_000, "d": 8}
 
 
-def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
+def _run_ranks(target, world: int, store_path: str) -> dict[int, object]:
+    """``target(rank, world, store_path, queue)`` in ``world`` spawned gloo ranks: what each put on the queue."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(rank, world, store_path, out)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in procs:
+            rank, result = out.get(timeout=180)
+            results[rank] = result
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return results
+
+
+def _direct_plan_worker(rank: int, world: int, store_path: str, out: "mp.Queue") -> None:
     """One of two gloo ranks: place a model past PLANNER_MAX_TABLES, train one step, report."""
     torch.set_num_threads(1)
     engine.device = lambda: torch.device("cpu")  # gloo's CPU path, on a GPU host too
     engine.PLANNER_MAX_TABLES = 0
     engine.EmbeddingShardingPlanner = None  # calling it would fail: past the threshold the planner must not run
-    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, 2), rank=rank,
-                                         world_size=2)
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store_path, world), rank=rank,
+                                         world_size=world)
     try:
         placed, trained = _place_and_step(SIZES, seed=rank)
         plan = {k.removeprefix("t_"): (s.sharding_type, s.ranks, s.compute_kernel)
                 for k, s in placed.plan.plan["ebc"].items()}
-        out.put((rank, plan, trained))
+        out.put((rank, (plan, trained)))
     except Exception as err:  # reported, so the test fails at once instead of waiting on the queue
-        out.put((rank, repr(err), None))
+        out.put((rank, (repr(err), None)))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -131,21 +151,7 @@ def _direct_plan_worker(rank: int, store_path: str, out: "mp.Queue") -> None:
 def test_direct_plan_spreads_whole_tables_over_two_workers(tmp_path):
     """Past PLANNER_MAX_TABLES a world of two gets the direct plan (no planner): whole tables
     balanced over the ranks, a table larger than a rank's share split over both; every shard trains."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_direct_plan_worker, args=(rank, str(tmp_path / "store"), out)) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in procs:
-            rank, plan, trained = out.get(timeout=180)
-            results[rank] = (plan, trained)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    results = _run_ranks(_direct_plan_worker, 2, str(tmp_path / "store"))
     # "big" holds 5/6 of the parameters, more than a rank's fair share: split column-wise over both
     # ranks. The rest go whole: 5,000 rows | 3,000 + 2,000; the 8-row table to the emptier rank 0.
     expected = {"big": ("column_wise", [0, 1]), "a": ("table_wise", [0]), "b": ("table_wise", [1]),
@@ -213,32 +219,13 @@ def _same_weights(placed: Placed) -> None:
                     shard.tensor.copy_(0.1 * torch.sin(0.37 * rows + 1.3 * cols))
 
 
-def _run_ranks(world: int, path: str) -> dict[int, object]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_held_out_gate_grads, args=(rank, world, path, out)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in procs:
-            rank, grads = out.get(timeout=180)
-            results[rank] = grads
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    return results
-
-
 def test_held_out_gates_on_two_workers_step_as_one_worker_over_the_same_rows(tmp_path):
     """The held-out rows' gradient reaches the gate logits summed over the workers and divided by
     the global held-out count: two workers, each with half of every batch, get the gradient one
     worker gets from the whole batch (the tables' fused Adagrad takes the W-times larger sum of
     TorchRec's data-parallel backward, which its row-wise normalisation cancels)."""
-    one = _run_ranks(1, str(tmp_path / "one"))[0]
-    two = _run_ranks(2, str(tmp_path / "two"))
+    one = _run_ranks(_held_out_gate_grads, 1, str(tmp_path / "one"))[0]
+    two = _run_ranks(_held_out_gate_grads, 2, str(tmp_path / "two"))
     assert not isinstance(one, str) and not any(isinstance(g, str) for g in two.values()), (one, two)
     assert len(one) == 2 and two[0] == two[1]  # every worker's logits get the same gradient
     for step in range(2):
